@@ -1,0 +1,3 @@
+//! ax-netstack: userspace networking, TLS interception, metering (issue #5)
+//!
+//! Placeholder crate: filled by its issue.

@@ -1,0 +1,1 @@
+//! ax end-to-end tests (see tests/tests/).
