@@ -1,0 +1,7 @@
+//! One module per `axctl` command family.
+
+pub mod attach;
+pub mod lifecycle;
+pub mod logs;
+pub mod ps;
+pub mod run;

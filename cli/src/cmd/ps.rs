@@ -1,0 +1,103 @@
+//! `axctl ps` and `axctl inspect`: read the state directories.
+
+use crate::state::{self, now_ms, AgentState};
+use anyhow::Result;
+
+/// `axctl ps [--all] [--json]`: live agents (all with `--all`), oldest first.
+pub fn ps(all: bool, json: bool) -> Result<i32> {
+    let agents: Vec<AgentState> = state::list()?
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| all || s.status.is_live())
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(0);
+    }
+    let rows: Vec<[String; 4]> = agents
+        .iter()
+        .map(|s| [s.name.clone(), s.agent.clone(), s.status_label(), age(s.created_ms)])
+        .collect();
+    print_table(&["NAME", "AGENT", "STATUS", "AGE"], &rows);
+    Ok(0)
+}
+
+/// `axctl inspect NAME [--json]`.
+pub fn inspect(name: &str, json: bool) -> Result<i32> {
+    let (dir, s) = state::load(name)?;
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        v["state_dir"] = dir.display().to_string().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let ms = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+    let duration = s.finished_ms.unwrap_or_else(now_ms).saturating_sub(s.created_ms);
+    let mut rows = vec![
+        ("Name", s.name.clone()),
+        ("Agent", s.agent.clone()),
+        ("Status", s.status_label()),
+        ("Prompt", s.prompt.clone()),
+        ("Command", format!("{:?}", s.argv)),
+        ("Image", s.image_id.clone()),
+        ("VMM", format!("{} ({}), {} vCPU, {} MiB", s.vmm, s.accel, s.cpus, s.memory_mib)),
+        ("Created", format!("{} ago", age(s.created_ms))),
+        ("Duration", humantime::format_duration(std::time::Duration::from_secs(duration / 1000)).to_string()),
+        ("State dir", dir.display().to_string()),
+    ];
+    if let Some(r) = &s.reason {
+        rows.push(("Reason", r.clone()));
+    }
+    if let Some(t) = s.timeout_secs {
+        rows.push(("Timeout", format!("{t}s")));
+    }
+    let t = &s.timings;
+    rows.push((
+        "Timings",
+        format!(
+            "image {}, vm spawn {}, agentd ready {} (guest {}), command {}, teardown {}",
+            ms(t.image_ms), ms(t.vm_spawn_ms), ms(t.agentd_ready_ms), ms(t.guest_ready_ms),
+            ms(t.command_ms), ms(t.teardown_ms)
+        ),
+    ));
+    for (k, v) in rows {
+        println!("{:<10} {v}", format!("{k}:"));
+    }
+    Ok(0)
+}
+
+/// Human age: `12s`, `5m`, `3h`, `2d`.
+pub fn age(created_ms: u64) -> String {
+    let s = now_ms().saturating_sub(created_ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Prints left-aligned columns separated by three spaces.
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{:<width$}   ", c, width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(|s| s.as_str()).collect());
+    }
+}

@@ -1,0 +1,146 @@
+//! `axctl run`: start an agent in a new microVM.
+
+use crate::agents;
+use crate::driver::{self, VmmChoice};
+use crate::error::usage;
+use crate::image;
+use crate::state::{self, now_ms, AgentState, Status, Timings};
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `axctl run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Agent name (default: a slug of the prompt); also the guest host name and branch ax/<name>.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Agent definition to run.
+    #[arg(long, default_value = "shell")]
+    pub agent: String,
+    /// Which VMM runs the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vmm: VmmChoice,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..=65536))]
+    pub memory: u32,
+    /// Stop the agent after this long (e.g. 30s, 10m, 2h); it is then marked failed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Image id (or unique prefix) to boot; default: the newest built image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Stay in the foreground: stream the agent's output, forward stdin, exit with its code.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// What the agent should do (for the `shell` agent: a shell command).
+    #[arg(long)]
+    pub prompt: String,
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let t0 = Instant::now();
+    let agent = agents::find(&args.agent)?;
+    if let Some(n) = &args.name {
+        state::validate_name(n)?;
+    }
+    if args.prompt.trim().is_empty() {
+        return Err(usage("the prompt is empty", "say what the agent should do: --prompt '…'"));
+    }
+    let vmm = driver::resolve(args.vmm)?;
+    let img = match image::resolve(args.image.as_deref())? {
+        Some(i) => i,
+        None if args.image.is_none() => {
+            eprintln!("axctl: no guest image built yet; building one now (once, a few minutes)");
+            image::build_default()?
+        }
+        None => unreachable!("resolve(Some) reports unknown ids as errors"),
+    };
+    let image_ms = t0.elapsed().as_millis() as u64;
+
+    let (name, dir) = match &args.name {
+        Some(n) => (n.clone(), state::create_dir(n)?),
+        None => state::create_unique(&state::slug(&args.prompt))?,
+    };
+    let st = AgentState {
+        name: name.clone(),
+        agent: agent.name.to_string(),
+        prompt: args.prompt.clone(),
+        argv: agent.argv(&args.prompt),
+        image_id: img.id.clone(),
+        vmm: vmm.to_string(),
+        accel: driver::qemu_accel().as_str().to_string(),
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
+        tty: !args.wait,
+        status: Status::Starting,
+        exit_code: None,
+        reason: None,
+        created_ms: now_ms(),
+        finished_ms: None,
+        supervisor_pid: None,
+        vmm_pid: None,
+        timings: Timings { image_ms: Some(image_ms), ..Default::default() },
+    };
+    state::save(&dir, &st)?;
+
+    let exe = std::env::current_exe().context("locating the axctl executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__supervise").arg(&name);
+    if args.wait {
+        cmd.arg("--attached");
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    } else {
+        let log = File::options().create(true).append(true).open(dir.join("supervisor.log"))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    }
+    // SAFETY: setsid is async-signal-safe. A new session: the terminal's ^C and hangups do
+    // not reach the supervisor directly (the foreground client forwards them).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+
+    if !args.wait {
+        cmd.spawn().context("starting the supervisor")?;
+        println!("{name}");
+        return Ok(0);
+    }
+
+    // Foreground: forward ^C / SIGTERM to the supervisor, which forwards them to the agent.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block()?;
+    let mut child = cmd.spawn().context("starting the supervisor")?;
+    let sup_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::spawn(move || {
+        while let Ok(sig) = sigs.wait() {
+            let _ = nix::sys::signal::kill(sup_pid, sig);
+        }
+    });
+    let status = child.wait()?;
+    let (_, st) = state::load(&name)?;
+    match st.status {
+        Status::Exited => Ok(st.exit_code.unwrap_or(1)),
+        _ => {
+            eprintln!(
+                "axctl: agent {name} {}: {}",
+                st.status_label(),
+                st.reason.as_deref().unwrap_or("unknown reason")
+            );
+            eprintln!("  hint: see {}/console.log and supervisor.log", dir.display());
+            Ok(if status.success() { 1 } else { status.code().unwrap_or(1).max(1) })
+        }
+    }
+}
