@@ -1,0 +1,264 @@
+//! vhost-user backend for the hybrid vsock device (vhost-user spec, "Back-end" role; device
+//! type virtio-vsock, virtio 1.2 §5.10), for QEMU's `vhost-user-vsock-device`.
+//!
+//! Queues: 0 = rx, 1 = tx, 2 = event (§5.10.2). The configuration space is the 8-byte
+//! little-endian `guest_cid` (§5.10.4), served through `VHOST_USER_GET_CONFIG`
+//! (`VHOST_USER_PROTOCOL_F_CONFIG`): QEMU's vhost-user-vsock device reads the CID from the
+//! backend.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{anyhow, Context};
+use log::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::muxer::{MuxerOptions, VsockMuxer};
+use crate::HybridConfig;
+
+const NUM_QUEUES: usize = 3;
+const QUEUE_SIZE: usize = 256;
+const RX: u16 = 0;
+const TX: u16 = 1;
+const EVT: u16 = 2;
+/// epoll data for the muxer's fd: above the range `[0, NUM_QUEUES]` the daemon reserves.
+const MUXER_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// The vhost-user backend: a [`VsockMuxer`] plus the guest memory the frontend shared.
+pub struct VsockBackend {
+    muxer: VsockMuxer,
+    mem: Option<Mem>,
+    event_idx: bool,
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl VsockBackend {
+    /// Creates the backend; binds the hybrid listener at once.
+    pub fn new(cfg: &HybridConfig, opts: MuxerOptions) -> io::Result<Self> {
+        Ok(Self {
+            muxer: VsockMuxer::new(cfg, opts)?,
+            mem: None,
+            event_idx: false,
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+        })
+    }
+
+    /// The device logic.
+    pub fn muxer(&mut self) -> &mut VsockMuxer {
+        &mut self.muxer
+    }
+
+    fn run_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return Ok(());
+        };
+        if !vring.get_ref().get_queue().ready() || !self.muxer.has_rx_work() {
+            return Ok(());
+        }
+        let used = {
+            let mut st = vring.get_mut();
+            self.muxer.fill_rx(&*mem, st.get_queue_mut())?
+        };
+        if used {
+            notify(vring)?;
+        }
+        Ok(())
+    }
+
+    fn run_tx(&mut self, vring: &VringRwLock) -> io::Result<()> {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return Ok(());
+        };
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
+        let used = {
+            let mut st = vring.get_mut();
+            self.muxer.process_tx(&*mem, st.get_queue_mut())?
+        };
+        if used {
+            notify(vring)?;
+        }
+        Ok(())
+    }
+}
+
+/// Signals the used queue unless `VIRTIO_RING_F_EVENT_IDX` says the driver does not want it.
+fn notify(vring: &VringRwLock) -> io::Result<()> {
+    if vring.needs_notification().map_err(io::Error::other)? {
+        vring.signal_used_queue()?;
+    }
+    Ok(())
+}
+
+impl VhostUserBackendMut for VsockBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn reset_device(&mut self) {
+        debug!("vsock: device reset");
+        self.muxer.reset();
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    /// `struct virtio_vsock_config { le64 guest_cid; }` (virtio 1.2 §5.10.4).
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.muxer.guest_cid().to_le_bytes();
+        let start = offset as usize;
+        let end = start.saturating_add(size as usize);
+        if end > cfg.len() {
+            return Vec::new();
+        }
+        cfg[start..end].to_vec()
+    }
+
+    fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let [rx, tx, ..] = vrings else {
+            return Err(io::Error::other("vsock: expected rx and tx vrings"));
+        };
+        match device_event {
+            RX => self.run_rx(rx)?,
+            TX => {
+                self.run_tx(tx)?;
+                self.run_rx(rx)?;
+            }
+            EVT => {}
+            MUXER_EVENT => {
+                if !evset.contains(EventSet::IN) {
+                    warn!("vsock: unexpected muxer event set {evset:?}");
+                }
+                self.muxer.process_events();
+                self.run_rx(rx)?;
+            }
+            other => warn!("vsock: unknown device event {other}"),
+        }
+        Ok(())
+    }
+}
+
+/// A bound vhost-user listening socket, created before the frontend (QEMU) starts.
+pub struct VhostUserListener {
+    inner: Listener,
+}
+
+/// Binds the vhost-user socket (replacing a stale socket file). Call this before starting QEMU,
+/// then hand the listener to [`serve`].
+pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
+    let inner = Listener::new(socket, true).map_err(|e| {
+        anyhow!(
+            "cannot listen on vhost-user socket {}: {e}",
+            socket.display()
+        )
+    })?;
+    Ok(VhostUserListener { inner })
+}
+
+/// Serves one vhost-user frontend on `listener` with default [`MuxerOptions`]; see
+/// [`serve_with`].
+pub fn serve(listener: VhostUserListener, cfg: HybridConfig) -> anyhow::Result<()> {
+    serve_with(listener, cfg, MuxerOptions::default())
+}
+
+/// Serves one vhost-user frontend (vhost-user spec, back-end side) until it disconnects.
+///
+/// The hybrid listener at `cfg.uds_path` is bound before waiting for the frontend, so host
+/// clients can connect early: their `CONNECT` waits for the guest driver (up to
+/// [`MuxerOptions::ready_timeout`]). Blocking; run it on a thread. On return the hybrid socket
+/// file is removed and all connections are closed.
+pub fn serve_with(
+    mut listener: VhostUserListener,
+    cfg: HybridConfig,
+    opts: MuxerOptions,
+) -> anyhow::Result<()> {
+    let backend = VsockBackend::new(&cfg, opts)
+        .with_context(|| format!("cannot start hybrid vsock on {}", cfg.uds_path.display()))?;
+    let muxer_fd = backend.muxer.as_raw_fd();
+    let backend = Arc::new(RwLock::new(backend));
+    let mut daemon = VhostUserDaemon::new(
+        "ax-vsock".to_string(),
+        backend.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| anyhow!("vhost-user daemon: {e}"))?;
+    let handlers = daemon.get_epoll_handlers();
+    let handler = handlers
+        .first()
+        .ok_or_else(|| anyhow!("vhost-user daemon has no thread"))?;
+    handler
+        .register_listener(muxer_fd, EventSet::IN, u64::from(MUXER_EVENT))
+        .map_err(|e| anyhow!("cannot register vsock fd: {e}"))?;
+
+    let result = daemon
+        .start(&mut listener.inner)
+        .and_then(|()| daemon.wait());
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    if let Ok(mut b) = backend.write() {
+        b.muxer.reset();
+    }
+    let _ = std::fs::remove_file(&cfg.uds_path);
+    match result {
+        Ok(()) => Ok(()),
+        // A frontend going away (QEMU quit, guest powered off) is the normal end.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(anyhow!("vhost-user: {e}")),
+    }
+}
+
+/// Binds `socket`, then [`serve`]s one frontend on it. Blocking.
+pub fn serve_vhost_user(socket: &Path, cfg: HybridConfig) -> anyhow::Result<()> {
+    serve(listen(socket)?, cfg)
+}
