@@ -1,0 +1,123 @@
+//! PID 1: boot duties, then serve the control port and wait for the reason to power off.
+
+use crate::cmdline::Cmdline;
+use crate::{console, modules, mounts, net, power, vsock};
+use agentd::proto::CONTROL_PORT;
+use agentd::server::{boottime_ms, Config, Event, Server};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn release() -> String {
+    // SAFETY: uname fills a zeroed utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    unsafe { libc::uname(&mut u) };
+    let b: Vec<u8> = u.release.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Runs the boot sequence and then the guest's life; never returns. Any fatal error is logged
+/// and the guest powers off, so the host sees the VM end and the console says why.
+pub fn run() -> ! {
+    console::init(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    let r = std::panic::catch_unwind(boot_and_serve);
+    let why = match r {
+        Ok(Err(e)) => format!("fatal: {e}"),
+        Ok(Ok(never)) => match never {},
+        Err(_) => "fatal: panic in init".to_string(),
+    };
+    log::error!("{why}");
+    power::off(false, &why)
+}
+
+enum Never {}
+
+fn boot_and_serve() -> Result<Never, String> {
+    if let Err(e) = mounts::early() {
+        // Without /dev there is no console to log to; try anyway, then give up.
+        console::attach_console();
+        return Err(e);
+    }
+    console::attach_console();
+    let cmd = Cmdline::read();
+    if cmd.debug {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    log::info!("agentd {} starting (uptime {} ms)", env!("CARGO_PKG_VERSION"), boottime_ms());
+    agentd::reaper::start();
+
+    let rel = release();
+    let (ok, failed) = modules::load_list(std::path::Path::new(modules::MODULE_LIST), &rel);
+    log::info!("kernel {rel}: {ok} modules loaded, {failed} failed");
+
+    match &cmd.root {
+        Some(dev) => {
+            mounts::switch_root(dev)?;
+            log::info!("root: overlay of {dev} (erofs) under tmpfs");
+        }
+        None => {
+            log::info!("ax.root=none: staying in the initramfs");
+            let _ = std::fs::create_dir_all("/workspace");
+        }
+    }
+    if let Some(name) = &cmd.name {
+        if let Err(e) = net::set_hostname(name) {
+            log::warn!("sethostname {name:?}: {e}");
+        }
+    }
+    if let Err(e) = net::link_up("lo") {
+        log::warn!("lo up: {e}");
+    }
+
+    let listener = bind_control()?;
+    let (tx, rx) = mpsc::channel();
+    let ready = boottime_ms();
+    let server = Server::new(Config { ready_ms: ready, ..Config::default() }, tx);
+    std::thread::Builder::new()
+        .name("vsock-accept".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok(s) => server.serve(s),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("vsock accept: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+        .map_err(|e| format!("spawn accept thread: {e}"))?;
+    log::info!("ready: control port vsock:{CONTROL_PORT} (uptime {ready} ms)");
+
+    loop {
+        match rx.recv() {
+            Ok(Event::Shutdown { reboot }) => power::off(reboot, "SHUTDOWN requested"),
+            Ok(Event::PrimaryExited(exit)) => {
+                log::info!("primary session exited ({}); waiting up to {:?} for SHUTDOWN", exit.shell_code(), cmd.grace);
+                let reboot = match rx.recv_timeout(cmd.grace) {
+                    Ok(Event::Shutdown { reboot }) => reboot,
+                    _ => false,
+                };
+                power::off(reboot, "primary session exited");
+            }
+            Err(_) => return Err("event channel closed".into()),
+        }
+    }
+}
+
+/// Binds the control port, retrying for up to 10 s while the vsock transport is not there
+/// yet (`EAFNOSUPPORT`, `ENODEV`, `EADDRNOTAVAIL` until the virtio-vsock device probes).
+fn bind_control() -> Result<vsock::VsockListener, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match vsock::VsockListener::bind(CONTROL_PORT) {
+            Ok(l) => return Ok(l),
+            Err(e) if std::time::Instant::now() < deadline => {
+                log::debug!("vsock bind: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(format!("cannot listen on vsock port {CONTROL_PORT}: {e} (are vsock and vmw_vsock_virtio_transport in /etc/ax/modules?)"))
+            }
+        }
+    }
+}
