@@ -28,7 +28,7 @@ use crate::muxer::{MuxerOptions, VsockMuxer};
 use crate::HybridConfig;
 
 const NUM_QUEUES: usize = 3;
-const QUEUE_SIZE: usize = 256;
+const QUEUE_SIZE: usize = 1024;
 const RX: u16 = 0;
 const TX: u16 = 1;
 const EVT: u16 = 2;
@@ -166,6 +166,7 @@ impl VhostUserBackendMut for VsockBackend {
         let [rx, tx, ..] = vrings else {
             return Err(io::Error::other("vsock: expected rx and tx vrings"));
         };
+        log::trace!("vsock: device event {device_event} {evset:?}");
         match device_event {
             RX => self.run_rx(rx)?,
             TX => {
