@@ -46,3 +46,6 @@ impl HybridConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

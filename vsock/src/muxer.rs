@@ -886,8 +886,10 @@ impl VsockMuxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        // The guest's window is full and the host may have more to say: ask for credit once
+        // per stall (the guest answers with CREDIT_UPDATE, §5.10.6.3.1).
         if conn.established()
-            && !conn.staging.is_empty()
+            && (!conn.staging.is_empty() || !(conn.host_eof || conn.guest_shut_recv))
             && conn.peer_free() == 0
             && !conn.credit_request_sent
         {
