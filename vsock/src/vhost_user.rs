@@ -263,3 +263,36 @@ pub fn serve_with(
 pub fn serve_vhost_user(socket: &Path, cfg: HybridConfig) -> anyhow::Result<()> {
     serve(listen(socket)?, cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_is_the_guest_cid_and_bounds_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HybridConfig {
+            guest_cid: 0x1234_5678,
+            uds_path: dir.path().join("v.sock"),
+        };
+        let b = VsockBackend::new(&cfg, MuxerOptions::default()).unwrap();
+        assert!(
+            dir.path().join("v.sock").exists(),
+            "hybrid listener bound at creation"
+        );
+        assert_eq!(b.get_config(0, 8), 0x1234_5678u64.to_le_bytes());
+        assert_eq!(b.get_config(4, 4), [0, 0, 0, 0]);
+        assert!(b.get_config(4, 8).is_empty());
+        assert!(b.get_config(u32::MAX, u32::MAX).is_empty());
+        assert_eq!(b.num_queues(), 3);
+        assert_ne!(
+            b.protocol_features() & VhostUserProtocolFeatures::CONFIG,
+            VhostUserProtocolFeatures::empty()
+        );
+        drop(b);
+        assert!(
+            !dir.path().join("v.sock").exists(),
+            "socket file removed on drop"
+        );
+    }
+}
