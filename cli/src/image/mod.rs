@@ -88,6 +88,7 @@ impl From<&BuildArgs> for build::Options {
             lock: a.lock.clone(),
             quiet: a.quiet,
             keep_work: a.keep_work,
+            ..Default::default()
         }
     }
 }
