@@ -148,7 +148,6 @@ impl Supervisor {
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
             vhost_vsock_socket: vhost_sock,
-            guest_cid: GUEST_CID,
             accel: driver::qemu_accel(),
         };
         let vmm_log = File::create(self.dir.join("vmm.log"))?;
@@ -465,6 +464,12 @@ fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
 fn start_vsock_backend(vhost_sock: &Path, uds: &Path, log: Arc<Log>) -> Result<()> {
     let _ = std::fs::remove_file(vhost_sock);
     let _ = std::fs::remove_file(uds);
-    let _ = log; anyhow::bail!("tmp");
-
+    let cfg = ax_vsock::HybridConfig { guest_cid: GUEST_CID, uds_path: uds.to_path_buf() };
+    let listener = ax_vsock::listen(vhost_sock).context("creating the vhost-user vsock socket")?;
+    std::thread::spawn(move || {
+        if let Err(e) = ax_vsock::serve(listener, cfg) {
+            log.line(format!("vsock backend: {e:#}"));
+        }
+    });
+    Ok(())
 }

@@ -99,8 +99,6 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// vhost-user socket of the vsock backend (the backend listens, the VMM connects).
     pub vhost_vsock_socket: PathBuf,
-    /// Guest CID for vsock.
-    pub guest_cid: u64,
     pub accel: Accel,
 }
 

@@ -55,7 +55,8 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
         "-drive", &format!("id=rootfs,file={},format=raw,if=none,readonly=on", spec.rootfs.display()),
         "-device", "virtio-blk-device,drive=rootfs",
         "-chardev", &format!("socket,id=vsock,path={}", spec.vhost_vsock_socket.display()),
-        "-device", &format!("vhost-user-vsock-device,chardev=vsock,guest-cid={}", spec.guest_cid),
+        // QEMU 7.2 reads the guest CID from the backend's config space (no guest-cid property).
+        "-device", "vhost-user-vsock-device,chardev=vsock",
     ] {
         push(s);
     }
@@ -78,7 +79,6 @@ mod tests {
             memory_mib: 512,
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
-            guest_cid: 3,
             accel: Accel::Tcg,
         };
         let a: Vec<String> = args(&spec).into_iter().map(|s| s.into_string().unwrap()).collect();
@@ -86,7 +86,7 @@ mod tests {
         assert!(joined.contains("-M microvm,accel=tcg"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(joined.contains("file=/i/rootfs.erofs,format=raw,if=none,readonly=on"));
-        assert!(joined.contains("vhost-user-vsock-device,chardev=vsock,guest-cid=3"));
+        assert!(joined.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(joined.contains("-no-reboot"));
     }
 }
