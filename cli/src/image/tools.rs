@@ -55,7 +55,7 @@ pub fn missing_error(missing: &[Tool]) -> anyhow::Error {
     pkgs.dedup();
     error::usage(
         format!("{} not found", progs.join(", ")),
-        format!("install it: apt-get install {}", pkgs.join(" ")),
+        format!("install {}: apt-get install {}", if missing.len() == 1 { "it" } else { "them" }, pkgs.join(" ")),
     )
 }
 
@@ -96,7 +96,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "mmdebstrap, qemu-system-x86_64 not found\n  hint: install it: apt-get install mmdebstrap qemu-system-x86"
+            "mmdebstrap, qemu-system-x86_64 not found\n  hint: install them: apt-get install mmdebstrap qemu-system-x86"
         );
     }
 
