@@ -11,7 +11,10 @@ use super::{initrd, kernel, lock, rootfs, store, tools, Image};
 use crate::{error, paths};
 
 /// Default apt sources handed to mmdebstrap (the host's, deb822 format).
-pub const DEFAULT_SOURCES: &[&str] = &["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"];
+pub const DEFAULT_SOURCES: &[&str] = &[
+    "/etc/apt/sources.list.d/debian.sources",
+    "/etc/apt/sources.list",
+];
 
 /// Environment variable naming the apt sources file.
 pub const SOURCES_ENV: &str = "AX_APT_SOURCES";
@@ -49,8 +52,14 @@ pub fn source_date_epoch(env: Option<&str>, default: u64) -> anyhow::Result<u64>
 }
 
 /// The apt sources file: flag, then `$AX_APT_SOURCES`, then the host's.
-pub fn sources_file(flag: Option<&Path>, env: Option<&str>, defaults: &[&str]) -> anyhow::Result<PathBuf> {
-    let chosen = flag.map(Path::to_path_buf).or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from));
+pub fn sources_file(
+    flag: Option<&Path>,
+    env: Option<&str>,
+    defaults: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let chosen = flag
+        .map(Path::to_path_buf)
+        .or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from));
     match chosen {
         Some(p) if p.is_file() => Ok(p),
         Some(p) => Err(error::usage(
@@ -104,7 +113,12 @@ fn host_tool_versions() -> Vec<Package> {
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_else(|| "unknown".into());
-            Package { name: (*p).into(), version, arch: String::new(), deb_sha256: None }
+            Package {
+                name: (*p).into(),
+                version,
+                arch: String::new(),
+                deb_sha256: None,
+            }
         })
         .collect()
 }
@@ -135,9 +149,16 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     let lock = &loaded.lock;
     let epoch = match opts.epoch {
         Some(e) => e,
-        None => source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(), lock.source_date_epoch)?,
+        None => source_date_epoch(
+            std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
+            lock.source_date_epoch,
+        )?,
     };
-    let sources = sources_file(opts.sources.as_deref(), std::env::var(SOURCES_ENV).ok().as_deref(), DEFAULT_SOURCES)?;
+    let sources = sources_file(
+        opts.sources.as_deref(),
+        std::env::var(SOURCES_ENV).ok().as_deref(),
+        DEFAULT_SOURCES,
+    )?;
     let sources = std::fs::canonicalize(&sources).unwrap_or(sources);
     let agentd = agentd_binary(opts.agentd.as_deref())?;
     require_root()?;
@@ -145,9 +166,16 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     let root = opts.images_dir.clone().unwrap_or_else(paths::images_dir);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     store::sweep_stale_builds(&root);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let bd = BuildDir {
-        path: root.join(format!("{}{}-{nanos:x}", store::BUILD_PREFIX, std::process::id())),
+        path: root.join(format!(
+            "{}{}-{nanos:x}",
+            store::BUILD_PREFIX,
+            std::process::id()
+        )),
         keep: opts.keep_work,
     };
     let out = bd.path.join("out");
@@ -157,7 +185,17 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     let log = bd.path.join("build.log");
 
     let mut p = Progress::new(5, opts.quiet);
-    let r = steps(&mut p, lock, &loaded.text, &sources, &agentd, epoch, &out, &work, &log);
+    let r = steps(
+        &mut p,
+        lock,
+        &loaded.text,
+        &sources,
+        &agentd,
+        epoch,
+        &out,
+        &work,
+        &log,
+    );
     let manifest = match r {
         Ok(m) => m,
         Err(e) => {
@@ -167,7 +205,8 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     };
     let image_dir = store::install(&out, &root, &manifest.id)?;
     p.finish(&format!("image {} built", manifest.id));
-    store::open(&image_dir).ok_or_else(|| anyhow::anyhow!("{} is incomplete after install", image_dir.display()))
+    store::open(&image_dir)
+        .ok_or_else(|| anyhow::anyhow!("{} is incomplete after install", image_dir.display()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -182,19 +221,38 @@ fn steps(
     work: &Path,
     log: &Path,
 ) -> anyhow::Result<Manifest> {
-    p.step(&format!("kernel (mmdebstrap extract {}={})", lock.kernel.package, lock.kernel.version));
+    p.step(&format!(
+        "kernel (mmdebstrap extract {}={})",
+        lock.kernel.package, lock.kernel.version
+    ));
     let k = kernel::fetch(lock, sources, work, epoch, log)?;
     let kernel_out = out.join(manifest::KERNEL_FILE);
     std::fs::copy(&k.bzimage, &kernel_out).context("copying the kernel")?;
 
     p.step("initrd (agentd, libraries, kernel modules)");
     let plan = kernel::plan_modules(&k, &lock.kernel.modules)?;
-    p.note(&format!("{} modules; built in: {}", plan.order.len(), if plan.builtin.is_empty() { "none".into() } else { plan.builtin.join(", ") }));
+    p.note(&format!(
+        "{} modules; built in: {}",
+        plan.order.len(),
+        if plan.builtin.is_empty() {
+            "none".into()
+        } else {
+            plan.builtin.join(", ")
+        }
+    ));
     let (archive, initrd_info) = initrd::build(agentd, &k, &plan)?;
-    let mtime = u32::try_from(epoch).map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH {epoch} does not fit cpio's 32-bit mtime"))?;
-    std::fs::write(out.join(manifest::INITRD_FILE), archive.to_bytes(mtime)).context("writing the initrd")?;
+    let mtime = u32::try_from(epoch).map_err(|_| {
+        anyhow::anyhow!("SOURCE_DATE_EPOCH {epoch} does not fit cpio's 32-bit mtime")
+    })?;
+    std::fs::write(out.join(manifest::INITRD_FILE), archive.to_bytes(mtime))
+        .context("writing the initrd")?;
 
-    p.step(&format!("rootfs (mmdebstrap {} {}, {} packages)", lock.suite, lock.rootfs.variant, lock.rootfs.packages.len()));
+    p.step(&format!(
+        "rootfs (mmdebstrap {} {}, {} packages)",
+        lock.suite,
+        lock.rootfs.variant,
+        lock.rootfs.packages.len()
+    ));
     let (tree, packages) = rootfs::debootstrap(lock, sources, work, epoch, log)?;
 
     p.step("rootfs.erofs (mkfs.erofs)");
@@ -204,7 +262,8 @@ fn steps(
     store::remove_tree(work)?;
 
     p.step("manifest");
-    let hash = |f: &str| manifest::sha256_file(&out.join(f)).with_context(|| format!("hashing {f}"));
+    let hash =
+        |f: &str| manifest::sha256_file(&out.join(f)).with_context(|| format!("hashing {f}"));
     let outputs = Outputs {
         kernel: hash(manifest::KERNEL_FILE)?,
         initrd: hash(manifest::INITRD_FILE)?,
@@ -215,7 +274,9 @@ fn steps(
         id: manifest::image_id(&outputs),
         source_date_epoch: epoch,
         suite: lock.suite.clone(),
-        lock: LockInfo { sha256: manifest::sha256_bytes(lock_text.as_bytes()) },
+        lock: LockInfo {
+            sha256: manifest::sha256_bytes(lock_text.as_bytes()),
+        },
         tools: host_tool_versions(),
         kernel: manifest::KernelInfo {
             package: lock.kernel.package.clone(),
@@ -228,7 +289,8 @@ fn steps(
         rootfs: rootfs::info(lock, packages),
         outputs,
     };
-    std::fs::write(out.join(manifest::MANIFEST_FILE), m.to_json()).context("writing manifest.json")?;
+    std::fs::write(out.join(manifest::MANIFEST_FILE), m.to_json())
+        .context("writing manifest.json")?;
     Ok(m)
 }
 
@@ -240,7 +302,10 @@ mod tests {
     fn epoch_from_env_or_lock() {
         assert_eq!(source_date_epoch(None, 5).unwrap(), 5);
         assert_eq!(source_date_epoch(Some(""), 5).unwrap(), 5);
-        assert_eq!(source_date_epoch(Some("1700000000"), 5).unwrap(), 1_700_000_000);
+        assert_eq!(
+            source_date_epoch(Some("1700000000"), 5).unwrap(),
+            1_700_000_000
+        );
         let e = source_date_epoch(Some("yesterday"), 5).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
     }
@@ -254,7 +319,10 @@ mod tests {
         std::fs::write(&b, "x").unwrap();
         let defaults = [b.to_str().unwrap()];
         assert_eq!(sources_file(Some(&a), Some("/nope"), &defaults).unwrap(), a);
-        assert_eq!(sources_file(None, Some(a.to_str().unwrap()), &defaults).unwrap(), a);
+        assert_eq!(
+            sources_file(None, Some(a.to_str().unwrap()), &defaults).unwrap(),
+            a
+        );
         assert_eq!(sources_file(None, None, &defaults).unwrap(), b);
         let e = sources_file(None, Some("/nope/x.sources"), &defaults).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
@@ -273,7 +341,11 @@ mod tests {
         // target/debug/deps/ax_cli-… → target/debug/agentd
         let exe = std::env::current_exe().unwrap();
         let agentd = exe.parent().unwrap().parent().unwrap().join("agentd");
-        assert!(agentd.is_file(), "run `cargo build -p agentd` first ({})", agentd.display());
+        assert!(
+            agentd.is_file(),
+            "run `cargo build -p agentd` first ({})",
+            agentd.display()
+        );
         let stores = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let mut images = Vec::new();
         for s in &stores {
@@ -286,11 +358,21 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            eprintln!("built {} in {:.1}s: {} bytes", img.id, t.elapsed().as_secs_f64(), img.size);
+            eprintln!(
+                "built {} in {:.1}s: {} bytes",
+                img.id,
+                t.elapsed().as_secs_f64(),
+                img.size
+            );
             images.push(img);
         }
         assert_eq!(images[0].id, images[1].id);
-        for f in [manifest::KERNEL_FILE, manifest::INITRD_FILE, manifest::ROOTFS_FILE, manifest::MANIFEST_FILE] {
+        for f in [
+            manifest::KERNEL_FILE,
+            manifest::INITRD_FILE,
+            manifest::ROOTFS_FILE,
+            manifest::MANIFEST_FILE,
+        ] {
             let a = manifest::sha256_file(&images[0].dir.join(f)).unwrap();
             let b = manifest::sha256_file(&images[1].dir.join(f)).unwrap();
             assert_eq!(a, b, "{f} differs between the two builds");
@@ -298,10 +380,17 @@ mod tests {
         }
         let m = Manifest::read(&images[0].dir.join(manifest::MANIFEST_FILE)).unwrap();
         assert_eq!(m.id, images[0].id);
-        assert!(m.rootfs.packages.iter().any(|p| p.name == "git" && p.deb_sha256.is_some()));
+        assert!(m
+            .rootfs
+            .packages
+            .iter()
+            .any(|p| p.name == "git" && p.deb_sha256.is_some()));
 
         let console = boot_console(&images[0], std::time::Duration::from_secs(180));
-        assert!(console.contains("Run /init as init process"), "no /init on the console:\n{console}");
+        assert!(
+            console.contains("Run /init as init process"),
+            "no /init on the console:\n{console}"
+        );
         assert!(!console.contains("Kernel panic"), "{console}");
     }
 
@@ -310,11 +399,26 @@ mod tests {
     fn boot_console(img: &Image, timeout: std::time::Duration) -> String {
         use std::io::Read;
         let mut child = std::process::Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm,accel=tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot"])
-            .arg("-kernel").arg(&img.kernel)
-            .arg("-initrd").arg(&img.initrd)
+            .args([
+                "-M",
+                "microvm,accel=tcg",
+                "-cpu",
+                "max",
+                "-m",
+                "512",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(&img.kernel)
+            .arg("-initrd")
+            .arg(&img.initrd)
             .args(["-append", "console=ttyS0 panic=-1"])
-            .arg("-drive").arg(format!("id=root,file={},format=raw,if=none,readonly=on", img.rootfs.display()))
+            .arg("-drive")
+            .arg(format!(
+                "id=root,file={},format=raw,if=none,readonly=on",
+                img.rootfs.display()
+            ))
             .args(["-device", "virtio-blk-device,drive=root"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -352,7 +456,13 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let text = String::from_utf8_lossy(&console).into_owned();
-        eprintln!("{}", text.lines().filter(|l| l.contains("/init") || l.contains("agentd")).collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "{}",
+            text.lines()
+                .filter(|l| l.contains("/init") || l.contains("agentd"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         text
     }
 

@@ -34,7 +34,9 @@ const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 fn clean(path: &str) -> String {
-    path.trim_start_matches('/').trim_end_matches('/').to_owned()
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 impl Archive {
@@ -53,7 +55,9 @@ impl Archive {
                 parent.push('/');
             }
             parent.push_str(comp);
-            self.entries.entry(parent.clone()).or_insert(Node::Dir { mode: 0o755 });
+            self.entries
+                .entry(parent.clone())
+                .or_insert(Node::Dir { mode: 0o755 });
         }
         self.entries.insert(path, node);
     }
@@ -103,7 +107,8 @@ impl Archive {
     /// The archive as bytes.
     pub fn to_bytes(&self, mtime: u32) -> Vec<u8> {
         let mut v = Vec::new();
-        self.write_to(&mut v, mtime).expect("writing to a Vec cannot fail");
+        self.write_to(&mut v, mtime)
+            .expect("writing to a Vec cannot fail");
         v
     }
 }
@@ -189,7 +194,14 @@ mod tests {
                 a.file(p, 0o644, p.as_bytes().to_vec());
             }
             a.dir("proc", 0o555);
-            a.insert("dev/console", Node::CharDev { mode: 0o600, major: 5, minor: 1 });
+            a.insert(
+                "dev/console",
+                Node::CharDev {
+                    mode: 0o600,
+                    major: 5,
+                    minor: 1,
+                },
+            );
             a
         };
         let a = build(&["lib/x86_64-linux-gnu/libc.so.6", "etc/ax/modules", "init"]);
@@ -200,8 +212,16 @@ mod tests {
         assert_eq!(
             paths,
             [
-                "dev", "dev/console", "etc", "etc/ax", "etc/ax/modules", "init", "lib",
-                "lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu/libc.so.6", "proc"
+                "dev",
+                "dev/console",
+                "etc",
+                "etc/ax",
+                "etc/ax/modules",
+                "init",
+                "lib",
+                "lib/x86_64-linux-gnu",
+                "lib/x86_64-linux-gnu/libc.so.6",
+                "proc"
             ]
         );
     }
@@ -209,14 +229,23 @@ mod tests {
     /// The host's cpio(1) reads our archive back: names, modes, contents.
     #[test]
     fn cpio_tool_reads_it() {
-        if std::process::Command::new("cpio").arg("--version").output().is_err() {
+        if std::process::Command::new("cpio")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("cpio not installed; skipped");
             return;
         }
         let mut a = Archive::new();
         a.file("init", 0o755, b"#!/bin/true\n".to_vec());
         a.file("lib/modules/x/kernel/a.ko", 0o644, vec![7u8; 1001]);
-        a.insert("lib64/ld.so", Node::Symlink { target: "../lib/ld.so".into() });
+        a.insert(
+            "lib64/ld.so",
+            Node::Symlink {
+                target: "../lib/ld.so".into(),
+            },
+        );
         a.dir("tmp", 0o1777);
         let bytes = a.to_bytes(1_700_000_000);
         let mut child = std::process::Command::new("cpio")

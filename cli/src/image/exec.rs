@@ -20,7 +20,11 @@ pub fn tail(text: &str, n: usize) -> String {
 /// the error quotes the last lines and names the log.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<String> {
     let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    let out = File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let prog = cmd.get_program().to_string_lossy().into_owned();
     let status = cmd
@@ -32,7 +36,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<String> {
     let all = std::fs::read(log).unwrap_or_default();
     let text = String::from_utf8_lossy(&all[(before as usize).min(all.len())..]).into_owned();
     if !status.success() {
-        anyhow::bail!("{prog} failed ({status}); its last lines:\n{}", tail(&text, TAIL));
+        anyhow::bail!(
+            "{prog} failed ({status}); its last lines:\n{}",
+            tail(&text, TAIL)
+        );
     }
     Ok(text)
 }
@@ -40,9 +47,16 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<String> {
 /// Runs `cmd` and returns its stdout (stderr is quoted on failure).
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let prog = cmd.get_program().to_string_lossy().into_owned();
-    let o = cmd.stdin(Stdio::null()).output().with_context(|| format!("starting {prog}"))?;
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {prog}"))?;
     if !o.status.success() {
-        anyhow::bail!("{prog} failed ({}): {}", o.status, tail(&String::from_utf8_lossy(&o.stderr), TAIL));
+        anyhow::bail!(
+            "{prog} failed ({}): {}",
+            o.status,
+            tail(&String::from_utf8_lossy(&o.stderr), TAIL)
+        );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -55,11 +69,22 @@ mod tests {
     fn logged_failure_quotes_tail() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("log");
-        let ok = run_logged(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &log).unwrap();
+        let ok = run_logged(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            &log,
+        )
+        .unwrap();
         assert!(ok.contains("out") && ok.contains("err"));
-        let e = run_logged(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]), &log).unwrap_err();
+        let e = run_logged(
+            Command::new("sh").args(["-c", "echo boom >&2; exit 3"]),
+            &log,
+        )
+        .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("sh failed") && s.contains("boom") && !s.contains("out"), "{s}");
+        assert!(
+            s.contains("sh failed") && s.contains("boom") && !s.contains("out"),
+            "{s}"
+        );
     }
 
     #[test]

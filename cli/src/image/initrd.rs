@@ -17,8 +17,14 @@ use super::modules::LoadPlan;
 pub const MODULES_LIST: &str = "etc/ax/modules";
 
 /// Directories agentd mounts things on (`newroot` is where the rootfs goes before switching).
-pub const MOUNT_POINTS: &[(&str, u32)] =
-    &[("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777), ("newroot", 0o755)];
+pub const MOUNT_POINTS: &[(&str, u32)] = &[
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("newroot", 0o755),
+];
 
 /// Absolute paths of the shared objects in `ldd` output (libraries and the interpreter).
 /// `Err` names libraries ldd could not find. A static binary yields an empty list.
@@ -30,10 +36,18 @@ pub fn parse_ldd(text: &str) -> Result<Vec<String>, String> {
             let target = rest.trim();
             if target.starts_with("not found") {
                 missing.push(name.trim().to_owned());
-            } else if let Some(p) = target.split_whitespace().next().filter(|p| p.starts_with('/')) {
+            } else if let Some(p) = target
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/'))
+            {
                 paths.push(p.to_owned());
             }
-        } else if let Some(p) = line.split_whitespace().next().filter(|p| p.starts_with('/')) {
+        } else if let Some(p) = line
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
             paths.push(p.to_owned());
         }
     }
@@ -47,7 +61,10 @@ pub fn parse_ldd(text: &str) -> Result<Vec<String>, String> {
 
 /// The shared objects `binary` needs, via `ldd`.
 pub fn shared_objects(binary: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new(super::tools::path("ldd")).arg(binary).output().context("running ldd")?;
+    let out = Command::new(super::tools::path("ldd"))
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -55,22 +72,36 @@ pub fn shared_objects(binary: &Path) -> anyhow::Result<Vec<String>> {
         if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
             return Ok(Vec::new());
         }
-        anyhow::bail!("ldd {} failed: {}{}", binary.display(), text.trim(), err.trim());
+        anyhow::bail!(
+            "ldd {} failed: {}{}",
+            binary.display(),
+            text.trim(),
+            err.trim()
+        );
     }
-    parse_ldd(&text).map_err(|m| anyhow::anyhow!("{}: shared libraries not found: {m}", binary.display()))
+    parse_ldd(&text)
+        .map_err(|m| anyhow::anyhow!("{}: shared libraries not found: {m}", binary.display()))
 }
 
 /// Builds the initrd archive for `agentd` and the planned modules.
-pub fn build(agentd: &Path, kernel: &Kernel, plan: &LoadPlan) -> anyhow::Result<(Archive, InitrdInfo)> {
+pub fn build(
+    agentd: &Path,
+    kernel: &Kernel,
+    plan: &LoadPlan,
+) -> anyhow::Result<(Archive, InitrdInfo)> {
     let mut a = Archive::new();
-    let agentd_bytes = std::fs::read(agentd).with_context(|| format!("reading {}", agentd.display()))?;
+    let agentd_bytes =
+        std::fs::read(agentd).with_context(|| format!("reading {}", agentd.display()))?;
     let agentd_sha256 = manifest::sha256_bytes(&agentd_bytes);
     a.file("init", 0o755, agentd_bytes);
 
     let mut libraries = Vec::new();
     for lib in shared_objects(agentd)? {
         let data = std::fs::read(&lib).with_context(|| format!("reading {lib}"))?;
-        libraries.push(FileHash { path: lib.clone(), sha256: manifest::sha256_bytes(&data) });
+        libraries.push(FileHash {
+            path: lib.clone(),
+            sha256: manifest::sha256_bytes(&data),
+        });
         a.file(&lib, 0o755, data);
     }
 
@@ -78,8 +109,15 @@ pub fn build(agentd: &Path, kernel: &Kernel, plan: &LoadPlan) -> anyhow::Result<
     for rel in &plan.order {
         let src = kernel.modules_dir.join(rel);
         let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        modules.push(FileHash { path: rel.clone(), sha256: manifest::sha256_bytes(&data) });
-        a.file(&format!("lib/modules/{}/{rel}", kernel.release), 0o644, data);
+        modules.push(FileHash {
+            path: rel.clone(),
+            sha256: manifest::sha256_bytes(&data),
+        });
+        a.file(
+            &format!("lib/modules/{}/{rel}", kernel.release),
+            0o644,
+            data,
+        );
     }
     let list: String = plan.order.iter().map(|p| format!("{p}\n")).collect();
     a.file(MODULES_LIST, 0o644, list.into_bytes());
@@ -88,9 +126,21 @@ pub fn build(agentd: &Path, kernel: &Kernel, plan: &LoadPlan) -> anyhow::Result<
         a.dir(d, *mode);
     }
     // The kernel opens /dev/console for init's stdio before /init runs.
-    a.insert("dev/console", Node::CharDev { mode: 0o600, major: 5, minor: 1 });
+    a.insert(
+        "dev/console",
+        Node::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    );
 
-    let info = InitrdInfo { agentd_sha256, libraries, modules, builtin_modules: plan.builtin.clone() };
+    let info = InitrdInfo {
+        agentd_sha256,
+        libraries,
+        modules,
+        builtin_modules: plan.builtin.clone(),
+    };
     Ok((a, info))
 }
 
@@ -106,9 +156,16 @@ mod tests {
                  \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
         assert_eq!(
             parse_ldd(t).unwrap(),
-            ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib64/ld-linux-x86-64.so.2"]
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
         );
-        assert_eq!(parse_ldd("\tlibfoo.so.1 => not found\n"), Err("libfoo.so.1".into()));
+        assert_eq!(
+            parse_ldd("\tlibfoo.so.1 => not found\n"),
+            Err("libfoo.so.1".into())
+        );
         assert_eq!(parse_ldd("\tstatically linked\n"), Ok(vec![]));
     }
 
@@ -128,13 +185,29 @@ mod tests {
             modules_dir: mods,
         };
         let plan = LoadPlan {
-            order: vec!["kernel/drivers/virtio/virtio_ring.ko".into(), "kernel/drivers/virtio/virtio.ko".into()],
+            order: vec![
+                "kernel/drivers/virtio/virtio_ring.ko".into(),
+                "kernel/drivers/virtio/virtio.ko".into(),
+            ],
             builtin: vec!["overlay".into()],
         };
         let (a, info) = build(bin, &kernel, &plan).unwrap();
-        for p in ["init", "etc/ax/modules", "dev/console", "proc", "sys", "run", "tmp", "newroot",
-                  "lib/modules/6.1.0-test/kernel/drivers/virtio/virtio.ko"] {
-            assert!(a.contains(p), "{p} missing: {:?}", a.paths().collect::<Vec<_>>());
+        for p in [
+            "init",
+            "etc/ax/modules",
+            "dev/console",
+            "proc",
+            "sys",
+            "run",
+            "tmp",
+            "newroot",
+            "lib/modules/6.1.0-test/kernel/drivers/virtio/virtio.ko",
+        ] {
+            assert!(
+                a.contains(p),
+                "{p} missing: {:?}",
+                a.paths().collect::<Vec<_>>()
+            );
         }
         assert!(!info.libraries.is_empty());
         for l in &info.libraries {

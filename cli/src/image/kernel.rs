@@ -33,9 +33,13 @@ pub fn deb_file_name(package: &str, version: &str, arch: &str) -> String {
 
 /// Whether mmdebstrap/apt output says the pinned package/version does not exist.
 pub fn pin_missing(output: &str) -> bool {
-    ["was not found", "Unable to locate package", "has no installation candidate"]
-        .iter()
-        .any(|s| output.contains(s))
+    [
+        "was not found",
+        "Unable to locate package",
+        "has no installation candidate",
+    ]
+    .iter()
+    .any(|s| output.contains(s))
 }
 
 /// The error when the mirror lacks the pinned kernel.
@@ -52,7 +56,13 @@ pub fn pin_missing_error(lock: &Lock) -> anyhow::Error {
 }
 
 /// Downloads and extracts the pinned kernel into `work/kernel`.
-pub fn fetch(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &Path) -> anyhow::Result<Kernel> {
+pub fn fetch(
+    lock: &Lock,
+    sources: &Path,
+    work: &Path,
+    epoch: u64,
+    log: &Path,
+) -> anyhow::Result<Kernel> {
     let tree = work.join("kernel");
     let pin = format!("{}={}", lock.kernel.package, lock.kernel.version);
     let mut cmd = Command::new(super::tools::path("mmdebstrap"));
@@ -71,9 +81,11 @@ pub fn fetch(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &Path) -
         return Err(e.context(format!("fetching {pin} with mmdebstrap")));
     }
 
-    let deb = tree
-        .join("var/cache/apt/archives")
-        .join(deb_file_name(&lock.kernel.package, &lock.kernel.version, "amd64"));
+    let deb = tree.join("var/cache/apt/archives").join(deb_file_name(
+        &lock.kernel.package,
+        &lock.kernel.version,
+        "amd64",
+    ));
     let deb_sha256 = manifest::sha256_file(&deb)
         .with_context(|| format!("hashing {} (apt's download of the kernel)", deb.display()))?
         .sha256;
@@ -92,11 +104,19 @@ pub fn fetch(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &Path) -
         .ok_or_else(|| anyhow::anyhow!("{} has no lib/modules/{release}", lock.kernel.package))?;
     // The package ships no modules.dep: generate it (and modules.softdep) for this tree.
     exec::run_logged(
-        Command::new(super::tools::path("depmod")).arg("-b").arg(&tree).arg(release),
+        Command::new(super::tools::path("depmod"))
+            .arg("-b")
+            .arg(&tree)
+            .arg(release),
         log,
     )
     .context("depmod on the extracted kernel")?;
-    Ok(Kernel { bzimage, release: release.clone(), deb_sha256, modules_dir })
+    Ok(Kernel {
+        bzimage,
+        release: release.clone(),
+        deb_sha256,
+        modules_dir,
+    })
 }
 
 /// Reads depmod's output for `kernel` and plans the module list for `wanted`.
@@ -124,18 +144,26 @@ mod tests {
             deb_file_name("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2", "amd64"),
             "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
         );
-        assert_eq!(deb_file_name("zlib1g", "1:1.2.13", "amd64"), "zlib1g_1%3a1.2.13_amd64.deb");
+        assert_eq!(
+            deb_file_name("zlib1g", "1:1.2.13", "amd64"),
+            "zlib1g_1%3a1.2.13_amd64.deb"
+        );
     }
 
     #[test]
     fn missing_pin_is_recognised_and_explained() {
-        assert!(pin_missing("E: Version '6.1.999-1' for 'linux-image-6.1.0-56-cloud-amd64' was not found"));
+        assert!(pin_missing(
+            "E: Version '6.1.999-1' for 'linux-image-6.1.0-56-cloud-amd64' was not found"
+        ));
         assert!(pin_missing("E: Unable to locate package linux-image-9"));
         assert!(!pin_missing("E: Failed to fetch"));
         let lock = super::super::lock::parse(super::super::lock::EMBEDDED, "t").unwrap();
         let e = pin_missing_error(&lock);
         assert_eq!(crate::error::exit_code(&e), 2);
         let s = e.to_string();
-        assert!(s.contains("6.1.192-2") && s.contains("apt-cache madison") && s.contains("--lock"), "{s}");
+        assert!(
+            s.contains("6.1.192-2") && s.contains("apt-cache madison") && s.contains("--lock"),
+            "{s}"
+        );
     }
 }

@@ -76,12 +76,17 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Lock> {
     })?;
     if lock.schema != 1 {
         return Err(error::usage(
-            format!("{origin}: lock schema {} is not supported (this axctl reads 1)", lock.schema),
+            format!(
+                "{origin}: lock schema {} is not supported (this axctl reads 1)",
+                lock.schema
+            ),
             "use the image/debian.lock.toml that matches this axctl",
         ));
     }
     let plain = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
     };
     let mut names: Vec<&str> = vec![&lock.suite, &lock.kernel.package, &lock.kernel.version];
     names.extend(lock.rootfs.packages.iter().map(String::as_str));
@@ -98,13 +103,21 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Lock> {
 /// Loads `path`, or the embedded lock file when `None`.
 pub fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
     match path {
-        None => Ok(Loaded { lock: parse(EMBEDDED, "embedded lock file")?, text: EMBEDDED.into(), origin: "embedded".into() }),
+        None => Ok(Loaded {
+            lock: parse(EMBEDDED, "embedded lock file")?,
+            text: EMBEDDED.into(),
+            origin: "embedded".into(),
+        }),
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading {}", p.display()))
                 .map_err(|e| error::usage(format!("{e:#}"), "pass an existing file to --lock"))?;
             let origin = p.display().to_string();
-            Ok(Loaded { lock: parse(&text, &origin)?, text, origin })
+            Ok(Loaded {
+                lock: parse(&text, &origin)?,
+                text,
+                origin,
+            })
         }
     }
 }

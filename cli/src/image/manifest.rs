@@ -161,10 +161,12 @@ impl Manifest {
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// sha256 of a byte slice, hex.
@@ -186,7 +188,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<Output> {
         size += n as u64;
         h.update(&buf[..n]);
     }
-    Ok(Output { sha256: hex(&h.finalize()), size })
+    Ok(Output {
+        sha256: hex(&h.finalize()),
+        size,
+    })
 }
 
 /// Length of an image id in hex digits.
@@ -215,8 +220,16 @@ pub fn packages_from_dpkg(dpkg_query: &str, deb_hashes: &[(String, String)]) -> 
                 return None;
             }
             let deb = format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"));
-            let deb_sha256 = deb_hashes.iter().find(|(f, _)| *f == deb).map(|(_, h)| h.clone());
-            Some(Package { name: name.into(), version: version.into(), arch: arch.into(), deb_sha256 })
+            let deb_sha256 = deb_hashes
+                .iter()
+                .find(|(f, _)| *f == deb)
+                .map(|(_, h)| h.clone());
+            Some(Package {
+                name: name.into(),
+                version: version.into(),
+                arch: arch.into(),
+                deb_sha256,
+            })
         })
         .collect();
     out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
@@ -228,15 +241,29 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {
-        let o = |c: char, size| Output { sha256: c.to_string().repeat(64), size };
-        let outputs = Outputs { kernel: o('a', 1), initrd: o('b', 2), rootfs: o('c', 3) };
+        let o = |c: char, size| Output {
+            sha256: c.to_string().repeat(64),
+            size,
+        };
+        let outputs = Outputs {
+            kernel: o('a', 1),
+            initrd: o('b', 2),
+            rootfs: o('c', 3),
+        };
         Manifest {
             schema: SCHEMA,
             id: image_id(&outputs),
             source_date_epoch: 1747699200,
             suite: "bookworm".into(),
-            lock: LockInfo { sha256: "d".repeat(64) },
-            tools: vec![Package { name: "mmdebstrap".into(), version: "1.3.5-1".into(), arch: String::new(), deb_sha256: None }],
+            lock: LockInfo {
+                sha256: "d".repeat(64),
+            },
+            tools: vec![Package {
+                name: "mmdebstrap".into(),
+                version: "1.3.5-1".into(),
+                arch: String::new(),
+                deb_sha256: None,
+            }],
             kernel: KernelInfo {
                 package: "linux-image-6.1.0-56-cloud-amd64".into(),
                 version: "6.1.192-2".into(),
@@ -247,7 +274,10 @@ pub(crate) mod tests {
             initrd: InitrdInfo {
                 agentd_sha256: "f".repeat(64),
                 libraries: vec![],
-                modules: vec![FileHash { path: "kernel/drivers/virtio/virtio_ring.ko".into(), sha256: "0".repeat(64) }],
+                modules: vec![FileHash {
+                    path: "kernel/drivers/virtio/virtio_ring.ko".into(),
+                    sha256: "0".repeat(64),
+                }],
                 builtin_modules: vec![],
             },
             rootfs: RootfsInfo {
@@ -272,7 +302,12 @@ pub(crate) mod tests {
         o2.rootfs.sha256 = "9".repeat(64);
         assert_ne!(image_id(&o2), m.id);
         // Pinned value: the id scheme is part of the on-disk format.
-        let text = format!("bzImage {}\ninitrd {}\nrootfs.erofs {}\n", "a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let text = format!(
+            "bzImage {}\ninitrd {}\nrootfs.erofs {}\n",
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64)
+        );
         assert_eq!(m.id, sha256_bytes(text.as_bytes())[..12]);
     }
 
@@ -295,10 +330,16 @@ pub(crate) mod tests {
         let q = "zlib1g\t1:1.2.13.dfsg-1\tamd64\nbash\t5.2.15-2+b8\tamd64\ngit-man\t1:2.39.5-0+deb12u2\tall\n\n";
         let h = vec![
             ("bash_5.2.15-2+b8_amd64.deb".to_string(), "1".repeat(64)),
-            ("zlib1g_1%3a1.2.13.dfsg-1_amd64.deb".to_string(), "2".repeat(64)),
+            (
+                "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb".to_string(),
+                "2".repeat(64),
+            ),
         ];
         let p = packages_from_dpkg(q, &h);
-        assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["bash", "git-man", "zlib1g"]);
+        assert_eq!(
+            p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["bash", "git-man", "zlib1g"]
+        );
         assert_eq!(p[0].deb_sha256.as_deref(), Some("1".repeat(64).as_str()));
         assert_eq!(p[1].deb_sha256, None);
         assert_eq!(p[2].deb_sha256.as_deref(), Some("2".repeat(64).as_str()));
@@ -307,12 +348,18 @@ pub(crate) mod tests {
 
     #[test]
     fn hashing() {
-        assert_eq!(sha256_bytes(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sha256_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         std::fs::write(&p, b"abc").unwrap();
         let o = sha256_file(&p).unwrap();
         assert_eq!(o.size, 3);
-        assert_eq!(o.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            o.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

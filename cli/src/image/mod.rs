@@ -127,7 +127,9 @@ pub fn resolve(id: Option<&str>) -> anyhow::Result<Option<Image>> {
 /// Builds the default image with the progress display on stderr.
 pub fn build_default() -> anyhow::Result<Image> {
     let opts = build::Options {
-        sources: std::env::var_os(build::SOURCES_ENV).filter(|v| !v.is_empty()).map(PathBuf::from),
+        sources: std::env::var_os(build::SOURCES_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         ..Default::default()
     };
     build::build(&opts)
@@ -161,14 +163,25 @@ fn size(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The `image ls` table (header + one row per image, newest first).
 pub fn table(images: &[Image], now: u64) -> String {
     let rows: Vec<[String; 4]> = images
         .iter()
-        .map(|i| [i.id.clone(), i.kernel_release.clone(), age(i.created, now), size(i.size)])
+        .map(|i| {
+            [
+                i.id.clone(),
+                i.kernel_release.clone(),
+                age(i.created, now),
+                size(i.size),
+            ]
+        })
         .collect();
     let header = ["ID", "KERNEL", "CREATED", "SIZE"];
     let mut w = header.map(str::len);
@@ -177,7 +190,18 @@ pub fn table(images: &[Image], now: u64) -> String {
             w[k] = w[k].max(c.len());
         }
     }
-    let line = |c: [&str; 4]| format!("{:<a$}  {:<b$}  {:<d$}  {}\n", c[0], c[1], c[2], c[3], a = w[0], b = w[1], d = w[2]);
+    let line = |c: [&str; 4]| {
+        format!(
+            "{:<a$}  {:<b$}  {:<d$}  {}\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            a = w[0],
+            b = w[1],
+            d = w[2]
+        )
+    };
     let mut s = line(header);
     for r in &rows {
         s.push_str(&line([&r[0], &r[1], &r[2], &r[3]]));
@@ -205,7 +229,13 @@ mod tests {
     #[test]
     fn ls_table_golden() {
         let now = 1_000_000;
-        let t = table(&[img("0123456789ab", now - 120, 371_000_000), img("ba9876543210", now - 90_000, 900)], now);
+        let t = table(
+            &[
+                img("0123456789ab", now - 120, 371_000_000),
+                img("ba9876543210", now - 90_000, 900),
+            ],
+            now,
+        );
         assert_eq!(
             t,
             "ID            KERNEL                CREATED        SIZE\n\
@@ -223,7 +253,16 @@ mod tests {
             #[command(subcommand)]
             c: ImageCmd,
         }
-        let t = T::try_parse_from(["t", "build", "--agentd", "/a", "--sources", "/s.sources", "-q"]).unwrap();
+        let t = T::try_parse_from([
+            "t",
+            "build",
+            "--agentd",
+            "/a",
+            "--sources",
+            "/s.sources",
+            "-q",
+        ])
+        .unwrap();
         let ImageCmd::Build(b) = t.c else { panic!() };
         assert_eq!(b.agentd.as_deref(), Some(std::path::Path::new("/a")));
         assert!(b.quiet && !b.keep_work);

@@ -43,10 +43,16 @@ impl fmt::Display for ModError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModError::Unknown(m) => {
-                write!(f, "kernel module {m} is neither in modules.dep nor in modules.builtin")
+                write!(
+                    f,
+                    "kernel module {m} is neither in modules.dep nor in modules.builtin"
+                )
             }
             ModError::MissingDep { module, dep } => {
-                write!(f, "modules.dep: {module} depends on {dep}, which has no entry")
+                write!(
+                    f,
+                    "modules.dep: {module} depends on {dep}, which has no entry"
+                )
             }
             ModError::Cycle(m) => write!(f, "modules.dep: dependency cycle through {m}"),
         }
@@ -69,7 +75,9 @@ impl ModuleDb {
     pub fn parse(modules_dep: &str) -> Self {
         let mut db = ModuleDb::default();
         for line in modules_dep.lines() {
-            let Some((path, rest)) = line.split_once(':') else { continue };
+            let Some((path, rest)) = line.split_once(':') else {
+                continue;
+            };
             let path = path.trim();
             if path.is_empty() {
                 continue;
@@ -100,7 +108,10 @@ impl ModuleDb {
                 }
             }
             if !pre.is_empty() {
-                self.soft_pre.entry(module_name(name)).or_default().extend(pre);
+                self.soft_pre
+                    .entry(module_name(name))
+                    .or_default()
+                    .extend(pre);
             }
         }
         self
@@ -108,8 +119,13 @@ impl ModuleDb {
 
     /// Adds `modules.builtin` (one path per line).
     pub fn with_builtin(mut self, modules_builtin: &str) -> Self {
-        self.builtin
-            .extend(modules_builtin.lines().map(str::trim).filter(|l| !l.is_empty()).map(module_name));
+        self.builtin.extend(
+            modules_builtin
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(module_name),
+        );
         self
     }
 
@@ -165,7 +181,10 @@ impl ModuleDb {
         // reads naturally (virtio_ring, virtio, …) — any order would be correct.
         for d in deps.iter().rev() {
             if !self.deps.contains_key(d) {
-                return Err(ModError::MissingDep { module: name.clone(), dep: d.clone() });
+                return Err(ModError::MissingDep {
+                    module: name.clone(),
+                    dep: d.clone(),
+                });
             }
             self.visit(d, done, active, out)?;
         }
@@ -202,12 +221,18 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
 ";
 
     fn pos(order: &[String], name: &str) -> usize {
-        order.iter().position(|p| module_name(p) == name).unwrap_or_else(|| panic!("{name} missing"))
+        order
+            .iter()
+            .position(|p| module_name(p) == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
     }
 
     #[test]
     fn names() {
-        assert_eq!(module_name("kernel/arch/x86/crypto/crc32c-intel.ko"), "crc32c_intel");
+        assert_eq!(
+            module_name("kernel/arch/x86/crypto/crc32c-intel.ko"),
+            "crc32c_intel"
+        );
         assert_eq!(module_name("kernel/fs/erofs/erofs.ko.xz"), "erofs");
         assert_eq!(module_name("virtio-mmio"), "virtio_mmio");
     }
@@ -216,17 +241,36 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
     fn order_respects_every_dependency() {
         let db = ModuleDb::parse(DEP);
         let wanted = [
-            "virtio_mmio", "virtio_blk", "virtio_net", "vsock", "vmw_vsock_virtio_transport",
-            "fuse", "virtiofs", "overlay", "erofs",
+            "virtio_mmio",
+            "virtio_blk",
+            "virtio_net",
+            "vsock",
+            "vmw_vsock_virtio_transport",
+            "fuse",
+            "virtiofs",
+            "overlay",
+            "erofs",
         ];
         let plan = db.load_plan(&wanted).unwrap();
         let names: Vec<String> = plan.order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
             [
-                "virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover",
-                "virtio_net", "vsock", "vmw_vsock_virtio_transport_common",
-                "vmw_vsock_virtio_transport", "fuse", "virtiofs", "overlay", "libcrc32c", "erofs",
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "virtio_blk",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport",
+                "fuse",
+                "virtiofs",
+                "overlay",
+                "libcrc32c",
+                "erofs",
             ]
         );
         // Checked generically too: each module after all of its modules.dep entries.
@@ -242,8 +286,11 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
 
     #[test]
     fn builtin_modules_are_skipped() {
-        let db = ModuleDb::parse(DEP.replace("kernel/fs/overlayfs/overlay.ko:\n", "").as_str())
-            .with_builtin("kernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n");
+        let db = ModuleDb::parse(
+            DEP.replace("kernel/fs/overlayfs/overlay.ko:\n", "")
+                .as_str(),
+        )
+        .with_builtin("kernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n");
         let plan = db.load_plan(&["overlay", "fuse"]).unwrap();
         assert_eq!(plan.order, ["kernel/fs/fuse/fuse.ko"]);
         assert_eq!(plan.builtin, ["overlay"]);
@@ -263,9 +310,15 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
     #[test]
     fn unknown_missing_and_cycles_are_errors() {
         let db = ModuleDb::parse(DEP);
-        assert_eq!(db.load_plan(&["nosuch"]), Err(ModError::Unknown("nosuch".into())));
+        assert_eq!(
+            db.load_plan(&["nosuch"]),
+            Err(ModError::Unknown("nosuch".into()))
+        );
         let db = ModuleDb::parse("a.ko: b.ko\n");
-        assert!(matches!(db.load_plan(&["a"]), Err(ModError::MissingDep { .. })));
+        assert!(matches!(
+            db.load_plan(&["a"]),
+            Err(ModError::MissingDep { .. })
+        ));
         let db = ModuleDb::parse("a.ko: b.ko\nb.ko: a.ko\n");
         assert!(matches!(db.load_plan(&["a"]), Err(ModError::Cycle(_))));
     }
@@ -274,7 +327,9 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
     fn deterministic() {
         let db = ModuleDb::parse(DEP);
         let a = db.load_plan(&["virtio_net", "virtiofs"]).unwrap();
-        let b = ModuleDb::parse(DEP).load_plan(&["virtio_net", "virtiofs"]).unwrap();
+        let b = ModuleDb::parse(DEP)
+            .load_plan(&["virtio_net", "virtiofs"])
+            .unwrap();
         assert_eq!(a, b);
     }
 }

@@ -112,7 +112,11 @@ impl Progress {
             pb.finish_and_clear();
         }
         if self.mode != Mode::Quiet && self.n > 0 {
-            eprintln!("✗ {} (failed after {:.1}s)", self.label, self.step_start.elapsed().as_secs_f64());
+            eprintln!(
+                "✗ {} (failed after {:.1}s)",
+                self.label,
+                self.step_start.elapsed().as_secs_f64()
+            );
         }
         self.n = 0;
     }

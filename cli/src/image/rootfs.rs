@@ -15,7 +15,13 @@ use super::manifest::{self, Package, RootfsInfo};
 ///
 /// Debs are kept (`--skip=essential/unlink,cleanup/apt/cache`) just long enough to hash them
 /// for the manifest, then deleted with the rest of apt's cache.
-pub fn debootstrap(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &Path) -> anyhow::Result<(PathBuf, Vec<Package>)> {
+pub fn debootstrap(
+    lock: &Lock,
+    sources: &Path,
+    work: &Path,
+    epoch: u64,
+    log: &Path,
+) -> anyhow::Result<(PathBuf, Vec<Package>)> {
     let root = work.join("rootfs");
     let mut cmd = Command::new(super::tools::path("mmdebstrap"));
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
@@ -31,7 +37,9 @@ pub fn debootstrap(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &P
 
     let archives = root.join("var/cache/apt/archives");
     let mut debs = Vec::new();
-    for e in std::fs::read_dir(&archives).with_context(|| format!("reading {}", archives.display()))? {
+    for e in
+        std::fs::read_dir(&archives).with_context(|| format!("reading {}", archives.display()))?
+    {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".deb") {
@@ -40,7 +48,10 @@ pub fn debootstrap(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &P
     }
     let q = exec::output(
         Command::new(super::tools::path("dpkg-query"))
-            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
             .arg("-W")
             .arg("-f=${Package}\t${Version}\t${Architecture}\n"),
     )?;
@@ -50,7 +61,9 @@ pub fn debootstrap(lock: &Lock, sources: &Path, work: &Path, epoch: u64, log: &P
 }
 
 fn remove_children(dir: &Path, keep_dirs: bool) -> std::io::Result<()> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for e in rd {
         let e = e?;
         let t = e.file_type()?;
@@ -95,7 +108,13 @@ pub fn scrub(root: &Path) -> anyhow::Result<()> {
 }
 
 /// `mkfs.erofs` of `root` into `out`: every timestamp `epoch`, a fixed UUID.
-pub fn mkfs_erofs(lock: &Lock, root: &Path, out: &Path, epoch: u64, log: &Path) -> anyhow::Result<()> {
+pub fn mkfs_erofs(
+    lock: &Lock,
+    root: &Path,
+    out: &Path,
+    epoch: u64,
+    log: &Path,
+) -> anyhow::Result<()> {
     let mut cmd = Command::new(super::tools::path("mkfs.erofs"));
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .arg("--quiet")
@@ -128,10 +147,19 @@ mod tests {
     fn scrub_removes_host_and_time_dependent_files() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        for f in ["var/cache/apt/archives/bash_5_amd64.deb", "var/cache/apt/pkgcache.bin",
-                  "var/lib/apt/lists/x_Packages", "var/log/apt/history.log", "var/log/dpkg.log",
-                  "etc/ssh/ssh_host_ed25519_key", "etc/ssh/sshd_config", "etc/resolv.conf",
-                  "etc/hostname", "etc/machine-id", "var/cache/ldconfig/aux-cache"] {
+        for f in [
+            "var/cache/apt/archives/bash_5_amd64.deb",
+            "var/cache/apt/pkgcache.bin",
+            "var/lib/apt/lists/x_Packages",
+            "var/log/apt/history.log",
+            "var/log/dpkg.log",
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/sshd_config",
+            "etc/resolv.conf",
+            "etc/hostname",
+            "etc/machine-id",
+            "var/cache/ldconfig/aux-cache",
+        ] {
             std::fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
             std::fs::write(r.join(f), b"host stuff").unwrap();
         }

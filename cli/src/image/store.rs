@@ -19,7 +19,10 @@ use crate::error;
 pub const BUILD_PREFIX: &str = ".build-";
 
 fn is_id(name: &str) -> bool {
-    name.len() == manifest::ID_LEN && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == manifest::ID_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn mtime_secs(p: &Path) -> u64 {
@@ -58,7 +61,10 @@ pub fn list_in(root: &Path) -> anyhow::Result<Vec<Image>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
     };
-    let mut v: Vec<Image> = rd.filter_map(|e| e.ok()).filter_map(|e| open(&e.path())).collect();
+    let mut v: Vec<Image> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| open(&e.path()))
+        .collect();
     v.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     Ok(v)
 }
@@ -66,12 +72,20 @@ pub fn list_in(root: &Path) -> anyhow::Result<Vec<Image>> {
 /// Picks an image: `Some(prefix)` must match exactly one id (usage error otherwise); `None`
 /// picks the newest, or `Ok(None)` when there is no image.
 pub fn resolve_in(images: Vec<Image>, id: Option<&str>) -> anyhow::Result<Option<Image>> {
-    let Some(prefix) = id else { return Ok(images.into_iter().next()) };
+    let Some(prefix) = id else {
+        return Ok(images.into_iter().next());
+    };
     let prefix = prefix.trim().to_ascii_lowercase();
     if prefix.is_empty() {
-        return Err(error::usage("empty image id", "run `axctl image ls` to see the ids"));
+        return Err(error::usage(
+            "empty image id",
+            "run `axctl image ls` to see the ids",
+        ));
     }
-    let mut hits: Vec<Image> = images.into_iter().filter(|i| i.id.starts_with(&prefix)).collect();
+    let mut hits: Vec<Image> = images
+        .into_iter()
+        .filter(|i| i.id.starts_with(&prefix))
+        .collect();
     match hits.len() {
         0 => Err(error::usage(
             format!("no image matches {prefix:?}"),
@@ -90,7 +104,9 @@ pub fn resolve_in(images: Vec<Image>, id: Option<&str>) -> anyhow::Result<Option
 
 /// Mount points at or below `dir` (from /proc/self/mountinfo).
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     text.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|m| PathBuf::from(m.replace("\\040", " ")))
@@ -120,10 +136,14 @@ pub fn remove_tree(dir: &Path) -> anyhow::Result<()> {
 
 /// Removes build directories left by builds that died (their pid no longer runs).
 pub fn sweep_stale_builds(root: &Path) {
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(BUILD_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(BUILD_PREFIX) else {
+            continue;
+        };
         let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
         let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
         if !alive {
@@ -196,8 +216,14 @@ mod tests {
         fake_image(d.path(), "abcabcabcabc", 200);
         let l = || list_in(d.path()).unwrap();
         assert_eq!(resolve_in(l(), None).unwrap().unwrap().id, "abcabcabcabc");
-        assert_eq!(resolve_in(l(), Some("aa")).unwrap().unwrap().id, "aaaaaaaaaaaa");
-        assert_eq!(resolve_in(l(), Some("ABC")).unwrap().unwrap().id, "abcabcabcabc");
+        assert_eq!(
+            resolve_in(l(), Some("aa")).unwrap().unwrap().id,
+            "aaaaaaaaaaaa"
+        );
+        assert_eq!(
+            resolve_in(l(), Some("ABC")).unwrap().unwrap().id,
+            "abcabcabcabc"
+        );
         let e = resolve_in(l(), Some("a")).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
         assert!(e.to_string().contains("ambiguous"), "{e}");
@@ -214,13 +240,20 @@ mod tests {
         fake_image(d.path(), "bbbbbbbbbbbb", 200);
         let tmp = d.path().join(".build-1-new");
         std::fs::create_dir_all(&tmp).unwrap();
-        std::fs::copy(d.path().join("aaaaaaaaaaaa/manifest.json"), tmp.join("manifest.json")).unwrap();
+        std::fs::copy(
+            d.path().join("aaaaaaaaaaaa/manifest.json"),
+            tmp.join("manifest.json"),
+        )
+        .unwrap();
         for f in ["bzImage", "initrd", "rootfs.erofs"] {
             std::fs::write(tmp.join(f), b"new").unwrap();
         }
         install(&tmp, d.path(), "aaaaaaaaaaaa").unwrap();
         assert!(!tmp.exists());
-        assert_eq!(std::fs::read(d.path().join("aaaaaaaaaaaa/initrd")).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read(d.path().join("aaaaaaaaaaaa/initrd")).unwrap(),
+            b"new"
+        );
         let l = list_in(d.path()).unwrap();
         assert_eq!(l[0].id, "aaaaaaaaaaaa");
         assert_eq!(l.len(), 2);

@@ -19,12 +19,30 @@ pub struct Tool {
 /// Everything `axctl image build` runs. qemu-system-x86_64 is not needed to build, but an
 /// image is useless without it on this kind of host, so the build says so up front.
 pub const BUILD_TOOLS: &[Tool] = &[
-    Tool { program: "mmdebstrap", package: "mmdebstrap" },
-    Tool { program: "mkfs.erofs", package: "erofs-utils" },
-    Tool { program: "depmod", package: "kmod" },
-    Tool { program: "ldd", package: "libc-bin" },
-    Tool { program: "dpkg-query", package: "dpkg" },
-    Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
+    Tool {
+        program: "mmdebstrap",
+        package: "mmdebstrap",
+    },
+    Tool {
+        program: "mkfs.erofs",
+        package: "erofs-utils",
+    },
+    Tool {
+        program: "depmod",
+        package: "kmod",
+    },
+    Tool {
+        program: "ldd",
+        package: "libc-bin",
+    },
+    Tool {
+        program: "dpkg-query",
+        package: "dpkg",
+    },
+    Tool {
+        program: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+    },
 ];
 
 /// Directories searched after `$PATH` (depmod lives in /usr/sbin, often not in a user's PATH).
@@ -32,14 +50,20 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 /// Finds `program` in `path_var` (a `$PATH` value) or the sbin directories.
 pub fn find_in(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = path_var.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = path_var
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
     dirs.extend(EXTRA_DIRS.iter().map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(program)).find(|p| is_executable(p))
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Finds `program` in the environment's `$PATH` (or sbin).
@@ -55,7 +79,11 @@ pub fn missing_error(missing: &[Tool]) -> anyhow::Error {
     pkgs.dedup();
     error::usage(
         format!("{} not found", progs.join(", ")),
-        format!("install {}: apt-get install {}", if missing.len() == 1 { "it" } else { "them" }, pkgs.join(" ")),
+        format!(
+            "install {}: apt-get install {}",
+            if missing.len() == 1 { "it" } else { "them" },
+            pkgs.join(" ")
+        ),
     )
 }
 
@@ -86,14 +114,19 @@ mod tests {
     #[test]
     fn missing_tool_names_the_package() {
         let e = check_with(BUILD_TOOLS, |t| t.program != "mkfs.erofs").unwrap_err();
-        assert_eq!(e.to_string(), "mkfs.erofs not found\n  hint: install it: apt-get install erofs-utils");
+        assert_eq!(
+            e.to_string(),
+            "mkfs.erofs not found\n  hint: install it: apt-get install erofs-utils"
+        );
         assert_eq!(crate::error::exit_code(&e), 2);
     }
 
     #[test]
     fn several_missing_tools_one_line() {
-        let e = check_with(BUILD_TOOLS, |t| !matches!(t.program, "mmdebstrap" | "qemu-system-x86_64"))
-            .unwrap_err();
+        let e = check_with(BUILD_TOOLS, |t| {
+            !matches!(t.program, "mmdebstrap" | "qemu-system-x86_64")
+        })
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "mmdebstrap, qemu-system-x86_64 not found\n  hint: install them: apt-get install mmdebstrap qemu-system-x86"
@@ -108,12 +141,22 @@ mod tests {
     #[test]
     fn lookup_uses_path_then_sbin() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(find_in("ax-no-such-tool", Some(dir.path().as_os_str())), None);
+        assert_eq!(
+            find_in("ax-no-such-tool", Some(dir.path().as_os_str())),
+            None
+        );
         let p = dir.path().join("ax-fake-tool");
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
-        assert_eq!(find_in("ax-fake-tool", Some(dir.path().as_os_str())), None, "not executable");
+        assert_eq!(
+            find_in("ax-fake-tool", Some(dir.path().as_os_str())),
+            None,
+            "not executable"
+        );
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find_in("ax-fake-tool", Some(dir.path().as_os_str())), Some(p));
+        assert_eq!(
+            find_in("ax-fake-tool", Some(dir.path().as_os_str())),
+            Some(p)
+        );
     }
 }
