@@ -258,8 +258,6 @@ fn steps(
     p.step("rootfs.erofs (mkfs.erofs)");
     let erofs = out.join(manifest::ROOTFS_FILE);
     rootfs::mkfs_erofs(lock, &tree, &erofs, epoch, log)?;
-    // The tree is big; drop it now rather than at the end.
-    store::remove_tree(work)?;
 
     p.step("manifest");
     let hash =
