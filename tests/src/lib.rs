@@ -1,1 +1,164 @@
-//! ax end-to-end tests (see tests/tests/).
+//! Harness for ax's end-to-end tests (the tests themselves are in `tests/tests/`).
+//!
+//! The tests drive the real `axctl` binary, which boots the real guest image under QEMU
+//! (TCG here, KVM where the host has it). Binaries come from the same target directory as
+//! the test executable, so run `cargo build --workspace --bins` before `cargo test` (the
+//! README's test command does). Each [`Env`] has its own `XDG_STATE_HOME` (agents) and
+//! shares one image cache, `<target>/ax-test-cache` (or `$AX_TEST_CACHE`), built once under a
+//! file lock by [`ensure_image`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/`, where cargo put the binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+    for b in ["axctl", "agentd"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} missing: run `cargo build --workspace --bins` before the tests",
+            dir.join(b).display()
+        );
+    }
+    dir.to_path_buf()
+}
+
+/// The shared image cache directory (an `XDG_CACHE_HOME`).
+pub fn cache_home() -> PathBuf {
+    match std::env::var_os("AX_TEST_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => bin_dir().parent().unwrap().join("ax-test-cache"),
+    }
+}
+
+/// One test's world: its own state dir, the shared image cache.
+pub struct Env {
+    pub state: tempfile::TempDir,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { state: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// `axctl` with this env's XDG dirs.
+    pub fn axctl(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("axctl"));
+        c.env("XDG_STATE_HOME", self.state.path())
+            .env("XDG_CACHE_HOME", cache_home())
+            .env("XDG_CONFIG_HOME", self.state.path().join("config"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `axctl args…` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.axctl().args(args).output().expect("run axctl")
+    }
+
+    /// The agent's state dir.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.state.path().join("ax/agents").join(name)
+    }
+
+    /// `axctl inspect NAME --json`.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let o = self.run(&["inspect", name, "--json"]);
+        assert!(o.status.success(), "inspect failed: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("inspect json")
+    }
+
+    /// Polls `inspect` until `pred` holds or `limit` passes; returns the last state.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + limit;
+        loop {
+            let v = self.inspect(name);
+            if pred(&v) || Instant::now() > end {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Dumps an agent's logs to stderr (for failing tests).
+    pub fn dump(&self, name: &str) {
+        for f in ["supervisor.log", "vmm.log", "console.log", "output.log"] {
+            let p = self.agent_dir(name).join(f);
+            let s = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = s.lines().rev().take(40).collect();
+            eprintln!("==== {} (last 40 lines)", p.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Never leave VMs behind: stop whatever this env still runs.
+        if let Ok(o) = self.axctl().args(["ps", "--json"]).output() {
+            if let Ok(serde_json::Value::Array(a)) = serde_json::from_slice(&o.stdout) {
+                for s in a {
+                    if let Some(pid) = s["supervisor_pid"].as_i64() {
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                    if let Some(pid) = s["vmm_pid"].as_i64() {
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Builds the guest image into [`cache_home`] once (across test processes, under a lock).
+pub fn ensure_image() {
+    let cache = cache_home();
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = std::fs::File::create(cache.join(".build.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an owned fd; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let env = Env::new();
+    let o = env.run(&["image", "ls", "--json"]);
+    assert!(o.status.success(), "image ls: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("image ls json");
+    if v.as_array().map(|a| a.is_empty()).unwrap_or(true) {
+        let st = env.axctl().args(["image", "build"]).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "axctl image build failed");
+    }
+}
+
+/// Skips (loudly) when QEMU is missing: the suite's VM tests need it.
+pub fn require_qemu() -> bool {
+    if which("qemu-system-x86_64").is_some() {
+        return true;
+    }
+    eprintln!("SKIP: qemu-system-x86_64 not installed (apt-get install qemu-system-x86); VM tests cannot run");
+    false
+}
+
+/// Looks `prog` up in PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// Reads a file to a string, empty if missing.
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
