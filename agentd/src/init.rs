@@ -93,11 +93,10 @@ fn boot_and_serve() -> Result<Never, String> {
             Ok(Event::Shutdown { reboot }) => power::off(reboot, "SHUTDOWN requested"),
             Ok(Event::PrimaryExited(exit)) => {
                 log::info!("primary session exited ({}); waiting up to {:?} for SHUTDOWN", exit.shell_code(), cmd.grace);
-                let reboot = match rx.recv_timeout(cmd.grace) {
-                    Ok(Event::Shutdown { reboot }) => reboot,
-                    _ => false,
-                };
-                power::off(reboot, "primary session exited");
+                match rx.recv_timeout(cmd.grace) {
+                    Ok(Event::Shutdown { reboot }) => power::off(reboot, "primary session exited; SHUTDOWN requested"),
+                    _ => power::off(false, "primary session exited; no SHUTDOWN within the grace period"),
+                }
             }
             Err(_) => return Err("event channel closed".into()),
         }
