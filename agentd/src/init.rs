@@ -88,18 +88,16 @@ fn boot_and_serve() -> Result<Never, String> {
         .map_err(|e| format!("spawn accept thread: {e}"))?;
     log::info!("ready: control port vsock:{CONTROL_PORT} (uptime {ready} ms)");
 
-    loop {
-        match rx.recv() {
-            Ok(Event::Shutdown { reboot }) => power::off(reboot, "SHUTDOWN requested"),
-            Ok(Event::PrimaryExited(exit)) => {
-                log::info!("primary session exited ({}); waiting up to {:?} for SHUTDOWN", exit.shell_code(), cmd.grace);
-                match rx.recv_timeout(cmd.grace) {
-                    Ok(Event::Shutdown { reboot }) => power::off(reboot, "primary session exited; SHUTDOWN requested"),
-                    _ => power::off(false, "primary session exited; no SHUTDOWN within the grace period"),
-                }
+    match rx.recv() {
+        Ok(Event::Shutdown { reboot }) => power::off(reboot, "SHUTDOWN requested"),
+        Ok(Event::PrimaryExited(exit)) => {
+            log::info!("primary session exited ({}); waiting up to {:?} for SHUTDOWN", exit.shell_code(), cmd.grace);
+            match rx.recv_timeout(cmd.grace) {
+                Ok(Event::Shutdown { reboot }) => power::off(reboot, "primary session exited; SHUTDOWN requested"),
+                _ => power::off(false, "primary session exited; no SHUTDOWN within the grace period"),
             }
-            Err(_) => return Err("event channel closed".into()),
         }
+        Err(_) => Err("event channel closed".into()),
     }
 }
 

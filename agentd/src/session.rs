@@ -87,6 +87,9 @@ impl Retained {
     }
 }
 
+/// A session's stdin, PTY master (if any) and output streams (is_stderr, reader).
+type Wiring = (Option<Arc<File>>, Option<File>, Vec<(bool, File)>);
+
 struct Sub {
     conn: u64,
     outbox: Arc<Outbox>,
@@ -204,7 +207,7 @@ impl Session {
             let mut child = cmd.spawn()?;
             drop(cmd); // closes our copies of the PTY slave
             let pid = child.id() as i32;
-            let (stdin, master, streams): (Option<Arc<File>>, Option<File>, Vec<(bool, File)>) = match pty {
+            let (stdin, master, streams): Wiring = match pty {
                 Some(p) => {
                     drop(p.slave);
                     let input = p.master.try_clone()?;
