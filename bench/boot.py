@@ -7,7 +7,9 @@ Each run is timed end to end (wall clock around the axctl process) and split wit
 supervisor's own timings from `axctl inspect --json`:
   image       finding the image (axctl run: image lookup)
   vm start    supervisor start -> VMM process spawned (vsock backend up)
-  boot        VMM spawned -> agentd answers (kernel boot + agentd init; guest clock shown too)
+  boot        VMM spawned -> agentd answers (kernel boot + agentd init), host clock
+  guest kernel  guest clock when agentd started (the kernel's boot)
+  guest ready   guest clock when agentd served the control port (modules, root switch)
   command     EXEC -> EXIT of `true`
   teardown    EXIT -> VMM gone
 Anchor, measured in the same run: the same QEMU booting the same kernel with no initrd and no
@@ -38,7 +40,7 @@ def main():
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         anchor.append((time.monotonic() - t) * 1000)
 
-    rows = {k: [] for k in ["wall", "image", "vm start", "boot", "guest ready", "command", "teardown"]}
+    rows = {k: [] for k in ["wall", "image", "vm start", "boot", "guest kernel", "guest ready", "command", "teardown"]}
     for i in range(a.n):
         name = f"bench-{i}"
         t = time.monotonic()
@@ -52,6 +54,7 @@ def main():
         rows["image"].append(tm["image_ms"])
         rows["vm start"].append(tm["vm_spawn_ms"])
         rows["boot"].append(tm["agentd_ready_ms"])
+        rows["guest kernel"].append(tm["guest_init_ms"])
         rows["guest ready"].append(tm["guest_ready_ms"])
         rows["command"].append(tm["command_ms"])
         rows["teardown"].append(tm["teardown_ms"])

@@ -19,7 +19,12 @@ pub struct Cmdline {
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Cmdline { name: None, root: Some("/dev/vda".into()), grace: Duration::from_millis(3000), debug: false }
+        Cmdline {
+            name: None,
+            root: Some("/dev/vda".into()),
+            grace: Duration::from_millis(3000),
+            debug: false,
+        }
     }
 }
 
@@ -44,7 +49,9 @@ impl Cmdline {
                 ("ax.root", Some(v)) if !v.is_empty() => c.root = Some(v.to_string()),
                 ("ax.grace_ms", Some(v)) => match v.parse::<u64>() {
                     Ok(ms) => c.grace = Duration::from_millis(ms),
-                    Err(_) => log::warn!("ignoring ax.grace_ms={v:?}: not a number of milliseconds"),
+                    Err(_) => {
+                        log::warn!("ignoring ax.grace_ms={v:?}: not a number of milliseconds")
+                    }
                 },
                 ("ax.debug", None) | ("ax.debug", Some("1")) => c.debug = true,
                 _ => {}
@@ -90,6 +97,9 @@ mod tests {
         assert_eq!(c.root, None);
         assert_eq!(c.name.as_deref(), Some("a b"));
         assert_eq!(c.grace, Duration::from_millis(3000));
-        assert_eq!(Cmdline::parse("ax.root=/dev/vdb").root.as_deref(), Some("/dev/vdb"));
+        assert_eq!(
+            Cmdline::parse("ax.root=/dev/vdb").root.as_deref(),
+            Some("/dev/vdb")
+        );
     }
 }

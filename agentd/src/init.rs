@@ -7,20 +7,16 @@ use agentd::server::{boottime_ms, Config, Event, Server};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn release() -> String {
-    // SAFETY: uname fills a zeroed utsname.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    unsafe { libc::uname(&mut u) };
-    let b: Vec<u8> = u.release.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-    String::from_utf8_lossy(&b).into_owned()
-}
-
 /// Runs the boot sequence and then the guest's life; never returns. Any fatal error is logged
 /// and the guest powers off, so the host sees the VM end and the console says why.
 pub fn run() -> ! {
+    let init_ms = boottime_ms();
+    // Show as `agentd`, not `init`, in /proc/1/comm and ps.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"agentd".as_ptr()) };
     console::init(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
-    let r = std::panic::catch_unwind(boot_and_serve);
+    let r = std::panic::catch_unwind(|| boot_and_serve(init_ms));
     let why = match r {
         Ok(Err(e)) => format!("fatal: {e}"),
         Ok(Ok(never)) => match never {},
@@ -32,7 +28,7 @@ pub fn run() -> ! {
 
 enum Never {}
 
-fn boot_and_serve() -> Result<Never, String> {
+fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
     if let Err(e) = mounts::early() {
         // Without /dev there is no console to log to; try anyway, then give up.
         console::attach_console();
@@ -43,10 +39,14 @@ fn boot_and_serve() -> Result<Never, String> {
     if cmd.debug {
         log::set_max_level(log::LevelFilter::Debug);
     }
-    log::info!("agentd {} starting (uptime {} ms)", env!("CARGO_PKG_VERSION"), boottime_ms());
+    log::info!(
+        "agentd {} starting (uptime {} ms)",
+        env!("CARGO_PKG_VERSION"),
+        boottime_ms()
+    );
     agentd::reaper::start();
 
-    let rel = release();
+    let rel = agentd::server::guest_info(0, 0).kernel_release;
     let (ok, failed) = modules::load_list(std::path::Path::new(modules::MODULE_LIST), &rel);
     log::info!("kernel {rel}: {ok} modules loaded, {failed} failed");
 
@@ -72,7 +72,14 @@ fn boot_and_serve() -> Result<Never, String> {
     let listener = bind_control()?;
     let (tx, rx) = mpsc::channel();
     let ready = boottime_ms();
-    let server = Server::new(Config { ready_ms: ready, ..Config::default() }, tx);
+    let server = Server::new(
+        Config {
+            ready_ms: ready,
+            init_ms,
+            ..Config::default()
+        },
+        tx,
+    );
     std::thread::Builder::new()
         .name("vsock-accept".into())
         .spawn(move || loop {
@@ -91,10 +98,19 @@ fn boot_and_serve() -> Result<Never, String> {
     match rx.recv() {
         Ok(Event::Shutdown { reboot }) => power::off(reboot, "SHUTDOWN requested"),
         Ok(Event::PrimaryExited(exit)) => {
-            log::info!("primary session exited ({}); waiting up to {:?} for SHUTDOWN", exit.shell_code(), cmd.grace);
+            log::info!(
+                "primary session exited ({}); waiting up to {:?} for SHUTDOWN",
+                exit.shell_code(),
+                cmd.grace
+            );
             match rx.recv_timeout(cmd.grace) {
-                Ok(Event::Shutdown { reboot }) => power::off(reboot, "primary session exited; SHUTDOWN requested"),
-                _ => power::off(false, "primary session exited; no SHUTDOWN within the grace period"),
+                Ok(Event::Shutdown { reboot }) => {
+                    power::off(reboot, "primary session exited; SHUTDOWN requested")
+                }
+                _ => power::off(
+                    false,
+                    "primary session exited; no SHUTDOWN within the grace period",
+                ),
             }
         }
         Err(_) => Err("event channel closed".into()),

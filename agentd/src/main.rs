@@ -22,7 +22,8 @@ mod power;
 mod vsock;
 
 #[cfg(target_os = "linux")]
-const USAGE: &str = "usage: agentd                    as PID 1: boot the guest and serve vsock port 1024
+const USAGE: &str =
+    "usage: agentd                    as PID 1: boot the guest and serve vsock port 1024
        agentd --init             the same, even when not PID 1 (mounts, switch root, power off!)
        agentd --listen-unix PATH serve the control protocol on a Unix socket (no init duties)
        agentd --vsock            serve the control protocol on vsock port 1024 (no init duties)";
@@ -36,7 +37,11 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    console::init(if std::env::var_os("AGENTD_DEBUG").is_some() { log::LevelFilter::Debug } else { log::LevelFilter::Info });
+    console::init(if std::env::var_os("AGENTD_DEBUG").is_some() {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     let server = Server::new(Config::default(), tx);
     match args.as_slice() {
@@ -57,7 +62,10 @@ fn main() {
             let l = match vsock::VsockListener::bind(agentd::proto::CONTROL_PORT) {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("agentd: cannot listen on vsock port {}: {e}", agentd::proto::CONTROL_PORT);
+                    eprintln!(
+                        "agentd: cannot listen on vsock port {}: {e}",
+                        agentd::proto::CONTROL_PORT
+                    );
                     std::process::exit(1);
                 }
             };

@@ -30,7 +30,14 @@ pub fn load(path: &Path, params: &str) -> io::Result<bool> {
     };
     let params = CString::new(params).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: finit_module(2) with an open fd and a NUL-terminated parameter string.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), flags) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            f.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
     if rc == 0 {
         return Ok(true);
     }
@@ -49,7 +56,10 @@ pub fn load_list(list: &Path, release: &str) -> (usize, usize) {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         Err(e) => {
-            log::info!("no module list {} ({e}); loading no modules", list.display());
+            log::info!(
+                "no module list {} ({e}); loading no modules",
+                list.display()
+            );
             return (0, 0);
         }
     };
@@ -64,7 +74,11 @@ pub fn load_list(list: &Path, release: &str) -> (usize, usize) {
             Some((f, p)) => (f, p.trim()),
             None => (line, ""),
         };
-        let path = if file.starts_with('/') { PathBuf::from(file) } else { base.join(file) };
+        let path = if file.starts_with('/') {
+            PathBuf::from(file)
+        } else {
+            base.join(file)
+        };
         match load(&path, params) {
             Ok(true) => {
                 log::debug!("loaded {}", path.display());

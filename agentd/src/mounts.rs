@@ -17,7 +17,13 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mnt(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| err(&format!("mkdir {target}"), e))?;
     match mount(Some(src), target, Some(fstype), flags, data) {
         Ok(()) => Ok(()),
@@ -27,19 +33,50 @@ fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>
     }
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags =
-    MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 /// Mounts the API file systems in the initramfs: `/proc`, `/sys`, `/dev` (devtmpfs),
 /// `/dev/pts` (devpts, needed for PTY sessions), `/dev/shm`, `/run` and `/tmp` (tmpfs).
 pub fn early() -> Result<(), String> {
     mnt("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mnt("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None)?;
-    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mnt("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,gid=5,ptmxmode=0666"))?;
-    mnt("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
-    mnt("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
-    mnt("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,gid=5,ptmxmode=0666"),
+    )?;
+    mnt(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mnt(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mnt(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     Ok(())
 }
 
@@ -66,7 +103,9 @@ pub fn wait_for(path: &str, timeout: Duration) -> bool {
 /// 6. Fresh tmpfs on `/tmp`; create `/workspace`.
 pub fn switch_root(dev: &str) -> Result<(), String> {
     if !wait_for(dev, Duration::from_secs(10)) {
-        return Err(format!("root device {dev} did not appear within 10 s (is virtio_blk loaded?)"));
+        return Err(format!(
+            "root device {dev} did not appear within 10 s (is virtio_blk loaded?)"
+        ));
     }
     mnt(dev, LOWER, "erofs", MsFlags::MS_RDONLY, None)?;
     mnt("tmpfs", RW, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
@@ -78,8 +117,14 @@ pub fn switch_root(dev: &str) -> Result<(), String> {
     for d in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("{NEWROOT}{d}");
         std::fs::create_dir_all(&target).map_err(|e| err(&format!("mkdir {target}"), e))?;
-        mount(Some(d), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| err(&format!("move {d} to {target}"), e))?;
+        mount(
+            Some(d),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| err(&format!("move {d} to {target}"), e))?;
     }
     let _ = umount2("/tmp", MntFlags::MNT_DETACH);
     let root_dev = std::fs::metadata("/").map_err(|e| err("stat /", e))?.dev();
@@ -92,17 +137,26 @@ pub fn switch_root(dev: &str) -> Result<(), String> {
         }
     }
     std::env::set_current_dir(NEWROOT).map_err(|e| err("chdir /newroot", e))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| err("move /newroot to /", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| err("move /newroot to /", e))?;
     nix::unistd::chroot(".").map_err(|e| err("chroot", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    mnt("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mnt(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     std::fs::create_dir_all("/workspace").map_err(|e| err("mkdir /workspace", e))?;
     Ok(())
 }
 
 /// Removes `p` recursively, but nothing on a device other than `dev` (mount points stay).
 fn remove_same_dev(p: &Path, dev: u64) {
-    let Ok(m) = std::fs::symlink_metadata(p) else { return };
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return;
+    };
     if m.dev() != dev {
         return;
     }
@@ -122,14 +176,27 @@ fn remove_same_dev(p: &Path, dev: u64) {
 /// (`/proc/self/mounts` order reversed), then a read-only remount of `/`. Errors are ignored.
 pub fn unmount_all() {
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let targets: Vec<String> = text.lines().filter_map(|l| l.split_whitespace().nth(1)).map(|t| t.replace("\\040", " ")).collect();
+    let targets: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|t| t.replace("\\040", " "))
+        .collect();
     for t in targets.iter().rev() {
-        if matches!(t.as_str(), "/" | "/proc" | "/sys" | "/dev" | "/dev/pts" | "/run") {
+        if matches!(
+            t.as_str(),
+            "/" | "/proc" | "/sys" | "/dev" | "/dev/pts" | "/run"
+        ) {
             continue;
         }
         if let Err(e) = umount2(t.as_str(), MntFlags::empty()) {
             log::debug!("umount {t}: {e}");
         }
     }
-    let _ = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
 }

@@ -50,7 +50,12 @@ impl Outbox {
     /// down in both directions (it is called on abort and must be callable from any thread).
     pub fn new(budget: usize, shutdown: Box<dyn Fn() + Send + Sync>) -> Outbox {
         Outbox {
-            st: Mutex::new(State { q: VecDeque::new(), bytes: 0, closed: false, aborted: false }),
+            st: Mutex::new(State {
+                q: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                aborted: false,
+            }),
             cv: Condvar::new(),
             budget,
             shutdown,
@@ -67,7 +72,10 @@ impl Outbox {
         let c = cost(&f);
         if st.bytes + c > self.budget {
             drop(st);
-            log::warn!("client fell more than {} bytes behind; dropping it", self.budget);
+            log::warn!(
+                "client fell more than {} bytes behind; dropping it",
+                self.budget
+            );
             self.abort();
             return false;
         }

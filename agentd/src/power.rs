@@ -15,7 +15,10 @@ pub fn off(reboot: bool, why: &str) -> ! {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    log::info!("{} ({why})", if reboot { "rebooting" } else { "powering off" });
+    log::info!(
+        "{} ({why})",
+        if reboot { "rebooting" } else { "powering off" }
+    );
     // Let connection writers flush their last frames (OK of SHUTDOWN, EXIT).
     std::thread::sleep(Duration::from_millis(100));
     // SAFETY: kill(2) with pid -1 signals every process we may signal except ourselves.
@@ -29,7 +32,11 @@ pub fn off(reboot: bool, why: &str) -> ! {
     unsafe { libc::sync() };
     crate::mounts::unmount_all();
     unsafe { libc::sync() };
-    let cmd = if reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF };
+    let cmd = if reboot {
+        libc::RB_AUTOBOOT
+    } else {
+        libc::RB_POWER_OFF
+    };
     // SAFETY: reboot(2); only returns on failure.
     unsafe { libc::reboot(cmd) };
     log::error!("reboot(2) failed: {}", std::io::Error::last_os_error());

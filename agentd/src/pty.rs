@@ -37,7 +37,12 @@ pub fn open(size: WinSize) -> io::Result<Pty> {
 /// Sets the terminal's window size (`TIOCSWINSZ`); the kernel sends `SIGWINCH` to the
 /// terminal's foreground process group.
 pub fn set_size(master: &File, size: WinSize) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize struct.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     if rc < 0 {

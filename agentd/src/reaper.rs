@@ -86,7 +86,10 @@ fn reaper() -> &'static Reaper {
             .name("reaper".into())
             .spawn(move || reap_loop(r))
             .expect("spawn reaper thread");
-        Reaper { callbacks: Mutex::new(HashMap::new()), wake_w: w }
+        Reaper {
+            callbacks: Mutex::new(HashMap::new()),
+            wake_w: w,
+        }
     })
 }
 
@@ -94,7 +97,11 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 
 fn reap_loop(wake_r: OwnedFd) {
     loop {
-        let mut pfd = libc::pollfd { fd: wake_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: wake_r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // A missed wake-up only delays reaping by the timeout.
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 1000) };

@@ -48,6 +48,8 @@ pub enum Event {
 pub struct Config {
     /// CLOCK_BOOTTIME milliseconds at which the server became ready (`GuestInfo::ready_ms`).
     pub ready_ms: u64,
+    /// CLOCK_BOOTTIME milliseconds at which agentd started (`GuestInfo::init_ms`).
+    pub init_ms: u64,
     /// Per-connection outgoing queue budget, in bytes (see [`Outbox`]).
     pub outbox_budget: usize,
     /// Session tunables.
@@ -56,7 +58,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { ready_ms: boottime_ms(), outbox_budget: DEFAULT_BUDGET, limits: Limits::default() }
+        Config {
+            ready_ms: boottime_ms(),
+            init_ms: 0,
+            outbox_budget: DEFAULT_BUDGET,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -86,19 +93,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Milliseconds of CLOCK_BOOTTIME (clock_gettime(2)).
 pub fn boottime_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 fn cstr_field(b: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = b.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    let bytes: Vec<u8> = b
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Facts about the running system for HELLO_OK (uname(2), gethostname(2), CLOCK_BOOTTIME).
-pub fn guest_info(ready_ms: u64) -> GuestInfo {
+pub fn guest_info(init_ms: u64, ready_ms: u64) -> GuestInfo {
     // SAFETY: uname fills a zeroed utsname.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     unsafe { libc::uname(&mut u) };
@@ -107,6 +121,7 @@ pub fn guest_info(ready_ms: u64) -> GuestInfo {
         kernel_release: cstr_field(&u.release),
         machine: cstr_field(&u.machine),
         uptime_ms: boottime_ms(),
+        init_ms,
         ready_ms,
         pid: std::process::id() as i32,
     }
@@ -117,7 +132,10 @@ impl Server {
     pub fn new(cfg: Config, events: Sender<Event>) -> Server {
         Server {
             inner: Arc::new(Inner {
-                reg: Mutex::new(Registry { next_id: 1, ..Default::default() }),
+                reg: Mutex::new(Registry {
+                    next_id: 1,
+                    ..Default::default()
+                }),
                 events: Mutex::new(events),
                 cfg,
                 next_conn: AtomicU64::new(1),
@@ -149,41 +167,56 @@ impl Server {
                 return;
             }
         };
-        let outbox = Arc::new(Outbox::new(self.inner.cfg.outbox_budget, Box::new(move || closer.shutdown())));
+        let outbox = Arc::new(Outbox::new(
+            self.inner.cfg.outbox_budget,
+            Box::new(move || closer.shutdown()),
+        ));
         let ob = outbox.clone();
-        let w = std::thread::Builder::new().name(format!("c{id}-w")).spawn(move || {
-            let mut writer = writer;
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                while let Some(f) = ob.pop() {
-                    if let Err(e) = write_frame(&mut writer, &f) {
-                        log::debug!("conn {id}: write: {e}");
-                        ob.abort();
-                        return;
+        let w = std::thread::Builder::new()
+            .name(format!("c{id}-w"))
+            .spawn(move || {
+                let mut writer = writer;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    while let Some(f) = ob.pop() {
+                        if let Err(e) = write_frame(&mut writer, &f) {
+                            log::debug!("conn {id}: write: {e}");
+                            ob.abort();
+                            return;
+                        }
                     }
+                }));
+                if r.is_err() {
+                    log::error!("conn {id}: writer panicked");
                 }
-            }));
-            if r.is_err() {
-                log::error!("conn {id}: writer panicked");
-            }
-            ob.shutdown_socket();
-        });
+                ob.shutdown_socket();
+            });
         if let Err(e) = w {
             log::error!("conn {id}: spawn writer: {e}");
             return;
         }
         let inner = self.inner.clone();
-        let r = std::thread::Builder::new().name(format!("c{id}-r")).spawn(move || {
-            let ob = outbox.clone();
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Conn { id, inner: &inner, outbox: &ob }.run(BufReader::new(stream))
-            }));
-            if r.is_err() {
-                log::error!("conn {id}: handler panicked; closing the connection");
-                outbox.push_final(Frame::error("internal", "agentd bug: connection handler panicked"));
-            }
-            // Whatever happened, the writer drains what is queued and closes the socket.
-            outbox.close();
-        });
+        let r = std::thread::Builder::new()
+            .name(format!("c{id}-r"))
+            .spawn(move || {
+                let ob = outbox.clone();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Conn {
+                        id,
+                        inner: &inner,
+                        outbox: &ob,
+                    }
+                    .run(BufReader::new(stream))
+                }));
+                if r.is_err() {
+                    log::error!("conn {id}: handler panicked; closing the connection");
+                    outbox.push_final(Frame::error(
+                        "internal",
+                        "agentd bug: connection handler panicked",
+                    ));
+                }
+                // Whatever happened, the writer drains what is queued and closes the socket.
+                outbox.close();
+            });
         if let Err(e) = r {
             log::error!("conn {id}: spawn reader: {e}");
         }
@@ -221,20 +254,33 @@ impl Conn<'_> {
     fn run<R: Read>(&self, mut r: R) {
         let hello = match read_frame(&mut r) {
             Ok(Frame::Hello(h)) => h,
-            Ok(f) => return self.fail("unexpected", format!("expected HELLO first, got {:?}", f.kind())),
+            Ok(f) => {
+                return self.fail(
+                    "unexpected",
+                    format!("expected HELLO first, got {:?}", f.kind()),
+                )
+            }
             Err(e) => return self.proto_fail(e),
         };
         let Some(version) = proto::negotiate(&hello.versions) else {
             return self.fail(
                 "unsupported_version",
-                format!("agentd speaks protocol versions {:?}, client offered {:?}", proto::VERSIONS, hello.versions),
+                format!(
+                    "agentd speaks protocol versions {:?}, client offered {:?}",
+                    proto::VERSIONS,
+                    hello.versions
+                ),
             );
         };
-        log::debug!("conn {}: hello from {:?}, version {version}", self.id, hello.client);
+        log::debug!(
+            "conn {}: hello from {:?}, version {version}",
+            self.id,
+            hello.client
+        );
         self.outbox.push_forced(Frame::HelloOk(HelloOk {
             version,
             agentd_version: env!("CARGO_PKG_VERSION").to_string(),
-            guest: guest_info(self.inner.cfg.ready_ms),
+            guest: guest_info(self.inner.cfg.init_ms, self.inner.cfg.ready_ms),
         }));
         match read_frame(&mut r) {
             Ok(Frame::Exec(req)) => match self.exec(&req) {
@@ -268,7 +314,10 @@ impl Conn<'_> {
                 self.outbox.push_final(Frame::Ok);
                 let _ = lock(&self.inner.events).send(Event::Shutdown { reboot: sd.reboot });
             }
-            Ok(f) => self.fail("unexpected", format!("{:?} before EXEC, ATTACH, WAIT or SHUTDOWN", f.kind())),
+            Ok(f) => self.fail(
+                "unexpected",
+                format!("{:?} before EXEC, ATTACH, WAIT or SHUTDOWN", f.kind()),
+            ),
             Err(e) => self.proto_fail(e),
         }
     }
@@ -297,7 +346,12 @@ impl Conn<'_> {
             }
         }
         let id = reg.next_id;
-        let events = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let events = self
+            .inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let on_finish: crate::session::OnFinish = Box::new(move |s, exit| {
             if s.role == Role::Primary {
                 let _ = events.send(Event::PrimaryExited(exit));

@@ -30,7 +30,10 @@ const COALESCE: usize = 8 * 1024;
 /// The base environment every session starts from; EXEC's `env` is added on top (and wins).
 /// `TERM` is added separately: `xterm-256color` on a PTY, `dumb` on pipes.
 pub const BASE_ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
     ("LANG", "C.UTF-8"),
 ];
@@ -45,7 +48,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { drain_grace: Duration::from_millis(500) }
+        Limits {
+            drain_grace: Duration::from_millis(500),
+        }
     }
 }
 
@@ -83,7 +88,13 @@ impl Retained {
     }
 
     fn frames(&self) -> impl Iterator<Item = Frame> + '_ {
-        self.chunks.iter().map(|(e, b)| if *e { Frame::Stderr(b.clone()) } else { Frame::Stdout(b.clone()) })
+        self.chunks.iter().map(|(e, b)| {
+            if *e {
+                Frame::Stderr(b.clone())
+            } else {
+                Frame::Stdout(b.clone())
+            }
+        })
     }
 }
 
@@ -150,30 +161,55 @@ impl Session {
     /// Errors: empty argv, a `cwd` that is not a directory, a PTY that cannot be opened, or
     /// `execve(2)` failing (message `"<argv0>: <strerror>"`, e.g.
     /// `"nosuch: No such file or directory"`).
-    pub fn spawn(id: u32, req: &Exec, limits: Limits, on_finish: OnFinish) -> Result<Arc<Session>, SpawnError> {
+    pub fn spawn(
+        id: u32,
+        req: &Exec,
+        limits: Limits,
+        on_finish: OnFinish,
+    ) -> Result<Arc<Session>, SpawnError> {
         let fail = |code: &'static str, message: String| SpawnError { code, message };
-        let argv0 = req.argv.first().ok_or_else(|| fail("exec_failed", "empty argv".into()))?;
+        let argv0 = req
+            .argv
+            .first()
+            .ok_or_else(|| fail("exec_failed", "empty argv".into()))?;
         let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
         match std::fs::metadata(&cwd) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(fail("exec_failed", format!("cwd {cwd}: Not a directory"))),
-            Err(e) => return Err(fail("exec_failed", format!("cwd {cwd}: {}", errno_text(&e)))),
+            Err(e) => {
+                return Err(fail(
+                    "exec_failed",
+                    format!("cwd {cwd}: {}", errno_text(&e)),
+                ))
+            }
         }
         let mut cmd = Command::new(argv0);
         cmd.args(&req.argv[1..]).env_clear().current_dir(&cwd);
         for (k, v) in BASE_ENV {
             cmd.env(k, v);
         }
-        cmd.env("TERM", if req.tty.is_some() { "xterm-256color" } else { "dumb" });
+        cmd.env(
+            "TERM",
+            if req.tty.is_some() {
+                "xterm-256color"
+            } else {
+                "dumb"
+            },
+        );
         cmd.envs(&req.env);
 
         let pty = match req.tty {
-            Some(size) => Some(pty::open(size).map_err(|e| fail("internal", format!("openpty: {e}")))?),
+            Some(size) => {
+                Some(pty::open(size).map_err(|e| fail("internal", format!("openpty: {e}")))?)
+            }
             None => None,
         };
         let tty = pty.is_some();
         if let Some(p) = &pty {
-            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| fail("internal", format!("dup: {e}")));
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| fail("internal", format!("dup: {e}")))
+            };
             cmd.stdin(Stdio::from(dup(&p.slave)?))
                 .stdout(Stdio::from(dup(&p.slave)?))
                 .stderr(Stdio::from(dup(&p.slave)?));
@@ -190,7 +226,9 @@ impl Session {
                 });
             }
         } else {
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             // SAFETY: only setsid(2) between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
@@ -215,7 +253,10 @@ impl Session {
                     (Some(Arc::new(input)), Some(p.master), vec![(false, reader)])
                 }
                 None => {
-                    let i = child.stdin.take().map(|s| Arc::new(File::from(OwnedFd::from(s))));
+                    let i = child
+                        .stdin
+                        .take()
+                        .map(|s| Arc::new(File::from(OwnedFd::from(s))));
                     let o = File::from(OwnedFd::from(child.stdout.take().expect("piped")));
                     let e = File::from(OwnedFd::from(child.stderr.take().expect("piped")));
                     (i, None, vec![(false, o), (true, e)])
@@ -257,8 +298,14 @@ impl Session {
 
     fn exited(self: &Arc<Self>, st: ExitStatus) {
         let exit = match st {
-            ExitStatus::Code(c) => Exit { code: Some(c), signal: None },
-            ExitStatus::Signal(s) => Exit { code: None, signal: Some(s) },
+            ExitStatus::Code(c) => Exit {
+                code: Some(c),
+                signal: None,
+            },
+            ExitStatus::Signal(s) => Exit {
+                code: None,
+                signal: Some(s),
+            },
         };
         log::info!("session {} (pid {}) ended: {:?}", self.id, self.pid, exit);
         // The process is gone: its stdin is useless now.
@@ -271,14 +318,19 @@ impl Session {
             drop(g);
             let s = self.clone();
             let grace = self.limits.drain_grace;
-            let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {
-                std::thread::sleep(grace);
-                let g = lock(&s.st);
-                if !g.finished {
-                    log::info!("session {}: output still open {grace:?} after exit; sending EXIT", s.id);
-                }
-                s.finish(g);
-            });
+            let _ = std::thread::Builder::new()
+                .name("drain".into())
+                .spawn(move || {
+                    std::thread::sleep(grace);
+                    let g = lock(&s.st);
+                    if !g.finished {
+                        log::info!(
+                            "session {}: output still open {grace:?} after exit; sending EXIT",
+                            s.id
+                        );
+                    }
+                    s.finish(g);
+                });
         }
     }
 
@@ -298,7 +350,11 @@ impl Session {
     fn output(&self, stderr: bool, data: &[u8]) {
         let mut g = lock(&self.st);
         g.retained.push(stderr, data);
-        let frame = if stderr { Frame::Stderr(data.to_vec()) } else { Frame::Stdout(data.to_vec()) };
+        let frame = if stderr {
+            Frame::Stderr(data.to_vec())
+        } else {
+            Frame::Stdout(data.to_vec())
+        };
         g.subs.retain(|s| !s.output || s.outbox.push(frame.clone()));
     }
 
@@ -313,7 +369,11 @@ impl Session {
     /// Whether the session has finished (EXIT was or would be sent).
     pub fn exit(&self) -> Option<Exit> {
         let g = lock(&self.st);
-        if g.finished { g.exit } else { None }
+        if g.finished {
+            g.exit
+        } else {
+            None
+        }
     }
 
     /// Subscribes connection `conn` to this session.
@@ -323,10 +383,21 @@ impl Session {
     /// stays subscribed: live output if `output` (EXEC/ATTACH; it then counts as attached
     /// until [`Session::detach`]), and `EXIT` when the session finishes. Done under the
     /// session lock, so no output is lost or duplicated between replay and live output.
-    pub fn subscribe(&self, conn: u64, outbox: &Arc<Outbox>, started: bool, replay: bool, output: bool) {
+    pub fn subscribe(
+        &self,
+        conn: u64,
+        outbox: &Arc<Outbox>,
+        started: bool,
+        replay: bool,
+        output: bool,
+    ) {
         let mut g = lock(&self.st);
         if started {
-            outbox.push_forced(Frame::Started(crate::proto::Started { session: self.id, pid: self.pid, tty: self.tty }));
+            outbox.push_forced(Frame::Started(crate::proto::Started {
+                session: self.id,
+                pid: self.pid,
+                tty: self.tty,
+            }));
         }
         if replay {
             for f in g.retained.frames() {
@@ -340,7 +411,11 @@ impl Session {
             outbox.push_final(Frame::Exit(g.exit.expect("finished sessions have an exit")));
             return;
         }
-        g.subs.push(Sub { conn, outbox: outbox.clone(), output });
+        g.subs.push(Sub {
+            conn,
+            outbox: outbox.clone(),
+            output,
+        });
     }
 
     /// Unsubscribes connection `conn`. `output` must be what it subscribed with. When the

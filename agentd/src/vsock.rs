@@ -25,7 +25,14 @@ impl Read for VsockStream {
 impl Write for VsockStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: send(2) from a valid buffer; MSG_NOSIGNAL so a closed peer is EPIPE.
-        cvt(unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
+        cvt(unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -63,7 +70,12 @@ impl VsockListener {
         let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
         // SAFETY: bind/listen with a correctly sized address.
         unsafe {
-            if libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) < 0 {
+            if libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                len,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::listen(fd.as_raw_fd(), 64) < 0 {
@@ -77,7 +89,12 @@ impl VsockListener {
     pub fn accept(&self) -> io::Result<VsockStream> {
         // SAFETY: accept4 without an address buffer.
         let fd = unsafe {
-            libc::accept4(self.0.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                self.0.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());

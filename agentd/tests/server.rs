@@ -26,7 +26,10 @@ impl Client {
     }
     fn new(srv: &Server) -> Client {
         let mut c = Client::raw(srv);
-        c.send(Frame::Hello(Hello { versions: vec![1], client: "test".into() }));
+        c.send(Frame::Hello(Hello {
+            versions: vec![1],
+            client: "test".into(),
+        }));
         match c.recv() {
             Frame::HelloOk(h) => {
                 assert_eq!(h.version, 1);
@@ -72,7 +75,10 @@ impl Client {
         while !String::from_utf8_lossy(&all).contains(needle) {
             match self.recv() {
                 Frame::Stdout(b) | Frame::Stderr(b) => all.extend(b),
-                f => panic!("waiting for {needle:?} in {:?}, got {f:?}", String::from_utf8_lossy(&all)),
+                f => panic!(
+                    "waiting for {needle:?} in {:?}, got {f:?}",
+                    String::from_utf8_lossy(&all)
+                ),
             }
         }
         String::from_utf8_lossy(&all).into_owned()
@@ -80,7 +86,13 @@ impl Client {
 }
 
 fn sh(script: &str) -> Exec {
-    Exec { argv: vec!["sh".into(), "-c".into(), script.into()], env: Default::default(), cwd: None, tty: None, role: Role::Aux }
+    Exec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: Default::default(),
+        cwd: None,
+        tty: None,
+        role: Role::Aux,
+    }
 }
 
 #[test]
@@ -91,7 +103,13 @@ fn exec_streams_stdout_stderr_and_exit_code() {
     let (out, err, exit) = c.drain();
     assert_eq!(out, b"out\n");
     assert_eq!(err, b"err\n");
-    assert_eq!(exit, Exit { code: Some(7), signal: None });
+    assert_eq!(
+        exit,
+        Exit {
+            code: Some(7),
+            signal: None
+        }
+    );
 }
 
 #[test]
@@ -102,14 +120,23 @@ fn env_cwd_and_base_environment() {
     e.cwd = Some("/tmp".into());
     let (mut c, _) = Client::exec(&srv, e);
     let (out, _, exit) = c.drain();
-    assert_eq!(String::from_utf8_lossy(&out), "bar|/root|dumb|C.UTF-8|/tmp\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "bar|/root|dumb|C.UTF-8|/tmp\n"
+    );
     assert_eq!(exit.code, Some(0));
 }
 
 #[test]
 fn stdin_is_piped_and_empty_frame_closes_it() {
     let (srv, _rx) = server();
-    let (mut c, _) = Client::exec(&srv, Exec { argv: vec!["cat".into()], ..sh("") });
+    let (mut c, _) = Client::exec(
+        &srv,
+        Exec {
+            argv: vec!["cat".into()],
+            ..sh("")
+        },
+    );
     c.send(Frame::Stdin(b"hello ".to_vec()));
     c.send(Frame::Stdin(b"world\n".to_vec()));
     c.send(Frame::Stdin(vec![]));
@@ -122,7 +149,10 @@ fn stdin_is_piped_and_empty_frame_closes_it() {
 fn exec_failure_is_an_error() {
     let (srv, _rx) = server();
     let mut c = Client::new(&srv);
-    c.send(Frame::Exec(Exec { argv: vec!["no-such-command-ax".into()], ..sh("") }));
+    c.send(Frame::Exec(Exec {
+        argv: vec!["no-such-command-ax".into()],
+        ..sh("")
+    }));
     match c.recv() {
         Frame::Error(e) => {
             assert_eq!(e.code, "exec_failed");
@@ -131,9 +161,15 @@ fn exec_failure_is_an_error() {
         f => panic!("{f:?}"),
     }
     let mut c = Client::new(&srv);
-    c.send(Frame::Exec(Exec { cwd: Some("/no/such/dir".into()), ..sh("true") }));
+    c.send(Frame::Exec(Exec {
+        cwd: Some("/no/such/dir".into()),
+        ..sh("true")
+    }));
     match c.recv() {
-        Frame::Error(e) => assert_eq!((e.code.as_str(), e.message.as_str()), ("exec_failed", "cwd /no/such/dir: No such file or directory")),
+        Frame::Error(e) => assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("exec_failed", "cwd /no/such/dir: No such file or directory")
+        ),
         f => panic!("{f:?}"),
     }
     // The server still works.
@@ -151,10 +187,17 @@ fn pty_session_is_a_tty_and_resize_is_seen() {
     let got = c.until("24 80");
     assert!(got.contains("IS-TTY"), "{got:?}");
     assert!(got.contains("T=xterm-256color"), "{got:?}");
-    c.send(Frame::Resize(WinSize { rows: 50, cols: 132 }));
+    c.send(Frame::Resize(WinSize {
+        rows: 50,
+        cols: 132,
+    }));
     c.send(Frame::Stdin(b"\n".to_vec()));
     let (out, _, exit) = c.drain();
-    assert!(String::from_utf8_lossy(&out).contains("50 132"), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("50 132"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
     assert_eq!(exit.code, Some(0));
 }
 
@@ -164,7 +207,10 @@ fn attach_replays_and_broadcasts() {
     let (mut a, st) = Client::exec(&srv, sh("echo first; read x; echo second; exit 4"));
     a.until("first");
     let mut b = Client::new(&srv);
-    b.send(Frame::Attach(Attach { session: Some(st.session), replay: true }));
+    b.send(Frame::Attach(Attach {
+        session: Some(st.session),
+        replay: true,
+    }));
     assert_eq!(b.recv(), Frame::Started(st.clone()));
     assert_eq!(b.until("first"), "first\n");
     // Either attached client may type.
@@ -176,7 +222,10 @@ fn attach_replays_and_broadcasts() {
     }
     // Attaching to an ended session: STARTED, replay, EXIT.
     let mut c = Client::new(&srv);
-    c.send(Frame::Attach(Attach { session: Some(st.session), replay: true }));
+    c.send(Frame::Attach(Attach {
+        session: Some(st.session),
+        replay: true,
+    }));
     assert_eq!(c.recv(), Frame::Started(st.clone()));
     let (out, _, exit) = c.drain();
     assert_eq!(out, b"first\nsecond\n");
@@ -186,24 +235,58 @@ fn attach_replays_and_broadcasts() {
 #[test]
 fn signal_reaches_the_process_group() {
     let (srv, _rx) = server();
-    let (mut c, _) = Client::exec(&srv, Exec { argv: vec!["sleep".into(), "100".into()], ..sh("") });
+    let (mut c, _) = Client::exec(
+        &srv,
+        Exec {
+            argv: vec!["sleep".into(), "100".into()],
+            ..sh("")
+        },
+    );
     c.send(Frame::Signal(Signal { signal: 15 }));
     let (_, _, exit) = c.drain();
-    assert_eq!(exit, Exit { code: None, signal: Some(15) });
+    assert_eq!(
+        exit,
+        Exit {
+            code: None,
+            signal: Some(15)
+        }
+    );
 }
 
 #[test]
 fn aux_gets_sighup_when_last_client_leaves_and_wait_reports_it() {
     let (srv, _rx) = server();
-    let (c, st) = Client::exec(&srv, Exec { argv: vec!["sleep".into(), "100".into()], ..sh("") });
+    let (c, st) = Client::exec(
+        &srv,
+        Exec {
+            argv: vec!["sleep".into(), "100".into()],
+            ..sh("")
+        },
+    );
     let mut w = Client::new(&srv);
-    w.send(Frame::Wait(Wait { session: Some(st.session) }));
+    w.send(Frame::Wait(Wait {
+        session: Some(st.session),
+    }));
     drop(c);
-    assert_eq!(w.recv(), Frame::Exit(Exit { code: None, signal: Some(libc::SIGHUP) }));
+    assert_eq!(
+        w.recv(),
+        Frame::Exit(Exit {
+            code: None,
+            signal: Some(libc::SIGHUP)
+        })
+    );
     // WAIT on an ended session answers at once.
     let mut w = Client::new(&srv);
-    w.send(Frame::Wait(Wait { session: Some(st.session) }));
-    assert_eq!(w.recv(), Frame::Exit(Exit { code: None, signal: Some(libc::SIGHUP) }));
+    w.send(Frame::Wait(Wait {
+        session: Some(st.session),
+    }));
+    assert_eq!(
+        w.recv(),
+        Frame::Exit(Exit {
+            code: None,
+            signal: Some(libc::SIGHUP)
+        })
+    );
 }
 
 #[test]
@@ -223,12 +306,18 @@ fn primary_survives_detach_is_unique_and_reports_exit() {
     }
     // Re-attach to the primary (session None) and finish it.
     let mut a = Client::new(&srv);
-    a.send(Frame::Attach(Attach { session: None, replay: false }));
+    a.send(Frame::Attach(Attach {
+        session: None,
+        replay: false,
+    }));
     assert_eq!(a.recv(), Frame::Started(st.clone()));
     a.send(Frame::Stdin(b"\n".to_vec()));
     let (out, _, exit) = a.drain();
     assert_eq!((out.as_slice(), exit.code), (&b"bye\n"[..], Some(5)));
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Event::PrimaryExited(exit));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Event::PrimaryExited(exit)
+    );
 }
 
 #[test]
@@ -252,7 +341,10 @@ fn protocol_errors_close_only_that_connection() {
     }
     // Unsupported version.
     let mut c = Client::raw(&srv);
-    c.send(Frame::Hello(Hello { versions: vec![99], client: String::new() }));
+    c.send(Frame::Hello(Hello {
+        versions: vec![99],
+        client: String::new(),
+    }));
     match c.recv() {
         Frame::Error(e) => assert_eq!(e.code, "unsupported_version"),
         f => panic!("{f:?}"),
@@ -261,8 +353,17 @@ fn protocol_errors_close_only_that_connection() {
     let mut c = Client::new(&srv);
     c.send(Frame::Stdin(b"x".to_vec()));
     assert!(matches!(c.recv(), Frame::Error(e) if e.code == "unexpected"));
-    let (mut c, _) = Client::exec(&srv, Exec { argv: vec!["sleep".into(), "100".into()], ..sh("") });
-    c.send(Frame::Hello(Hello { versions: vec![1], client: String::new() }));
+    let (mut c, _) = Client::exec(
+        &srv,
+        Exec {
+            argv: vec!["sleep".into(), "100".into()],
+            ..sh("")
+        },
+    );
+    c.send(Frame::Hello(Hello {
+        versions: vec![1],
+        client: String::new(),
+    }));
     assert!(matches!(c.recv(), Frame::Error(e) if e.code == "unexpected"));
     // The first session was never disturbed.
     live.send(Frame::Stdin(b"\n".to_vec()));
@@ -277,21 +378,38 @@ fn shutdown_is_acknowledged_and_reported() {
     let mut c = Client::new(&srv);
     c.send(Frame::Shutdown(Shutdown { reboot: true }));
     assert_eq!(c.recv(), Frame::Ok);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Event::Shutdown { reboot: true });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Event::Shutdown { reboot: true }
+    );
 }
 
 #[test]
 fn slow_client_is_dropped_and_never_blocks_the_child() {
     let (tx, _rx) = mpsc::channel();
-    let srv = Server::new(Config { outbox_budget: 256 * 1024, ..Config::default() }, tx);
+    let srv = Server::new(
+        Config {
+            outbox_budget: 256 * 1024,
+            ..Config::default()
+        },
+        tx,
+    );
     // 32 MiB of output to a client that never reads. (Primary, so dropping the slow client
     // does not SIGHUP it as it would an Aux session.)
     let mut e = sh("head -c 33554432 /dev/zero; echo done >&2");
     e.role = Role::Primary;
     let (mut slow, st) = Client::exec(&srv, e);
     let mut w = Client::new(&srv);
-    w.send(Frame::Wait(Wait { session: Some(st.session) }));
-    assert_eq!(w.recv(), Frame::Exit(Exit { code: Some(0), signal: None }));
+    w.send(Frame::Wait(Wait {
+        session: Some(st.session),
+    }));
+    assert_eq!(
+        w.recv(),
+        Frame::Exit(Exit {
+            code: Some(0),
+            signal: None
+        })
+    );
     // The slow client was cut off: reading ends before EXIT (queue dropped, socket shut).
     let mut saw_exit = false;
     while let Ok(f) = read_frame(&mut slow.s) {
@@ -300,7 +418,10 @@ fn slow_client_is_dropped_and_never_blocks_the_child() {
     assert!(!saw_exit);
     // The retained buffer keeps only the last 64 KiB, ending with stderr "done\n".
     let mut a = Client::new(&srv);
-    a.send(Frame::Attach(Attach { session: Some(st.session), replay: true }));
+    a.send(Frame::Attach(Attach {
+        session: Some(st.session),
+        replay: true,
+    }));
     a.recv();
     let (out, err, _) = a.drain();
     assert_eq!(out.len() + err.len(), 64 * 1024);

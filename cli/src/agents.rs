@@ -13,14 +13,19 @@ pub struct AgentDef {
 }
 
 /// The built-in agents.
-pub const BUILTIN: &[AgentDef] =
-    &[AgentDef { name: "shell", about: "runs the prompt with `sh -c` in /workspace" }];
+pub const BUILTIN: &[AgentDef] = &[AgentDef {
+    name: "shell",
+    about: "runs the prompt with `sh -c` in /workspace",
+}];
 
 /// Looks up agent `name`; an unknown name is a usage error listing the known ones.
 pub fn find(name: &str) -> Result<&'static AgentDef> {
     BUILTIN.iter().find(|a| a.name == name).ok_or_else(|| {
         let known: Vec<&str> = BUILTIN.iter().map(|a| a.name).collect();
-        usage(format!("unknown agent '{name}'"), format!("use one of: {}", known.join(", ")))
+        usage(
+            format!("unknown agent '{name}'"),
+            format!("use one of: {}", known.join(", ")),
+        )
     })
 }
 
@@ -38,6 +43,9 @@ mod tests {
         let e = super::find("nope").unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 2);
         assert!(format!("{e}").contains("shell"));
-        assert_eq!(super::find("shell").unwrap().argv("exit 7"), ["sh", "-c", "exit 7"]);
+        assert_eq!(
+            super::find("shell").unwrap().argv("exit 7"),
+            ["sh", "-c", "exit 7"]
+        );
     }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 /// Connects to guest vsock `port` through the hybrid socket `uds`. Fails if the guest does not
 /// accept (no listener yet, or the VM is gone).
 pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).with_context(|| format!("connecting to {}", uds.display()))?;
+    let mut s =
+        UnixStream::connect(uds).with_context(|| format!("connecting to {}", uds.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // Read the reply byte by byte so nothing after the newline is consumed.
@@ -28,7 +29,10 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream> {
             Err(e) => return Err(e).context("waiting for the vsock OK line"),
         }
         if line.len() > 64 {
-            bail!("bad hybrid vsock reply {:?}", String::from_utf8_lossy(&line));
+            bail!(
+                "bad hybrid vsock reply {:?}",
+                String::from_utf8_lossy(&line)
+            );
         }
     }
     let line = String::from_utf8_lossy(&line);

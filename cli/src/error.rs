@@ -24,10 +24,18 @@ pub struct AxError {
 
 impl AxError {
     pub fn usage(message: impl Into<String>) -> Self {
-        AxError { kind: Kind::Usage, message: message.into(), hint: None }
+        AxError {
+            kind: Kind::Usage,
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn runtime(message: impl Into<String>) -> Self {
-        AxError { kind: Kind::Runtime, message: message.into(), hint: None }
+        AxError {
+            kind: Kind::Runtime,
+            message: message.into(),
+            hint: None,
+        }
     }
     /// Adds the "how to fix it" line.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {

@@ -100,8 +100,19 @@ pub fn main() -> ! {
         Cmd::Ps { all, json } => cmd::ps::ps(all, json),
         Cmd::Logs { name, follow } => cmd::logs::logs(&name, follow),
         Cmd::Attach { name } => cmd::attach::attach(&name),
-        Cmd::Exec { name, tty, no_tty, command } => {
-            let tty = if no_tty { Some(false) } else if tty { Some(true) } else { None };
+        Cmd::Exec {
+            name,
+            tty,
+            no_tty,
+            command,
+        } => {
+            let tty = if no_tty {
+                Some(false)
+            } else if tty {
+                Some(true)
+            } else {
+                None
+            };
             cmd::attach::exec(&name, command, tty)
         }
         Cmd::Stop { name } => cmd::lifecycle::stop(&name),

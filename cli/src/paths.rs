@@ -14,7 +14,9 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// `$XDG_CACHE_HOME/ax`.
@@ -53,5 +55,7 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join(name), dir.join("../libexec/ax").join(name)].into_iter().find(|p| p.is_file())
+    [dir.join(name), dir.join("../libexec/ax").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }

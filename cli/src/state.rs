@@ -48,6 +48,9 @@ pub struct Timings {
     pub vm_spawn_ms: Option<u64>,
     /// VMM spawned → agentd answered HELLO (VMM start, kernel boot, agentd init).
     pub agentd_ready_ms: Option<u64>,
+    /// Guest clock (CLOCK_BOOTTIME) when agentd started as init: the kernel's boot.
+    #[serde(default)]
+    pub guest_init_ms: Option<u64>,
     /// Guest clock (CLOCK_BOOTTIME) when agentd began serving: kernel boot + agentd init.
     pub guest_ready_ms: Option<u64>,
     /// EXEC sent → EXIT received.
@@ -104,7 +107,10 @@ impl AgentState {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The directory of agent `name`.
@@ -117,7 +123,9 @@ pub fn agent_dir(name: &str) -> PathBuf {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -173,7 +181,11 @@ pub fn create_dir(name: &str) -> Result<PathBuf> {
 /// Picks `base`, or `base-2`, `base-3`, … for the first name not in use, and creates its dir.
 pub fn create_unique(base: &str) -> Result<(String, PathBuf)> {
     for i in 1..1000 {
-        let name = if i == 1 { base.to_string() } else { format!("{base}-{i}") };
+        let name = if i == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{i}")
+        };
         match create_dir(&name) {
             Ok(d) => return Ok((name, d)),
             Err(e) if crate::error::exit_code(&e) == 2 => continue,
@@ -205,7 +217,10 @@ pub fn load_raw(dir: &Path) -> Result<AgentState> {
 pub fn load(name: &str) -> Result<(PathBuf, AgentState)> {
     let dir = agent_dir(name);
     if validate_name(name).is_err() || !dir.join("state.json").is_file() {
-        return Err(usage(format!("no agent named '{name}'"), "list agents with: axctl ps --all"));
+        return Err(usage(
+            format!("no agent named '{name}'"),
+            "list agents with: axctl ps --all",
+        ));
     }
     let st = reconcile(&dir, load_raw(&dir)?);
     Ok((dir, st))
@@ -239,7 +254,13 @@ pub fn supervisor_alive(pid: i32) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmd) => {
             let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
                 .unwrap_or(false);
             alive && cmd.split(|b| *b == 0).any(|a| a == b"__supervise")
         }
@@ -262,7 +283,9 @@ fn reconcile(dir: &Path, mut st: AgentState) -> AgentState {
             }
             st.status = Status::Failed;
             st.reason = Some(match st.supervisor_pid {
-                Some(pid) => format!("supervisor (pid {pid}) died unexpectedly; see supervisor.log"),
+                Some(pid) => {
+                    format!("supervisor (pid {pid}) died unexpectedly; see supervisor.log")
+                }
                 None => "supervisor never started; see supervisor.log".to_string(),
             });
             st.finished_ms.get_or_insert_with(now_ms);
@@ -285,7 +308,10 @@ mod tests {
             ("   ", "agent"),
             ("été ünïcode", "t-n-code"),
             ("a b c d e f", "a-b-c-d"),
-            ("supercalifragilisticexpialidocious word", "supercalifragilisticexpialidocio"),
+            (
+                "supercalifragilisticexpialidocious word",
+                "supercalifragilisticexpialidocio",
+            ),
         ] {
             let s = slug(p);
             assert_eq!(s, want, "{p}");

@@ -41,7 +41,12 @@ const GUEST_CID: u64 = 3;
 /// The signals the supervisor handles itself (blocked, then taken with sigwait).
 fn handled_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [NixSignal::SIGTERM, NixSignal::SIGINT, NixSignal::SIGHUP, NixSignal::SIGUSR1] {
+    for sig in [
+        NixSignal::SIGTERM,
+        NixSignal::SIGINT,
+        NixSignal::SIGHUP,
+        NixSignal::SIGUSR1,
+    ] {
         s.add(sig);
     }
     s
@@ -75,19 +80,32 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
     let start = Instant::now();
     // Block handled signals before any thread exists, so every thread inherits the mask and
     // only the sigwait thread takes them.
-    handled_signals().thread_block().context("blocking signals")?;
+    handled_signals()
+        .thread_block()
+        .context("blocking signals")?;
     let (dir, mut st) = state::load(name)?;
     let log = Arc::new(Log {
         file: Mutex::new(
-            OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"))?,
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("supervisor.log"))?,
         ),
         start,
     });
-    log.line(format!("supervisor pid {} for agent {name}", std::process::id()));
+    log.line(format!(
+        "supervisor pid {} for agent {name}",
+        std::process::id()
+    ));
     st.supervisor_pid = Some(std::process::id() as i32);
     state::save(&dir, &st)?;
 
-    let mut sup = Supervisor { dir: dir.clone(), st, log: log.clone(), attached };
+    let mut sup = Supervisor {
+        dir: dir.clone(),
+        st,
+        log: log.clone(),
+        attached,
+    };
     let result = sup.boot_and_run(start);
     if let Err(e) = &result {
         log.line(format!("failed: {e:#}"));
@@ -196,11 +214,15 @@ impl Supervisor {
             let vm_status = vm_status.clone();
             let dir = self.dir.clone();
             client::connect_when_ready(&self.dir, vm_spawned + BOOT_TIMEOUT, move || {
-                vm_status.lock().unwrap().map(|s| vm_death_reason(&dir, s, "during boot"))
+                vm_status
+                    .lock()
+                    .unwrap()
+                    .map(|s| vm_death_reason(&dir, s, "during boot"))
             })?
         };
         self.st.timings.agentd_ready_ms = Some(vm_spawned.elapsed().as_millis() as u64);
         self.st.timings.guest_ready_ms = Some(hello.guest.ready_ms);
+        self.st.timings.guest_init_ms = Some(hello.guest.init_ms);
         self.log.line(format!(
             "agentd {} ready: kernel {}, guest uptime {} ms",
             hello.agentd_version, hello.guest.kernel_release, hello.guest.uptime_ms
@@ -230,7 +252,11 @@ impl Supervisor {
             Frame::Started(s) => self.log.line(format!("agent started: guest pid {}", s.pid)),
             Frame::Error(e) => {
                 self.shutdown_vm(&vm_status, &rx);
-                self.finish(Status::Failed, None, Some(format!("agent did not start: {}", e.message)));
+                self.finish(
+                    Status::Failed,
+                    None,
+                    Some(format!("agent did not start: {}", e.message)),
+                );
                 return Ok(());
             }
             other => return Err(anyhow!("agentd answered EXEC with {:?}", other.kind())),
@@ -262,7 +288,10 @@ impl Supervisor {
             std::thread::spawn(move || forward_stdin(writer));
         }
 
-        let mut out = OpenOptions::new().create(true).append(true).open(self.dir.join("output.log"))?;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("output.log"))?;
         let mut mirror = self.attached;
         let mut stop_deadline: Option<Instant> = None;
         let mut stop_reason: Option<String> = None;
@@ -271,7 +300,8 @@ impl Supervisor {
                 Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                     Ok(ev) => ev,
                     Err(_) => {
-                        self.log.line("agent did not exit after the stop grace period; tearing down");
+                        self.log
+                            .line("agent did not exit after the stop grace period; tearing down");
                         self.shutdown_vm(&vm_status, &rx);
                         let reason = stop_reason.unwrap_or_else(|| "stopped".into());
                         self.finish(Status::Failed, None, Some(format!("{reason}; the agent did not exit within {}s and the VM was torn down", STOP_GRACE.as_secs())));
@@ -283,7 +313,12 @@ impl Supervisor {
             match ev {
                 Event::Frame(Frame::Stdout(b)) => {
                     out.write_all(&b)?;
-                    if mirror && std::io::stdout().write_all(&b).and_then(|_| std::io::stdout().flush()).is_err() {
+                    if mirror
+                        && std::io::stdout()
+                            .write_all(&b)
+                            .and_then(|_| std::io::stdout().flush())
+                            .is_err()
+                    {
                         mirror = false;
                     }
                 }
@@ -299,8 +334,14 @@ impl Supervisor {
                     let code = e.shell_code();
                     // Record the result first: it is what the user waits for. A timeout is a
                     // failure even if the agent then exited by itself.
-                    let timed_out = stop_reason.as_deref().is_some_and(|r| r.starts_with("timed out"));
-                    let status = if timed_out { Status::Failed } else { Status::Exited };
+                    let timed_out = stop_reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("timed out"));
+                    let status = if timed_out {
+                        Status::Failed
+                    } else {
+                        Status::Exited
+                    };
                     self.finish(status, Some(code), stop_reason.clone());
                     let t = Instant::now();
                     self.shutdown_vm(&vm_status, &rx);
@@ -310,10 +351,16 @@ impl Supervisor {
                 }
                 Event::Frame(Frame::Error(e)) => {
                     self.shutdown_vm(&vm_status, &rx);
-                    self.finish(Status::Failed, None, Some(format!("agentd error: {} ({})", e.message, e.code)));
+                    self.finish(
+                        Status::Failed,
+                        None,
+                        Some(format!("agentd error: {} ({})", e.message, e.code)),
+                    );
                     return Ok(());
                 }
-                Event::Frame(other) => self.log.line(format!("ignoring unexpected {:?} frame", other.kind())),
+                Event::Frame(other) => self
+                    .log
+                    .line(format!("ignoring unexpected {:?} frame", other.kind())),
                 Event::ConnLost(why) => {
                     self.log.line(format!("control connection lost: {why}"));
                     // The VM is probably going down; give the waiter a moment to see it.
@@ -340,7 +387,11 @@ impl Supervisor {
                 }
                 Event::Signal(sig) => {
                     self.log.line(format!("got {sig}: forwarding to the agent"));
-                    let fwd = if sig == NixSignal::SIGHUP { NixSignal::SIGTERM } else { sig };
+                    let fwd = if sig == NixSignal::SIGHUP {
+                        NixSignal::SIGTERM
+                    } else {
+                        sig
+                    };
                     let _ = proto::write_frame(
                         &mut *writer.lock().unwrap(),
                         &Frame::Signal(proto::Signal { signal: fwd as i32 }),
@@ -350,11 +401,16 @@ impl Supervisor {
                 }
                 Event::Timeout => {
                     let secs = self.st.timeout_secs.unwrap_or(0);
-                    let reason = format!("timed out after {}", humantime::format_duration(Duration::from_secs(secs)));
+                    let reason = format!(
+                        "timed out after {}",
+                        humantime::format_duration(Duration::from_secs(secs))
+                    );
                     self.log.line(&reason);
                     let _ = proto::write_frame(
                         &mut *writer.lock().unwrap(),
-                        &Frame::Signal(proto::Signal { signal: libc::SIGTERM }),
+                        &Frame::Signal(proto::Signal {
+                            signal: libc::SIGTERM,
+                        }),
                     );
                     stop_reason = Some(reason);
                     stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
@@ -464,7 +520,10 @@ fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
 fn start_vsock_backend(vhost_sock: &Path, uds: &Path, log: Arc<Log>) -> Result<()> {
     let _ = std::fs::remove_file(vhost_sock);
     let _ = std::fs::remove_file(uds);
-    let cfg = ax_vsock::HybridConfig { guest_cid: GUEST_CID, uds_path: uds.to_path_buf() };
+    let cfg = ax_vsock::HybridConfig {
+        guest_cid: GUEST_CID,
+        uds_path: uds.to_path_buf(),
+    };
     let listener = ax_vsock::listen(vhost_sock).context("creating the vhost-user vsock socket")?;
     std::thread::spawn(move || {
         if let Err(e) = ax_vsock::serve(listener, cfg) {

@@ -7,6 +7,7 @@
 //! shares one image cache, `<target>/ax-test-cache` (or `$AX_TEST_CACHE`), built once under a
 //! file lock by [`ensure_image`].
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +16,11 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps dir");
-    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+    let dir = if deps.ends_with("deps") {
+        deps.parent().unwrap()
+    } else {
+        deps
+    };
     for b in ["axctl", "agentd"] {
         assert!(
             dir.join(b).is_file(),
@@ -47,7 +52,9 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { state: tempfile::tempdir().expect("tempdir") }
+        Env {
+            state: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// `axctl` with this env's XDG dirs.
@@ -73,7 +80,11 @@ impl Env {
     /// `axctl inspect NAME --json`.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let o = self.run(&["inspect", name, "--json"]);
-        assert!(o.status.success(), "inspect failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         serde_json::from_slice(&o.stdout).expect("inspect json")
     }
 
@@ -136,12 +147,38 @@ pub fn ensure_image() {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let env = Env::new();
     let o = env.run(&["image", "ls", "--json"]);
-    assert!(o.status.success(), "image ls: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "image ls: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("image ls json");
-    if v.as_array().map(|a| a.is_empty()).unwrap_or(true) {
-        let st = env.axctl().args(["image", "build"]).stdout(Stdio::null()).status().unwrap();
+    // Rebuild when there is no image, or when the newest one carries another agentd than the
+    // one just built (the tests must exercise the current guest init).
+    let agentd = std::fs::read(bin_dir().join("agentd")).expect("read agentd");
+    let want = hex(&sha2::Sha256::digest(&agentd));
+    let current = v.as_array().and_then(|a| a.first()).and_then(|img| {
+        let m = std::fs::read(Path::new(img["dir"].as_str()?).join("manifest.json")).ok()?;
+        let m: serde_json::Value = serde_json::from_slice(&m).ok()?;
+        Some(m["initrd"]["agentd_sha256"].as_str()? == want)
+    });
+    if current != Some(true) {
+        eprintln!(
+            "building the guest image for the tests (agentd {})",
+            &want[..12]
+        );
+        let st = env
+            .axctl()
+            .args(["image", "build"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
         assert!(st.success(), "axctl image build failed");
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Skips (loudly) when QEMU is missing: the suite's VM tests need it.
@@ -155,7 +192,9 @@ pub fn require_qemu() -> bool {
 
 /// Looks `prog` up in PATH.
 pub fn which(prog: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// Reads a file to a string, empty if missing.

@@ -12,7 +12,11 @@ fn text(b: &[u8]) -> String {
 /// `run --wait` of `prompt`: (exit code, stdout, stderr).
 fn run_wait(env: &Env, name: &str, prompt: &str) -> (i32, String, String) {
     let o = env.run(&["run", "--name", name, "--wait", "--prompt", prompt]);
-    let r = (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr));
+    let r = (
+        o.status.code().unwrap_or(-1),
+        text(&o.stdout),
+        text(&o.stderr),
+    );
     if r.0 != 0 {
         env.dump(name);
     }
@@ -39,7 +43,10 @@ fn uname_in_the_guest_says_linux_and_pid1_is_agentd() {
     assert_eq!(st["exit_code"], 0);
     // The VM is gone when run --wait returns.
     let pid = st["vmm_pid"].as_i64().unwrap();
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "VMM {pid} still alive");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "VMM {pid} still alive"
+    );
     // The output also landed in the log.
     let o = env.run(&["logs", "uname"]);
     assert_eq!(text(&o.stdout), out);
@@ -57,17 +64,33 @@ fn exit_code_and_stdin_come_through() {
     assert_eq!(out, "before\n");
     assert_eq!(env.inspect("seven")["status"], "exited");
     let ps = text(&env.run(&["ps", "--all"]).stdout);
-    assert!(ps.lines().any(|l| l.starts_with("seven") && l.contains("exited(7)")), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("seven") && l.contains("exited(7)")),
+        "{ps}"
+    );
 
     // stdin piped through --wait, EOF included.
     let mut child = env
         .axctl()
-        .args(["run", "--name", "stdin", "--wait", "--prompt", "tr a-z A-Z; echo done"])
+        .args([
+            "run",
+            "--name",
+            "stdin",
+            "--wait",
+            "--prompt",
+            "tr a-z A-Z; echo done",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello from the host\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from the host\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "status {:?}", o.status);
     assert_eq!(text(&o.stdout), "HELLO FROM THE HOST\ndone\n");
@@ -84,26 +107,47 @@ fn background_run_exec_logs_stop() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let name = text(&o.stdout).trim().to_string();
     assert_eq!(name, "echo-started-sleep-600", "name is the prompt's slug");
-    let st = env.wait_for(&name, Duration::from_secs(90), |v| v["status"] != "starting");
+    let st = env.wait_for(&name, Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
     if st["status"] != "running" {
         env.dump(&name);
     }
     assert_eq!(st["status"], "running");
     let ps = text(&env.run(&["ps"]).stdout);
-    assert!(ps.lines().any(|l| l.starts_with(&name) && l.contains("running")), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&name) && l.contains("running")),
+        "{ps}"
+    );
 
     // exec runs in the same live VM and returns its exit code.
-    let o = env.run(&["exec", &name, "--", "sh", "-c", "pgrep -x sleep >/dev/null && echo seen; exit 3"]);
+    let o = env.run(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "pgrep -x sleep >/dev/null && echo seen; exit 3",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "seen\n");
 
     let o = env.run(&["logs", &name]);
-    assert!(text(&o.stdout).contains("started"), "logs: {:?}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("started"),
+        "logs: {:?}",
+        text(&o.stdout)
+    );
 
     // A second agent with the same name is refused with a usage error.
     let o = env.run(&["run", "--name", &name, "--prompt", "true"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("already exists"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("already exists"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // rm of a running agent is refused; stop ends it; then rm works.
     assert_eq!(env.run(&["rm", &name]).status.code(), Some(2));
@@ -126,16 +170,24 @@ fn killing_the_vm_process_shows_failed() {
     let env = Env::new();
     let o = env.run(&["run", "--name", "victim", "--prompt", "sleep 600"]);
     assert!(o.status.success());
-    let st = env.wait_for("victim", Duration::from_secs(90), |v| v["status"] != "starting");
+    let st = env.wait_for("victim", Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
     assert_eq!(st["status"], "running");
     let pid = st["vmm_pid"].as_i64().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let st = env.wait_for("victim", Duration::from_secs(20), |v| v["status"] != "running");
+    let st = env.wait_for("victim", Duration::from_secs(20), |v| {
+        v["status"] != "running"
+    });
     assert_eq!(st["status"], "failed", "{st}");
     let reason = st["reason"].as_str().unwrap_or("");
     assert!(reason.contains("signal 9"), "reason: {reason}");
     let ps = text(&env.run(&["ps", "--all"]).stdout);
-    assert!(ps.lines().any(|l| l.starts_with("victim") && l.contains("failed")), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("victim") && l.contains("failed")),
+        "{ps}"
+    );
 }
 
 #[test]
@@ -150,12 +202,19 @@ fn attach_to_a_running_shell_through_tmux() {
     let env = Env::new();
     let o = env.run(&["run", "--name", "tty", "--prompt", "exec sh -i"]);
     assert!(o.status.success());
-    let st = env.wait_for("tty", Duration::from_secs(90), |v| v["status"] != "starting");
+    let st = env.wait_for("tty", Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
     assert_eq!(st["status"], "running");
 
     let sock = env.state.path().join("tmux.sock");
     let tmux = |args: &[&str]| {
-        Command::new("tmux").arg("-S").arg(&sock).args(args).output().expect("tmux")
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("tmux")
     };
     let axctl = ax_tests::bin_dir().join("axctl");
     let cmd = format!(
@@ -164,7 +223,9 @@ fn attach_to_a_running_shell_through_tmux() {
         ax_tests::cache_home().display(),
         axctl.display()
     );
-    assert!(tmux(&["new-session", "-d", "-x", "100", "-y", "30", &cmd]).status.success());
+    assert!(tmux(&["new-session", "-d", "-x", "100", "-y", "30", &cmd])
+        .status
+        .success());
     let pane = |want: &str| -> String {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
@@ -177,11 +238,16 @@ fn attach_to_a_running_shell_through_tmux() {
     };
     let s = pane("detach with");
     assert!(s.contains("detach with"), "{s}");
-    tmux(&["send-keys", "echo tty-$((6*7)); [ -t 0 ] && stty size", "Enter"]);
+    tmux(&[
+        "send-keys",
+        "echo tty-$((6*7)); [ -t 0 ] && stty size",
+        "Enter",
+    ]);
     let s = pane("tty-42");
     assert!(s.contains("tty-42"), "pane: {s}");
     assert!(
-        s.lines().any(|l| l.trim().ends_with(" 100") && l.trim().split(' ').count() == 2),
+        s.lines()
+            .any(|l| l.trim().ends_with(" 100") && l.trim().split(' ').count() == 2),
         "the guest PTY has the pane's width (stty size): {s}"
     );
     // Ctrl+] then d detaches; the shell keeps running.
@@ -203,13 +269,22 @@ fn attach_to_a_running_shell_through_tmux() {
 fn usage_errors_exit_2_with_a_hint() {
     let env = Env::new();
     for (args, needle) in [
-        (vec!["run", "--agent", "nope", "--prompt", "x"], "unknown agent 'nope'"),
-        (vec!["run", "--name", "Bad_Name", "--prompt", "x"], "invalid agent name"),
+        (
+            vec!["run", "--agent", "nope", "--prompt", "x"],
+            "unknown agent 'nope'",
+        ),
+        (
+            vec!["run", "--name", "Bad_Name", "--prompt", "x"],
+            "invalid agent name",
+        ),
         (vec!["run", "--prompt", " "], "prompt is empty"),
         (vec!["logs", "ghost"], "no agent named 'ghost'"),
         (vec!["attach", "ghost"], "no agent named 'ghost'"),
         (vec!["run", "--bogus"], "unexpected argument"),
-        (vec!["run", "--vmm", "ax", "--prompt", "x"], "ax-vmm driver is not available"),
+        (
+            vec!["run", "--vmm", "ax", "--prompt", "x"],
+            "ax-vmm driver is not available",
+        ),
     ] {
         let o = env.run(&args);
         let err = text(&o.stderr);
@@ -218,7 +293,16 @@ fn usage_errors_exit_2_with_a_hint() {
         assert!(o.stdout.is_empty(), "{args:?}: stdout must stay clean");
     }
     // No QEMU on PATH: a one-line error naming the package.
-    let o = env.axctl().env("PATH", "/nonexistent").args(["run", "--prompt", "true"]).output().unwrap();
+    let o = env
+        .axctl()
+        .env("PATH", "/nonexistent")
+        .args(["run", "--prompt", "true"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("apt-get install qemu-system-x86"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("apt-get install qemu-system-x86"),
+        "{}",
+        text(&o.stderr)
+    );
 }

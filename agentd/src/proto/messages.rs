@@ -35,6 +35,10 @@ pub struct GuestInfo {
     pub machine: String,
     /// Milliseconds since the guest kernel booted (CLOCK_BOOTTIME) when HELLO was answered.
     pub uptime_ms: u64,
+    /// Milliseconds of CLOCK_BOOTTIME at which agentd started as init (the kernel's boot
+    /// time); 0 when agentd is not init.
+    #[serde(default)]
+    pub init_ms: u64,
     /// Milliseconds of CLOCK_BOOTTIME at which agentd started serving the control port.
     pub ready_ms: u64,
     /// PID of agentd itself (1 when it is init).
@@ -159,6 +163,9 @@ pub struct ErrorMsg {
 
 impl ErrorMsg {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        ErrorMsg { code: code.to_string(), message: message.into() }
+        ErrorMsg {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 }

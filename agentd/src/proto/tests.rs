@@ -13,11 +13,18 @@ fn every_kind_roundtrips() {
     let mut env = BTreeMap::new();
     env.insert("A".to_string(), "b c".to_string());
     for f in [
-        Frame::Hello(Hello { versions: vec![1, 2], client: "t".into() }),
+        Frame::Hello(Hello {
+            versions: vec![1, 2],
+            client: "t".into(),
+        }),
         Frame::HelloOk(HelloOk {
             version: 1,
             agentd_version: "0.1.0".into(),
-            guest: GuestInfo { hostname: "h".into(), pid: 1, ..Default::default() },
+            guest: GuestInfo {
+                hostname: "h".into(),
+                pid: 1,
+                ..Default::default()
+            },
         }),
         Frame::Exec(Exec {
             argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
@@ -26,8 +33,15 @@ fn every_kind_roundtrips() {
             tty: Some(WinSize { rows: 24, cols: 80 }),
             role: Role::Primary,
         }),
-        Frame::Attach(Attach { session: None, replay: true }),
-        Frame::Started(Started { session: 3, pid: 42, tty: false }),
+        Frame::Attach(Attach {
+            session: None,
+            replay: true,
+        }),
+        Frame::Started(Started {
+            session: 3,
+            pid: 42,
+            tty: false,
+        }),
         Frame::Wait(Wait { session: Some(3) }),
         Frame::Shutdown(Shutdown { reboot: false }),
         Frame::Ok,
@@ -35,9 +49,15 @@ fn every_kind_roundtrips() {
         Frame::Stdin(b"in".to_vec()),
         Frame::Stdout(vec![0, 255, 10]),
         Frame::Stderr(b"err".to_vec()),
-        Frame::Resize(WinSize { rows: 50, cols: 132 }),
+        Frame::Resize(WinSize {
+            rows: 50,
+            cols: 132,
+        }),
         Frame::Signal(Signal { signal: 15 }),
-        Frame::Exit(Exit { code: Some(7), signal: None }),
+        Frame::Exit(Exit {
+            code: Some(7),
+            signal: None,
+        }),
         Frame::error("bad_json", "nope"),
     ] {
         roundtrip(f);
@@ -54,18 +74,21 @@ fn wire_layout_is_len_kind_payload() {
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (vec![0, 0, 0, 0, 1], "bad_frame"),                      // len 0
-        (vec![0xff, 0xff, 0xff, 0xff, 1], "bad_frame"),          // huge len
-        (vec![1, 0, 0, 0, 0x55], "unknown_kind"),                // unknown kind
-        (vec![3, 0, 0, 0, 0x01, b'{', b'x'], "bad_json"),        // bad json
-        (vec![10, 0, 0, 0, 0x11, 1], "bad_frame"),               // truncated
-        (vec![2, 0], "bad_frame"),                               // truncated header
+        (vec![0, 0, 0, 0, 1], "bad_frame"),               // len 0
+        (vec![0xff, 0xff, 0xff, 0xff, 1], "bad_frame"),   // huge len
+        (vec![1, 0, 0, 0, 0x55], "unknown_kind"),         // unknown kind
+        (vec![3, 0, 0, 0, 0x01, b'{', b'x'], "bad_json"), // bad json
+        (vec![10, 0, 0, 0, 0x11, 1], "bad_frame"),        // truncated
+        (vec![2, 0], "bad_frame"),                        // truncated header
     ];
     for (bytes, code) in cases {
         let e = read_frame(&mut Cursor::new(&bytes)).unwrap_err();
         assert_eq!(e.code(), code, "{bytes:?}: {e}");
     }
-    assert!(matches!(read_frame(&mut Cursor::new(&[] as &[u8])), Err(ProtoError::Closed)));
+    assert!(matches!(
+        read_frame(&mut Cursor::new(&[] as &[u8])),
+        Err(ProtoError::Closed)
+    ));
 }
 
 #[test]
@@ -77,6 +100,20 @@ fn negotiation_picks_newest_common() {
 
 #[test]
 fn exit_shell_code() {
-    assert_eq!(Exit { code: Some(7), signal: None }.shell_code(), 7);
-    assert_eq!(Exit { code: None, signal: Some(9) }.shell_code(), 137);
+    assert_eq!(
+        Exit {
+            code: Some(7),
+            signal: None
+        }
+        .shell_code(),
+        7
+    );
+    assert_eq!(
+        Exit {
+            code: None,
+            signal: Some(9)
+        }
+        .shell_code(),
+        137
+    );
 }

@@ -42,7 +42,10 @@ fn window_size() -> Option<WinSize> {
     for fd in [1, 0] {
         // SAFETY: TIOCGWINSZ writes a winsize into `ws`.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return Some(WinSize { rows: ws.ws_row, cols: ws.ws_col });
+            return Some(WinSize {
+                rows: ws.ws_row,
+                cols: ws.ws_col,
+            });
         }
     }
     None
@@ -72,10 +75,14 @@ enum Ev {
 /// `axctl exec NAME -- CMD…`: runs a command in the live guest, exits with its code.
 pub fn exec(name: &str, argv: Vec<String>, tty: Option<bool>) -> Result<i32> {
     if argv.is_empty() {
-        return Err(usage("no command given", "usage: axctl exec NAME -- COMMAND [ARGS…]"));
+        return Err(usage(
+            "no command given",
+            "usage: axctl exec NAME -- COMMAND [ARGS…]",
+        ));
     }
     let dir = live(name)?;
-    let use_tty = tty.unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    let use_tty =
+        tty.unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let (mut conn, _) = client::connect(&dir)?;
     let exec = Exec {
         argv,
@@ -86,7 +93,11 @@ pub fn exec(name: &str, argv: Vec<String>, tty: Option<bool>) -> Result<i32> {
     };
     proto::write_frame(&mut conn, &Frame::Exec(exec))?;
     expect_started(&mut conn)?;
-    let _raw = if use_tty && std::io::stdin().is_terminal() { Some(RawMode::enter()?) } else { None };
+    let _raw = if use_tty && std::io::stdin().is_terminal() {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
     pump(conn, false)
 }
 
@@ -94,7 +105,13 @@ pub fn exec(name: &str, argv: Vec<String>, tty: Option<bool>) -> Result<i32> {
 pub fn attach(name: &str) -> Result<i32> {
     let dir = live(name)?;
     let (mut conn, _) = client::connect(&dir)?;
-    proto::write_frame(&mut conn, &Frame::Attach(Attach { session: None, replay: true }))?;
+    proto::write_frame(
+        &mut conn,
+        &Frame::Attach(Attach {
+            session: None,
+            replay: true,
+        }),
+    )?;
     expect_started(&mut conn)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -103,7 +120,11 @@ pub fn attach(name: &str) -> Result<i32> {
         }
         eprint!("[attached to {name}; detach with Ctrl+] d]\r\n");
     }
-    let raw = if interactive { Some(RawMode::enter()?) } else { None };
+    let raw = if interactive {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
     let code = pump(conn, true)?;
     drop(raw);
     if code < 0 {
@@ -160,7 +181,10 @@ fn pump(conn: UnixStream, detachable: bool) -> Result<i32> {
             let _ = conn.shutdown(std::net::Shutdown::Both);
             Ok(-1)
         }
-        Ok(Ev::Lost(why)) => Err(runtime(format!("lost the connection to the guest: {why}"), "check axctl ps")),
+        Ok(Ev::Lost(why)) => Err(runtime(
+            format!("lost the connection to the guest: {why}"),
+            "check axctl ps",
+        )),
         Err(_) => bail!("stream threads ended"),
     }
 }
@@ -179,7 +203,8 @@ fn spawn_stdin(writer: Arc<Mutex<UnixStream>>, tx: Sender<Ev>, detachable: bool)
             if n == 0 {
                 // EOF: close the guest's stdin (attach keeps streaming output).
                 if !detachable {
-                    let _ = proto::write_frame(&mut *writer.lock().unwrap(), &Frame::Stdin(Vec::new()));
+                    let _ =
+                        proto::write_frame(&mut *writer.lock().unwrap(), &Frame::Stdin(Vec::new()));
                 }
                 return;
             }
@@ -199,7 +224,9 @@ fn spawn_stdin(writer: Arc<Mutex<UnixStream>>, tx: Sender<Ev>, detachable: bool)
                 }
                 data.push(b);
             }
-            if !data.is_empty() && proto::write_frame(&mut *writer.lock().unwrap(), &Frame::Stdin(data)).is_err() {
+            if !data.is_empty()
+                && proto::write_frame(&mut *writer.lock().unwrap(), &Frame::Stdin(data)).is_err()
+            {
                 return;
             }
         }

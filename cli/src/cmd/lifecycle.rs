@@ -15,7 +15,9 @@ pub fn stop(name: &str) -> Result<i32> {
         eprintln!("axctl: {name} is not running ({})", st.status_label());
         return Ok(0);
     }
-    let pid = st.supervisor_pid.context("the agent has no supervisor yet; try again in a moment")?;
+    let pid = st
+        .supervisor_pid
+        .context("the agent has no supervisor yet; try again in a moment")?;
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + crate::supervisor::STOP_GRACE + Duration::from_secs(15);
     while state::supervisor_alive(pid) {

@@ -31,7 +31,11 @@ pub fn logs(name: &str, follow: bool) -> Result<i32> {
         }
         // Stop once the agent has ended and everything it wrote has been printed.
         let st = state::load_raw(&dir)?;
-        let live = st.status.is_live() && st.supervisor_pid.map(state::supervisor_alive).unwrap_or(true);
+        let live = st.status.is_live()
+            && st
+                .supervisor_pid
+                .map(state::supervisor_alive)
+                .unwrap_or(true);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if !live && size <= pos {
             return Ok(0);

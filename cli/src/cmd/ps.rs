@@ -16,7 +16,14 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
     }
     let rows: Vec<[String; 4]> = agents
         .iter()
-        .map(|s| [s.name.clone(), s.agent.clone(), s.status_label(), age(s.created_ms)])
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.agent.clone(),
+                s.status_label(),
+                age(s.created_ms),
+            ]
+        })
         .collect();
     print_table(&["NAME", "AGENT", "STATUS", "AGE"], &rows);
     Ok(0)
@@ -32,7 +39,10 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
         return Ok(0);
     }
     let ms = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
-    let duration = s.finished_ms.unwrap_or_else(now_ms).saturating_sub(s.created_ms);
+    let duration = s
+        .finished_ms
+        .unwrap_or_else(now_ms)
+        .saturating_sub(s.created_ms);
     let mut rows = vec![
         ("Name", s.name.clone()),
         ("Agent", s.agent.clone()),
@@ -40,9 +50,18 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
         ("Prompt", s.prompt.clone()),
         ("Command", format!("{:?}", s.argv)),
         ("Image", s.image_id.clone()),
-        ("VMM", format!("{} ({}), {} vCPU, {} MiB", s.vmm, s.accel, s.cpus, s.memory_mib)),
+        (
+            "VMM",
+            format!(
+                "{} ({}), {} vCPU, {} MiB",
+                s.vmm, s.accel, s.cpus, s.memory_mib
+            ),
+        ),
         ("Created", format!("{} ago", age(s.created_ms))),
-        ("Duration", humantime::format_duration(std::time::Duration::from_secs(duration / 1000)).to_string()),
+        (
+            "Duration",
+            humantime::format_duration(std::time::Duration::from_secs(duration / 1000)).to_string(),
+        ),
         ("State dir", dir.display().to_string()),
     ];
     if let Some(r) = &s.reason {
@@ -55,8 +74,8 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
     rows.push((
         "Timings",
         format!(
-            "image {}, vm spawn {}, agentd ready {} (guest {}), command {}, teardown {}",
-            ms(t.image_ms), ms(t.vm_spawn_ms), ms(t.agentd_ready_ms), ms(t.guest_ready_ms),
+            "image {}, vm spawn {}, agentd ready {} (guest: kernel {}, ready {}), command {}, teardown {}",
+            ms(t.image_ms), ms(t.vm_spawn_ms), ms(t.agentd_ready_ms), ms(t.guest_init_ms), ms(t.guest_ready_ms),
             ms(t.command_ms), ms(t.teardown_ms)
         ),
     ));

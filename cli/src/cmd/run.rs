@@ -51,7 +51,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         state::validate_name(n)?;
     }
     if args.prompt.trim().is_empty() {
-        return Err(usage("the prompt is empty", "say what the agent should do: --prompt '…'"));
+        return Err(usage(
+            "the prompt is empty",
+            "say what the agent should do: --prompt '…'",
+        ));
     }
     let vmm = driver::resolve(args.vmm)?;
     let img = match image::resolve(args.image.as_deref())? {
@@ -87,7 +90,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         finished_ms: None,
         supervisor_pid: None,
         vmm_pid: None,
-        timings: Timings { image_ms: Some(image_ms), ..Default::default() },
+        timings: Timings {
+            image_ms: Some(image_ms),
+            ..Default::default()
+        },
     };
     state::save(&dir, &st)?;
 
@@ -96,9 +102,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
     cmd.arg("__supervise").arg(&name);
     if args.wait {
         cmd.arg("--attached");
-        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
     } else {
-        let log = File::options().create(true).append(true).open(dir.join("supervisor.log"))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("supervisor.log"))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     }
     // SAFETY: setsid is async-signal-safe. A new session: the terminal's ^C and hangups do
@@ -139,8 +150,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 st.status_label(),
                 st.reason.as_deref().unwrap_or("unknown reason")
             );
-            eprintln!("  hint: see {}/console.log and supervisor.log", dir.display());
-            Ok(if status.success() { 1 } else { status.code().unwrap_or(1).max(1) })
+            eprintln!(
+                "  hint: see {}/console.log and supervisor.log",
+                dir.display()
+            );
+            Ok(if status.success() {
+                1
+            } else {
+                status.code().unwrap_or(1).max(1)
+            })
         }
     }
 }

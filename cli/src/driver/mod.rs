@@ -44,14 +44,22 @@ pub fn hardware_kvm() -> std::result::Result<(), String> {
     if cfg!(not(target_os = "linux")) {
         return Err("not Linux".into());
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return Err("/dev/kvm cannot be opened".into());
     }
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         return Err("/dev/kvm is kvm-pvm (nested, no VMX/SVM): it cannot run a Linux guest".into());
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
     if flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
         Ok(())
     } else {

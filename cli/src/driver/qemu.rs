@@ -20,7 +20,9 @@ pub fn find_binary() -> Result<PathBuf> {
     }
     which(BINARY).ok_or_else(|| {
         usage(
-            format!("{BINARY} not found in PATH, and this host has no usable hardware KVM for ax-vmm"),
+            format!(
+                "{BINARY} not found in PATH, and this host has no usable hardware KVM for ax-vmm"
+            ),
             "install QEMU: apt-get install qemu-system-x86",
         )
     })
@@ -29,10 +31,14 @@ pub fn find_binary() -> Result<PathBuf> {
 /// Looks a program up in `PATH`.
 pub fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// The QEMU arguments (without the program) for `spec`.
@@ -40,23 +46,53 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     let machine = format!("microvm,accel={},acpi=on", spec.accel.as_str());
-    let cpu = if spec.accel == super::Accel::Tcg { "max" } else { "host" };
+    let cpu = if spec.accel == super::Accel::Tcg {
+        "max"
+    } else {
+        "host"
+    };
     let mem = format!("{}M", spec.memory_mib);
     for s in [
-        "-M", &machine, "-cpu", cpu, "-smp", &spec.cpus.to_string(), "-m", &mem,
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-monitor", "none",
-        "-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        "-numa", "node,memdev=mem",
-        "-chardev", &format!("file,id=console,path={}", spec.console_log.display()),
-        "-serial", "chardev:console",
-        "-kernel", &spec.kernel.to_string_lossy(),
-        "-initrd", &spec.initrd.to_string_lossy(),
-        "-append", &spec.cmdline,
-        "-drive", &format!("id=rootfs,file={},format=raw,if=none,readonly=on", spec.rootfs.display()),
-        "-device", "virtio-blk-device,drive=rootfs",
-        "-chardev", &format!("socket,id=vsock,path={}", spec.vhost_vsock_socket.display()),
+        "-M",
+        &machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &spec.cpus.to_string(),
+        "-m",
+        &mem,
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("file,id=console,path={}", spec.console_log.display()),
+        "-serial",
+        "chardev:console",
+        "-kernel",
+        &spec.kernel.to_string_lossy(),
+        "-initrd",
+        &spec.initrd.to_string_lossy(),
+        "-append",
+        &spec.cmdline,
+        "-drive",
+        &format!(
+            "id=rootfs,file={},format=raw,if=none,readonly=on",
+            spec.rootfs.display()
+        ),
+        "-device",
+        "virtio-blk-device,drive=rootfs",
+        "-chardev",
+        &format!("socket,id=vsock,path={}", spec.vhost_vsock_socket.display()),
         // QEMU 7.2 reads the guest CID from the backend's config space (no guest-cid property).
-        "-device", "vhost-user-vsock-device,chardev=vsock",
+        "-device",
+        "vhost-user-vsock-device,chardev=vsock",
     ] {
         push(s);
     }
@@ -81,7 +117,10 @@ mod tests {
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
             accel: Accel::Tcg,
         };
-        let a: Vec<String> = args(&spec).into_iter().map(|s| s.into_string().unwrap()).collect();
+        let a: Vec<String> = args(&spec)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
         let joined = a.join(" ");
         assert!(joined.contains("-M microvm,accel=tcg"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
