@@ -1,7 +1,7 @@
 //! Errors that map to the CLI's exit codes: 2 for usage/config errors, 1 for runtime failures.
 //!
 //! Every error carries a message and, where there is one, a hint saying how to fix it; both are
-//! printed on stderr as `axctl: <message>` and `  hint: <hint>`.
+//! printed on stderr on one line: `axctl: <message>; <hint>`.
 
 use std::fmt;
 
@@ -54,7 +54,7 @@ impl fmt::Display for AxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.message)?;
         if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
+            write!(f, "; {h}")?;
         }
         Ok(())
     }

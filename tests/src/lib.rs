@@ -162,6 +162,31 @@ pub fn ensure_image() {
         let m: serde_json::Value = serde_json::from_slice(&m).ok()?;
         Some(m["initrd"]["agentd_sha256"].as_str()? == want)
     });
+    if current.is_none() {
+        // No image at all (a fresh CI machine): this exercises `axctl run` building the image
+        // itself before its first run, with the progress display on stderr.
+        eprintln!("no guest image yet: `axctl run` builds it first");
+        let o = env
+            .axctl()
+            .args([
+                "run",
+                "--name",
+                "bootstrap",
+                "--wait",
+                "--prompt",
+                "echo booted",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "first run (with image build) failed: {err}"
+        );
+        assert!(err.contains("building one now"), "{err}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "booted\n");
+        return;
+    }
     if current != Some(true) {
         eprintln!(
             "building the guest image for the tests (agentd {})",

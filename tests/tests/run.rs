@@ -306,3 +306,29 @@ fn usage_errors_exit_2_with_a_hint() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn git_ax_is_the_same_cli() {
+    // `git ax …` finds `git-ax` on PATH: the same commands, the same exit codes.
+    let env = Env::new();
+    let path = format!(
+        "{}:{}",
+        ax_tests::bin_dir().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let o = Command::new("git")
+        .args(["ax", "ps", "--all"])
+        .env("PATH", &path)
+        .env("XDG_STATE_HOME", env.state.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("NAME"), "{}", text(&o.stdout));
+    let o = Command::new("git")
+        .args(["ax", "logs", "ghost"])
+        .env("PATH", &path)
+        .env("XDG_STATE_HOME", env.state.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}

@@ -146,12 +146,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Status::Exited => Ok(st.exit_code.unwrap_or(1)),
         _ => {
             eprintln!(
-                "axctl: agent {name} {}: {}",
+                "axctl: agent {name} {}: {}; details in {}/console.log and supervisor.log",
                 st.status_label(),
-                st.reason.as_deref().unwrap_or("unknown reason")
-            );
-            eprintln!(
-                "  hint: see {}/console.log and supervisor.log",
+                st.reason.as_deref().unwrap_or("unknown reason"),
                 dir.display()
             );
             Ok(if status.success() {

@@ -71,7 +71,7 @@ pub fn find(program: &str) -> Option<PathBuf> {
     find_in(program, std::env::var_os("PATH").as_deref())
 }
 
-/// The error for a missing tool: `<program> not found` + `hint: install it: apt-get install <pkg>`.
+/// The error for a missing tool: `<program> not found; install it: apt-get install <pkg>`.
 /// Several missing tools are reported together, with one install line.
 pub fn missing_error(missing: &[Tool]) -> anyhow::Error {
     let progs: Vec<&str> = missing.iter().map(|t| t.program).collect();
@@ -116,7 +116,7 @@ mod tests {
         let e = check_with(BUILD_TOOLS, |t| t.program != "mkfs.erofs").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "mkfs.erofs not found\n  hint: install it: apt-get install erofs-utils"
+            "mkfs.erofs not found; install it: apt-get install erofs-utils"
         );
         assert_eq!(crate::error::exit_code(&e), 2);
     }
@@ -129,7 +129,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "mmdebstrap, qemu-system-x86_64 not found\n  hint: install them: apt-get install mmdebstrap qemu-system-x86"
+            "mmdebstrap, qemu-system-x86_64 not found; install them: apt-get install mmdebstrap qemu-system-x86"
         );
     }
 
