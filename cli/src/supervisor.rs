@@ -157,16 +157,17 @@ impl Supervisor {
         let uds = self.dir.join("vsock.sock");
         start_vsock_backend(&vhost_sock, &uds, self.log.clone())?;
 
+        let accel = driver::qemu_accel();
         let spec = VmSpec {
             kernel: img.kernel.clone(),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
-            cmdline: driver::kernel_cmdline(&self.st.name),
+            cmdline: driver::kernel_cmdline(&self.st.name, accel),
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
             vhost_vsock_socket: vhost_sock,
-            accel: driver::qemu_accel(),
+            accel,
         };
         let vmm_log = File::create(self.dir.join("vmm.log"))?;
         let mut cmd = Command::new(qemu::find_binary()?);

@@ -111,8 +111,59 @@ pub struct VmSpec {
 }
 
 /// The kernel command line every ax guest gets; `name` becomes the guest's host name.
-pub fn kernel_cmdline(name: &str) -> String {
+///
+/// Under TCG the guest's TSC ticks at the host's TSC rate, and Linux's own calibration of it
+/// against the emulated PIT fails on a busy host ("tsc: Unable to calibrate against PIT"):
+/// the TSC is then marked unstable and boot can stall for minutes. So the host measures its
+/// TSC rate and hands it over with `tsc_early_khz=` (Documentation/admin-guide/kernel-parameters).
+pub fn kernel_cmdline(name: &str, accel: Accel) -> String {
     // panic=-1: a guest kernel panic reboots at once, and with -no-reboot the VMM exits, so a
     // dead guest is never mistaken for a running one.
-    format!("console=ttyS0 loglevel=4 panic=-1 ax.name={name}")
+    let mut c = format!("console=ttyS0 loglevel=4 panic=-1 ax.name={name}");
+    if accel == Accel::Tcg {
+        if let Some(khz) = host_tsc_khz() {
+            c.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    c
+}
+
+/// The host's TSC frequency in kHz, measured against CLOCK_MONOTONIC over ~10 ms; `None`
+/// off x86_64.
+pub fn host_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::time::{Duration, Instant};
+        // SAFETY: RDTSC has no preconditions on x86_64.
+        let (t0, c0) = (Instant::now(), unsafe { core::arch::x86_64::_rdtsc() });
+        std::thread::sleep(Duration::from_millis(10));
+        let (c1, t1) = (unsafe { core::arch::x86_64::_rdtsc() }, Instant::now());
+        let ns = t1.duration_since(t0).as_nanos() as u64;
+        let khz = c1.wrapping_sub(c0).checked_mul(1_000_000)? / ns.max(1);
+        (100_000..20_000_000).contains(&khz).then_some(khz)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcg_cmdline_carries_the_host_tsc_rate() {
+        let c = kernel_cmdline("fix-bug", Accel::Tcg);
+        assert!(c.starts_with("console=ttyS0 "), "{c}");
+        assert!(c.contains(" ax.name=fix-bug"), "{c}");
+        let khz: u64 = c
+            .split("tsc_early_khz=")
+            .nth(1)
+            .expect("tsc_early_khz")
+            .parse()
+            .unwrap();
+        // Two measurements agree within 1 %.
+        let again = host_tsc_khz().unwrap();
+        assert!(khz.abs_diff(again) * 100 < khz, "{khz} vs {again}");
+        assert!(!kernel_cmdline("x", Accel::Kvm).contains("tsc_early_khz"));
+    }
 }
