@@ -12,8 +12,9 @@ supervisor's own timings from `axctl inspect --json`:
   guest ready   guest clock when agentd served the control port (modules, root switch)
   command     EXEC -> EXIT of `true`
   teardown    EXIT -> VMM gone
-Anchor, measured in the same run: the same QEMU booting the same kernel with no initrd and no
-root (it panics at once and exits, panic=-1), i.e. the floor of any guest boot on this host.
+Anchor, measured in the same run (one anchor boot after each run): the same QEMU machine booting
+the same kernel with the same command line but no initrd and no devices; it finds no root,
+panics and exits (panic=-1, -no-reboot): the floor of any guest boot on this host.
 Figures are medians; ratios are against the anchor's median.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
@@ -31,15 +32,17 @@ def main():
         sys.exit("no image: run `axctl image build` first")
     kernel = img[0]["kernel"]
 
-    anchor = []
-    for _ in range(a.n):
+    def anchor_run(cmdline):
+        # The same QEMU machine and kernel command line, no initrd, no devices: the kernel
+        # boots, finds no root and panics; panic=-1 + -no-reboot make QEMU exit.
         t = time.monotonic()
-        subprocess.run(["qemu-system-x86_64", "-M", "microvm,accel=tcg", "-cpu", "max", "-m", "1024M",
-                        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-monitor", "none",
-                        "-kernel", kernel, "-append", "console=ttyS0 loglevel=4 panic=-1"],
+        subprocess.run(["qemu-system-x86_64", "-M", "microvm,accel=tcg,acpi=on", "-cpu", "max",
+                        "-m", "1024M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                        "-monitor", "none", "-kernel", kernel, "-append", cmdline],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        anchor.append((time.monotonic() - t) * 1000)
+        return (time.monotonic() - t) * 1000
 
+    anchor = []
     rows = {k: [] for k in ["wall", "image", "vm start", "boot", "guest kernel", "guest ready", "command", "teardown"]}
     for i in range(a.n):
         name = f"bench-{i}"
@@ -49,7 +52,8 @@ def main():
         wall = (time.monotonic() - t) * 1000
         if r.returncode != 0:
             sys.exit(f"run {i} failed: {r.stderr.decode()}")
-        tm = json.loads(subprocess.check_output([axctl, "inspect", name, "--json"], env=env))["timings"]
+        st = json.loads(subprocess.check_output([axctl, "inspect", name, "--json"], env=env))
+        tm = st["timings"]
         rows["wall"].append(wall)
         rows["image"].append(tm["image_ms"])
         rows["vm start"].append(tm["vm_spawn_ms"])
@@ -59,6 +63,7 @@ def main():
         rows["command"].append(tm["command_ms"])
         rows["teardown"].append(tm["teardown_ms"])
         subprocess.run([axctl, "rm", name], env=env, stdout=subprocess.DEVNULL)
+        anchor.append(anchor_run(st["kernel_cmdline"]))
 
     base = statistics.median(anchor)
     print(f"runs: {a.n}   anchor (bare kernel boot to panic under the same QEMU): median {base:.0f} ms")

@@ -71,6 +71,9 @@ pub struct AgentState {
     pub image_id: String,
     /// `qemu` or `ax`.
     pub vmm: String,
+    /// The guest kernel command line, once the supervisor has started the VM.
+    #[serde(default)]
+    pub kernel_cmdline: Option<String>,
     /// Accelerator the VMM uses: `kvm`, `hvf` or `tcg`.
     pub accel: String,
     pub cpus: u32,
@@ -339,6 +342,7 @@ mod tests {
             argv: vec![],
             image_id: "i".into(),
             vmm: "qemu".into(),
+            kernel_cmdline: None,
             accel: "tcg".into(),
             cpus: 1,
             memory_mib: 512,

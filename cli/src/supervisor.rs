@@ -159,7 +159,8 @@ impl Supervisor {
 
         let accel = driver::qemu_accel();
         let spec = VmSpec {
-            kernel: img.kernel.clone(),
+            // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
+            kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
             cmdline: driver::kernel_cmdline(&self.st.name, accel),
@@ -169,6 +170,7 @@ impl Supervisor {
             vhost_vsock_socket: vhost_sock,
             accel,
         };
+        self.st.kernel_cmdline = Some(spec.cmdline.clone());
         let vmm_log = File::create(self.dir.join("vmm.log"))?;
         let mut cmd = Command::new(qemu::find_binary()?);
         cmd.args(qemu::args(&spec))

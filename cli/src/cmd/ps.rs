@@ -63,6 +63,10 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
             humantime::format_duration(std::time::Duration::from_secs(duration / 1000)).to_string(),
         ),
         ("State dir", dir.display().to_string()),
+        (
+            "Cmdline",
+            s.kernel_cmdline.clone().unwrap_or_else(|| "-".into()),
+        ),
     ];
     if let Some(r) = &s.reason {
         rows.push(("Reason", r.clone()));

@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         argv: agent.argv(&args.prompt),
         image_id: img.id.clone(),
         vmm: vmm.to_string(),
+        kernel_cmdline: None,
         accel: driver::qemu_accel().as_str().to_string(),
         cpus: args.cpus,
         memory_mib: args.memory,

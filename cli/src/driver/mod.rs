@@ -95,6 +95,7 @@ pub fn resolve(choice: VmmChoice) -> Result<&'static str> {
 /// Everything a driver needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
+    /// ELF vmlinux (PVH entry) or bzImage.
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// Read-only root disk (erofs), the guest's `/dev/vda`.

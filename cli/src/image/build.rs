@@ -228,6 +228,17 @@ fn steps(
     let k = kernel::fetch(lock, sources, work, epoch, log)?;
     let kernel_out = out.join(manifest::KERNEL_FILE);
     std::fs::copy(&k.bzimage, &kernel_out).context("copying the kernel")?;
+    let bz = std::fs::read(&kernel_out).context("reading the kernel")?;
+    let has_vmlinux = match super::vmlinux::extract(&bz) {
+        Ok(elf) => {
+            std::fs::write(out.join(manifest::VMLINUX_FILE), elf).context("writing vmlinux")?;
+            true
+        }
+        Err(e) => {
+            p.note(&format!("no vmlinux (VMMs will boot the bzImage): {e:#}"));
+            false
+        }
+    };
 
     p.step("initrd (agentd, libraries, kernel modules)");
     let plan = kernel::plan_modules(&k, &lock.kernel.modules)?;
@@ -266,6 +277,11 @@ fn steps(
         kernel: hash(manifest::KERNEL_FILE)?,
         initrd: hash(manifest::INITRD_FILE)?,
         rootfs: hash(manifest::ROOTFS_FILE)?,
+        vmlinux: if has_vmlinux {
+            Some(hash(manifest::VMLINUX_FILE)?)
+        } else {
+            None
+        },
     };
     let m = Manifest {
         schema: manifest::SCHEMA,

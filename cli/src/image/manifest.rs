@@ -15,6 +15,8 @@ pub const SCHEMA: u32 = 1;
 
 /// The file names inside an image directory.
 pub const KERNEL_FILE: &str = "bzImage";
+/// The uncompressed kernel (ELF, PVH entry) extracted from the bzImage, when possible.
+pub const VMLINUX_FILE: &str = "vmlinux";
 /// Initrd file name.
 pub const INITRD_FILE: &str = "initrd";
 /// Root filesystem file name.
@@ -141,6 +143,9 @@ pub struct Outputs {
     /// `rootfs.erofs`.
     #[serde(rename = "rootfs.erofs")]
     pub rootfs: Output,
+    /// `vmlinux`, derived from the bzImage (so not part of the image id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux: Option<Output>,
 }
 
 impl Manifest {
@@ -249,6 +254,7 @@ pub(crate) mod tests {
             kernel: o('a', 1),
             initrd: o('b', 2),
             rootfs: o('c', 3),
+            vmlinux: None,
         };
         Manifest {
             schema: SCHEMA,

@@ -22,6 +22,7 @@ pub mod progress;
 pub mod rootfs;
 pub mod store;
 pub mod tools;
+pub mod vmlinux;
 
 /// A built image on disk.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -30,8 +31,11 @@ pub struct Image {
     pub id: String,
     /// The image directory.
     pub dir: PathBuf,
-    /// bzImage or vmlinux.
+    /// The kernel as a bzImage.
     pub kernel: PathBuf,
+    /// The same kernel as an uncompressed ELF with a PVH entry, when the build could extract
+    /// it (`vmlinux`); VMMs boot it in preference (no in-guest decompression).
+    pub vmlinux: Option<PathBuf>,
     /// The initrd (newc cpio).
     pub initrd: PathBuf,
     /// The root filesystem (erofs).
@@ -218,6 +222,7 @@ mod tests {
             id: id.into(),
             dir: PathBuf::from("/x"),
             kernel: PathBuf::from("/x/bzImage"),
+            vmlinux: None,
             initrd: PathBuf::from("/x/initrd"),
             rootfs: PathBuf::from("/x/rootfs.erofs"),
             kernel_release: "6.1.0-56-cloud-amd64".into(),

@@ -45,6 +45,12 @@ pub fn open(dir: &Path) -> Option<Image> {
         id,
         dir: dir.to_path_buf(),
         kernel: dir.join(&m.kernel.file),
+        vmlinux: m
+            .outputs
+            .vmlinux
+            .as_ref()
+            .map(|_| dir.join(manifest::VMLINUX_FILE))
+            .filter(|p| p.is_file()),
         initrd: dir.join(manifest::INITRD_FILE),
         rootfs: dir.join(manifest::ROOTFS_FILE),
         kernel_release: m.kernel.release.clone(),
