@@ -30,7 +30,7 @@ def main():
     img = json.loads(subprocess.check_output([axctl, "image", "ls", "--json"], env=env))
     if not img:
         sys.exit("no image: run `axctl image build` first")
-    kernel = img[0]["kernel"]
+    kernel = img[0].get("vmlinux") or img[0]["kernel"]  # what the QEMU driver boots
 
     def anchor_run(cmdline):
         # The same QEMU machine and kernel command line, no initrd, no devices: the kernel
