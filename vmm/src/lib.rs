@@ -1,5 +1,28 @@
-//! ax-vmm: the KVM microVM monitor (issue #3)
+//! ax-vmm: the KVM microVM monitor (issue #3).
 //!
-//! Placeholder crate: filled by its issue.
+//! One small process per agent VM: guest RAM from a memfd ([`memory`]), a KVM VM with the
+//! in-kernel irqchip ([`vm`]), vCPUs with a CPUID template ([`vcpu`], [`cpuid`]), a kernel
+//! loaded through PVH or the Linux 64-bit boot protocol ([`boot`]), ACPI tables ([`acpi`]),
+//! legacy devices on the PIO bus ([`devices`], [`bus`]). [`machine::Machine`] ties them
+//! together; `main.rs` is the command line around it. The layout follows Cloud Hypervisor
+//! and rust-vmm's vmm-reference: one module per concern.
+//!
+//! Not here yet: the virtio-mmio transport and its devices (blk, vsock, the vhost-user
+//! frontend) and the jail; the [`bus::BusDevice`] trait and [`vm::Vm::irqfd`] are where
+//! they plug in.
 
 pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod exit;
+pub mod machine;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use exit::GuestExit;
+pub use machine::Machine;

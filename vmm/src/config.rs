@@ -1,0 +1,317 @@
+//! VM configuration: one TOML or JSON file (documented in docs/vmm-config.md) overridden by
+//! command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpuid::CpuTemplate;
+
+/// Upper bound on vCPUs (one MADT/IOAPIC-era microVM; raise with x2APIC support).
+pub const MAX_CPUS: u8 = 32;
+
+/// Where the guest's COM1 output goes.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SerialOutput {
+    /// The VMM's stdout (written unbuffered).
+    #[default]
+    Stdout,
+    /// Discarded.
+    None,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+}
+
+impl TryFrom<String> for SerialOutput {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SerialOutput> for String {
+    fn from(s: SerialOutput) -> String {
+        match s {
+            SerialOutput::Stdout => "stdout".into(),
+            SerialOutput::None => "none".into(),
+            SerialOutput::File(p) => format!("file:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for SerialOutput {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(SerialOutput::Stdout),
+            "none" => Ok(SerialOutput::None),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "invalid serial output {s:?}; use \"stdout\", \"none\" or \"file:PATH\""
+                )),
+            },
+        }
+    }
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0 reboot=k panic=1".into()
+}
+fn default_cpus() -> u8 {
+    1
+}
+fn default_memory() -> u64 {
+    128
+}
+fn default_true() -> bool {
+    true
+}
+fn default_template() -> CpuTemplate {
+    CpuTemplate::Auto
+}
+
+/// A whole VM description. Every field but `kernel` has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel: ELF vmlinux with a PVH note, or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd / initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs (1..=32).
+    #[serde(default = "default_cpus")]
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// COM1 output: "stdout", "none" or "file:PATH".
+    #[serde(default)]
+    pub serial: SerialOutput,
+    /// CPUID template: "auto", "host" or "pvm" (see `cpuid`).
+    #[serde(default = "default_template")]
+    pub cpu_template: CpuTemplate,
+    /// Create the in-kernel i8254 PIT.
+    #[serde(default = "default_true")]
+    pub pit: bool,
+    /// Write ACPI tables (when the ACPI module is built in).
+    #[serde(default = "default_true")]
+    pub acpi: bool,
+}
+
+/// Configuration errors (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The config file does not parse.
+    #[error("invalid config {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value is out of range or missing.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Flags that override the file (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// --kernel
+    pub kernel: Option<PathBuf>,
+    /// --initrd
+    pub initrd: Option<PathBuf>,
+    /// --cmdline
+    pub cmdline: Option<String>,
+    /// --cpus
+    pub cpus: Option<u8>,
+    /// --memory-mib
+    pub memory_mib: Option<u64>,
+    /// --serial
+    pub serial: Option<SerialOutput>,
+    /// --cpu-template
+    pub cpu_template: Option<CpuTemplate>,
+    /// --no-pit
+    pub no_pit: bool,
+    /// --no-acpi
+    pub no_acpi: bool,
+}
+
+impl VmConfig {
+    /// Parses a config file: JSON if it ends in `.json`, TOML otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        Self::parse(&text, path.extension().is_some_and(|e| e == "json"))
+            .map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+
+    /// Parses config text (`json` or TOML).
+    pub fn parse(text: &str, json: bool) -> Result<Self, String> {
+        if json {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        }
+    }
+
+    /// Builds the config from an optional file and the flags, then validates it.
+    pub fn resolve(file: Option<&Path>, o: Overrides) -> Result<Self, ConfigError> {
+        let mut c = match file {
+            Some(p) => Self::from_file(p)?,
+            None => {
+                let kernel = o.kernel.clone().ok_or_else(|| {
+                    ConfigError::Invalid("no kernel given; pass --kernel PATH or --config FILE (see docs/vmm-config.md)".into())
+                })?;
+                VmConfig {
+                    kernel,
+                    initrd: None,
+                    cmdline: default_cmdline(),
+                    cpus: default_cpus(),
+                    memory_mib: default_memory(),
+                    serial: SerialOutput::default(),
+                    cpu_template: default_template(),
+                    pit: true,
+                    acpi: true,
+                }
+            }
+        };
+        if let Some(v) = o.kernel {
+            c.kernel = v;
+        }
+        if o.initrd.is_some() {
+            c.initrd = o.initrd;
+        }
+        if let Some(v) = o.cmdline {
+            c.cmdline = v;
+        }
+        if let Some(v) = o.cpus {
+            c.cpus = v;
+        }
+        if let Some(v) = o.memory_mib {
+            c.memory_mib = v;
+        }
+        if let Some(v) = o.serial {
+            c.serial = v;
+        }
+        if let Some(v) = o.cpu_template {
+            c.cpu_template = v;
+        }
+        if o.no_pit {
+            c.pit = false;
+        }
+        if o.no_acpi {
+            c.acpi = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks ranges and that the files exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return bad(format!(
+                "cpus = {} is out of range; use 1..={MAX_CPUS}",
+                self.cpus
+            ));
+        }
+        if !(2..=1 << 20).contains(&self.memory_mib) {
+            return bad(format!(
+                "memory_mib = {} is out of range; use 2..=1048576",
+                self.memory_mib
+            ));
+        }
+        if !self.kernel.is_file() {
+            return bad(format!(
+                "kernel {} is not a readable file; fix the kernel path",
+                self.kernel.display()
+            ));
+        }
+        if let Some(i) = &self.initrd {
+            if !i.is_file() {
+                return bad(format!(
+                    "initrd {} is not a readable file; fix the initrd path",
+                    i.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_parse_with_defaults() {
+        let t = VmConfig::parse(
+            "kernel = \"/k\"\nserial = \"file:/tmp/s\"\ncpus = 2\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.kernel, PathBuf::from("/k"));
+        assert_eq!(t.serial, SerialOutput::File("/tmp/s".into()));
+        assert_eq!((t.cpus, t.memory_mib, t.pit), (2, 128, true));
+        assert_eq!(t.cpu_template, CpuTemplate::Auto);
+        let j = VmConfig::parse(
+            r#"{"kernel":"/k","memory_mib":64,"cpu_template":"pvm","serial":"none"}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (j.memory_mib, j.cpu_template, j.serial),
+            (64, CpuTemplate::Pvm, SerialOutput::None)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(VmConfig::parse("kernel = \"/k\"\nram = 5\n", false).is_err());
+        assert!(VmConfig::parse("kernel = \"/k\"\nserial = \"tty\"\n", false).is_err());
+        assert!(VmConfig::parse("kernel = \"/k\"\ncpu_template = \"fast\"\n", false).is_err());
+    }
+
+    #[test]
+    fn flags_override_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let f = dir.path().join("vm.toml");
+        std::fs::write(&f, format!("kernel = {:?}\ncpus = 2\n", k)).unwrap();
+        let c = VmConfig::resolve(
+            Some(&f),
+            Overrides {
+                cpus: Some(1),
+                no_pit: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.cpus, c.pit), (1, false));
+        let e = VmConfig::resolve(
+            Some(&f),
+            Overrides {
+                cpus: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cpus"));
+        assert!(VmConfig::resolve(None, Overrides::default()).is_err());
+        let missing = Overrides {
+            kernel: Some("/nonexistent".into()),
+            ..Default::default()
+        };
+        assert!(VmConfig::resolve(None, missing)
+            .unwrap_err()
+            .to_string()
+            .contains("kernel"));
+    }
+}

@@ -1,0 +1,143 @@
+//! `ax-vmm`: boot one microVM and exit when it stops.
+//!
+//! Exit status: 0 the guest shut down cleanly (i8042 reset, ACPI S5/reset), 1 the VM failed
+//! (triple fault, KVM internal error, setup error), 2 usage or configuration error.
+//! Guest serial output goes where `serial` says (stdout by default); logs go to stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ax_vmm::config::{Overrides, SerialOutput, VmConfig};
+use ax_vmm::cpuid::CpuTemplate;
+use ax_vmm::Machine;
+use clap::Parser;
+
+/// Boot a KVM microVM (PVH vmlinux or bzImage) and run it until it stops.
+#[derive(Parser, Debug)]
+#[command(name = "ax-vmm", version, about, long_about = None)]
+struct Args {
+    /// VM config file (TOML, or JSON if it ends in .json); flags override it. See docs/vmm-config.md.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Kernel: ELF vmlinux with a PVH note, or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// initrd / initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    cpus: Option<u8>,
+    /// Guest RAM in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Serial output: stdout, none or file:PATH.
+    #[arg(long)]
+    serial: Option<SerialOutput>,
+    /// CPUID template: auto, host or pvm.
+    #[arg(long)]
+    cpu_template: Option<CpuTemplate>,
+    /// Do not create the in-kernel PIT.
+    #[arg(long)]
+    no_pit: bool,
+    /// Do not write ACPI tables.
+    #[arg(long)]
+    no_acpi: bool,
+    /// Print the resolved config as JSON on stdout and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log level: error, warn, info, debug, trace (also AX_VMM_LOG).
+    #[arg(long, env = "AX_VMM_LOG", default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?}; use error, warn, info, debug or trace"))
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "ax-vmm: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(args.log_level);
+
+    let overrides = Overrides {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        serial: args.serial,
+        cpu_template: args.cpu_template,
+        no_pit: args.no_pit,
+        no_acpi: args.no_acpi,
+    };
+    let cfg = match VmConfig::resolve(args.config.as_deref(), overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ax-vmm: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+
+    let mut machine = match Machine::new(&cfg, start) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ax-vmm: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::debug!("VM built in {:?}", start.elapsed());
+    match machine.run() {
+        Ok(reason) if reason.is_clean() => {
+            log::info!("{reason}");
+            ExitCode::SUCCESS
+        }
+        Ok(reason) => {
+            eprintln!("ax-vmm: error: {reason}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ax-vmm: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Boots the bare-metal test guests (tests/guests/*.S) under the real ax-vmm binary and
+//! checks what they print over COM1 and how ax-vmm exits. Needs /dev/kvm; without it each
+//! test prints a loud SKIP line.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn serial_hello_prints_and_exits_cleanly() {
+    if skip_without_kvm("serial_hello_prints_and_exits_cleanly") {
+        return;
+    }
+    let g = guest("serial_hello");
+    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--memory-mib", "32"], T);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "hello from guest\n");
+    let err = stderr(&o);
+    assert!(
+        err.contains("guest boot complete:"),
+        "boot timer not logged: {err}"
+    );
+    assert!(err.contains("since ax-vmm started"), "{err}");
+    assert!(err.contains("clean shutdown"), "{err}");
+}
+
+#[test]
+fn serial_output_to_a_file() {
+    if skip_without_kvm("serial_output_to_a_file") {
+        return;
+    }
+    let g = guest("serial_hello");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("console.log");
+    let serial = format!("file:{}", f.display());
+    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--serial", &serial], T);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello from guest\n");
+}
+
+#[test]
+fn two_vcpus_stop_cleanly() {
+    if skip_without_kvm("two_vcpus_stop_cleanly") {
+        return;
+    }
+    // vCPU 1 waits for an INIT/SIPI that never comes; the VMM must still stop it.
+    let g = guest("serial_hello");
+    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--cpus", "2"], T);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "hello from guest\n");
+}
+
+#[test]
+fn config_file_toml_and_json() {
+    if skip_without_kvm("config_file_toml_and_json") {
+        return;
+    }
+    let g = guest("serial_hello");
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("vm.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "kernel = {:?}\nmemory_mib = 16\ncpus = 1\nserial = \"stdout\"\n",
+            g
+        ),
+    )
+    .unwrap();
+    let o = run_vmm(&["--config", toml.to_str().unwrap()], T);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "hello from guest\n"),
+        "{}",
+        stderr(&o)
+    );
+    let json = dir.path().join("vm.json");
+    std::fs::write(
+        &json,
+        format!("{{\"kernel\": {:?}, \"serial\": \"none\"}}", g),
+    )
+    .unwrap();
+    let o = run_vmm(&["--config", json.to_str().unwrap()], T);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), ""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Parses "pvh: memmap addr=0x.. size=0x.. type=.." lines into (addr, size, type).
+fn memmap(out: &str) -> Vec<(u64, u64, u32)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("pvh: memmap addr=0x"))
+        .map(|l| {
+            let (a, rest) = l.split_once(" size=0x").unwrap();
+            let (s, t) = rest.split_once(" type=").unwrap();
+            (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(s, 16).unwrap(),
+                u32::from_str_radix(t, 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pvh_start_info_memmap_cmdline_and_acpi() {
+    if skip_without_kvm("pvh_start_info_memmap_cmdline_and_acpi") {
+        return;
+    }
+    let g = guest("pvh_params");
+    let o = run_vmm(
+        &[
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "console=ttyS0 ax.test=42 -- init-arg",
+        ],
+        T,
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {out}\nstderr: {}",
+        stderr(&o)
+    );
+    assert!(
+        out.contains("pvh: magic=0x336ec578 version=00000001\n"),
+        "{out}"
+    );
+    assert_eq!(
+        memmap(&out),
+        vec![
+            (0, 0x9fc00, 1),
+            (0xe0000, 0x20000, 2),
+            (0x100000, 64 * 1024 * 1024 - 0x100000, 1)
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("pvh: cmdline=console=ttyS0 ax.test=42 -- init-arg\n"),
+        "{out}"
+    );
+    assert!(out.contains("pvh: modules=00000000\n"), "{out}");
+    assert!(out.contains("pvh: rsdp=0x00000000000e0000\n"), "{out}");
+    assert!(out.contains("acpi: RSDP checksum ok\n"), "{out}");
+    for sig in ["XSDT", "FACP", "DSDT", "APIC"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("acpi: {sig} ")) && l.ends_with("checksum ok")),
+            "{sig}: {out}"
+        );
+    }
+    assert!(!out.contains("BAD"), "{out}");
+}
+
+#[test]
+fn pvh_initrd_is_module_zero_and_no_acpi_means_no_rsdp() {
+    if skip_without_kvm("pvh_initrd_is_module_zero_and_no_acpi_means_no_rsdp") {
+        return;
+    }
+    let g = guest("pvh_params");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, vec![0x5a; 10_000]).unwrap();
+    let o = run_vmm(
+        &[
+            "--kernel",
+            g.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--no-acpi",
+        ],
+        T,
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {out}\nstderr: {}",
+        stderr(&o)
+    );
+    assert!(out.contains("pvh: modules=00000001\n"), "{out}");
+    assert!(out.contains("pvh: rsdp=0x0000000000000000\n"), "{out}");
+    assert!(!out.contains("acpi:"), "{out}");
+}
+
+#[test]
+fn memory_above_the_mmio_hole_starts_at_4g() {
+    if skip_without_kvm("memory_above_the_mmio_hole_starts_at_4g") {
+        return;
+    }
+    let g = guest("pvh_params");
+    let o = run_vmm(
+        &["--kernel", g.to_str().unwrap(), "--memory-mib", "3584"],
+        T,
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {out}\nstderr: {}",
+        stderr(&o)
+    );
+    let m = memmap(&out);
+    assert_eq!(m[2], (0x100000, 0xc000_0000 - 0x100000, 1), "{out}");
+    assert_eq!(m[3], (0x1_0000_0000, 512 << 20, 1), "{out}");
+}
+
+#[test]
+fn triple_fault_is_an_error_naming_exit_and_rip() {
+    if skip_without_kvm("triple_fault_is_an_error_naming_exit_and_rip") {
+        return;
+    }
+    let g = guest("triple_fault");
+    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(stdout(&o), "about to triple fault\n");
+    assert!(err.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{err}");
+    assert!(err.contains("at RIP 0x10"), "{err}");
+}
+
+#[test]
+fn usage_and_config_errors_exit_2() {
+    // No KVM needed: these fail before /dev/kvm is opened.
+    let o = run_vmm(&[], T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no kernel given"), "{}", stderr(&o));
+    let o = run_vmm(&["--kernel", "/nonexistent/vmlinux"], T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fix the kernel path"), "{}", stderr(&o));
+    let o = run_vmm(&["--kernel", VMM, "--serial", "tty"], T);
+    assert_eq!(o.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("vm.toml");
+    std::fs::write(&bad, "kernel = \"/k\"\nmemory = 5\n").unwrap();
+    let o = run_vmm(&["--config", bad.to_str().unwrap()], T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown field"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_non_kernel_file_is_a_clear_error() {
+    if skip_without_kvm("a_non_kernel_file_is_a_clear_error") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+    let o = run_vmm(&["--kernel", junk.to_str().unwrap()], T);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot load kernel"), "{}", stderr(&o));
+}
