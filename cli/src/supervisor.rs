@@ -205,13 +205,6 @@ impl Supervisor {
                 }
             });
         }
-        if let Some(secs) = self.st.timeout_secs {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(secs));
-                let _ = tx.send(Event::Timeout);
-            });
-        }
 
         let (conn, hello) = {
             let vm_status = vm_status.clone();
@@ -266,6 +259,14 @@ impl Supervisor {
         }
         self.st.status = Status::Running;
         self.save();
+        // --timeout counts the agent's own run time, from its start (not the VM's boot).
+        if let Some(secs) = self.st.timeout_secs {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                let _ = tx.send(Event::Timeout);
+            });
+        }
 
         let writer = Arc::new(Mutex::new(conn.try_clone()?));
         {

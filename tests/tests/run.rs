@@ -151,12 +151,26 @@ fn background_run_exec_logs_stop() {
 
     // rm of a running agent is refused; stop ends it; then rm works.
     assert_eq!(env.run(&["rm", &name]).status.code(), Some(2));
+    // logs -f follows until the agent ends, then returns by itself.
+    let follower = env
+        .axctl()
+        .args(["logs", "-f", &name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     assert!(env.run(&["stop", &name]).status.success());
     assert!(t.elapsed() < Duration::from_secs(30));
     let st = env.inspect(&name);
     assert_eq!(st["status"], "exited", "{st}");
     assert_eq!(st["exit_code"], 143, "SIGTERM → 128+15: {st}");
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    assert!(
+        text(&followed.stdout).contains("started"),
+        "{}",
+        text(&followed.stdout)
+    );
     assert!(env.run(&["rm", &name]).status.success());
     assert_eq!(env.run(&["inspect", &name]).status.code(), Some(2));
 }
@@ -331,4 +345,65 @@ fn git_ax_is_the_same_cli() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn timeout_fails_the_agent_and_ctrl_c_reaches_it() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    // --timeout: the agent is stopped and marked failed with the reason.
+    let o = env.run(&[
+        "run",
+        "--name",
+        "slow",
+        "--wait",
+        "--timeout",
+        "2s",
+        "--prompt",
+        "echo hi; sleep 100",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hi\n");
+    assert!(
+        text(&o.stderr).contains("timed out after 2s"),
+        "{}",
+        text(&o.stderr)
+    );
+    let st = env.inspect("slow");
+    assert_eq!(st["status"], "failed");
+    assert_eq!(st["reason"], "timed out after 2s");
+
+    // ^C on `run --wait` is forwarded to the agent, whose exit code comes back.
+    let mut child = env
+        .axctl()
+        .args([
+            "run",
+            "--name",
+            "int",
+            "--wait",
+            "--prompt",
+            "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.2; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let end = Instant::now() + Duration::from_secs(90);
+    while !text(&seen).contains("ready") && Instant::now() < end {
+        use std::io::Read;
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "agent output ended early: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    use std::io::Read;
+    out.read_to_end(&mut seen).unwrap();
+    assert_eq!(status.code(), Some(5), "output: {}", text(&seen));
+    assert!(text(&seen).contains("got-int"), "{}", text(&seen));
 }

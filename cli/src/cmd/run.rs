@@ -30,7 +30,8 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..=65536))]
     pub memory: u32,
-    /// Stop the agent after this long (e.g. 30s, 10m, 2h); it is then marked failed.
+    /// Stop the agent after it has run this long (e.g. 30s, 10m, 2h; boot not counted); it is
+    /// then marked failed.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// Image id (or unique prefix) to boot; default: the newest built image.
