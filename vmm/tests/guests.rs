@@ -261,3 +261,59 @@ fn a_non_kernel_file_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("cannot load kernel"), "{}", stderr(&o));
 }
+
+#[test]
+fn linux_64bit_boot_protocol_zero_page() {
+    if skip_without_kvm("linux_64bit_boot_protocol_zero_page") {
+        return;
+    }
+    let k = bzimage_guest("linux64_params");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, vec![0xa5; 5000]).unwrap();
+    let o = run_vmm(
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "console=ttyS0 hello=64",
+        ],
+        T,
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {out}\nstderr: {}",
+        stderr(&o)
+    );
+    assert!(out.starts_with("linux64: long mode entry\n"), "{out}");
+    assert!(
+        out.contains("linux64: type_of_loader=0x00000000000000ff\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("linux64: cmdline=console=ttyS0 hello=64\n"),
+        "{out}"
+    );
+    // The initrd sits page-aligned at the top of RAM.
+    let top = 64u64 << 20;
+    let want = format!(
+        "linux64: ramdisk={:#018x} size={:#018x}\n",
+        (top - 5000) & !0xfff,
+        5000
+    );
+    assert!(out.contains(&want), "{want} not in {out}");
+    for (a, s, t) in [
+        (0u64, 0x9fc00u64, 1u64),
+        (0xe0000, 0x20000, 2),
+        (0x100000, top - 0x100000, 1),
+    ] {
+        let line = format!("linux64: e820 addr={a:#018x} size={s:#018x} type={t:#018x}\n");
+        assert!(out.contains(&line), "{line} not in {out}");
+    }
+}

@@ -75,6 +75,49 @@ pub fn guest(name: &str) -> PathBuf {
     out
 }
 
+/// Builds the bzImage-format test guest `name` (tests/guests/<name>.S linked with
+/// bzimage.ld, then `objcopy -O binary`): a flat file with a setup header, as a bzImage.
+pub fn bzimage_guest(name: &str) -> PathBuf {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let tag =
+        format!("{}.{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "");
+    let elf = out_dir.join(format!("{name}.{tag}.elf"));
+    let bin = out_dir.join(format!("{name}.{tag}.bzImage"));
+    let src = guests_src();
+    let o = Command::new("gcc")
+        .args([
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("bzimage.ld").display()))
+        .arg("-o")
+        .arg(&elf)
+        .arg(src.join(format!("{name}.S")))
+        .output()
+        .expect("run gcc (install gcc to build the test guests)");
+    assert!(
+        o.status.success(),
+        "building guest {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin)
+        .output()
+        .expect("run objcopy (binutils)");
+    assert!(
+        o.status.success(),
+        "objcopy {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    bin
+}
+
 /// Runs ax-vmm with `args`, killing it after `timeout`.
 pub fn run_vmm(args: &[&str], timeout: Duration) -> Output {
     let mut child = Command::new(VMM)
