@@ -61,6 +61,13 @@ pub enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove images by id (or unique prefix); refuses images a live agent boots from.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove every image except the newest (the default) and those live agents use.
+    Prune,
 }
 
 /// Flags of `axctl image build`.
@@ -105,6 +112,31 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
             println!("{}", img.id);
             Ok(0)
         }
+        ImageCmd::Rm { ids } => {
+            let in_use = images_in_use()?;
+            for id in ids {
+                let img = resolve(Some(&id))?.expect("resolve(Some) finds or errs");
+                if in_use.contains(&img.id) {
+                    return Err(crate::error::usage(
+                        format!("image {} is in use by a running agent", img.id),
+                        "stop the agents that boot from it first (axctl ps shows them)",
+                    ));
+                }
+                store::remove_tree(&img.dir)?;
+                println!("{}", img.id);
+            }
+            Ok(0)
+        }
+        ImageCmd::Prune => {
+            let in_use = images_in_use()?;
+            for img in list()?.into_iter().skip(1) {
+                if !in_use.contains(&img.id) {
+                    store::remove_tree(&img.dir)?;
+                    println!("{}", img.id);
+                }
+            }
+            Ok(0)
+        }
         ImageCmd::Ls { json } => {
             let images = list()?;
             if json {
@@ -115,6 +147,15 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Ids of the images live (starting or running) agents boot from.
+fn images_in_use() -> anyhow::Result<Vec<String>> {
+    Ok(crate::state::list()?
+        .into_iter()
+        .filter(|(_, s)| s.status.is_live())
+        .map(|(_, s)| s.image_id)
+        .collect())
 }
 
 /// All built images, newest first.

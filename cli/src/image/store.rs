@@ -55,7 +55,10 @@ pub fn open(dir: &Path) -> Option<Image> {
         rootfs: dir.join(manifest::ROOTFS_FILE),
         kernel_release: m.kernel.release.clone(),
         created: mtime_secs(dir),
-        size: m.outputs.kernel.size + m.outputs.initrd.size + m.outputs.rootfs.size,
+        size: m.outputs.kernel.size
+            + m.outputs.initrd.size
+            + m.outputs.rootfs.size
+            + m.outputs.vmlinux.as_ref().map_or(0, |o| o.size),
     };
     (image.kernel.is_file() && image.initrd.is_file() && image.rootfs.is_file()).then_some(image)
 }
