@@ -12,7 +12,7 @@
 //! mirroring output to the inherited descriptors (the `--wait` client went away).
 
 use crate::client;
-use crate::driver::{self, qemu, VmSpec};
+use crate::driver::{self, axvmm, qemu, VmSpec};
 use crate::image;
 use crate::state::{self, now_ms, AgentState, Status};
 use agentd::proto::{self, Exec, Frame, Role, Shutdown, WinSize};
@@ -152,12 +152,9 @@ impl Supervisor {
         let (tx, rx) = channel::<Event>();
         spawn_signal_thread(tx.clone());
 
-        // vsock backend: listening before the VMM starts, serving on a thread.
         let vhost_sock = self.dir.join("vhost-vsock.sock");
         let uds = self.dir.join("vsock.sock");
-        start_vsock_backend(&vhost_sock, &uds, self.log.clone())?;
-
-        let accel = driver::qemu_accel();
+        let accel = driver::accel_for(&self.st.vmm);
         let spec = VmSpec {
             // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
@@ -167,14 +164,29 @@ impl Supervisor {
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
-            vhost_vsock_socket: vhost_sock,
+            vhost_vsock_socket: vhost_sock.clone(),
             accel,
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
+        let mut cmd = match self.st.vmm.as_str() {
+            "ax" => {
+                let _ = std::fs::remove_file(&uds);
+                let conf = self.dir.join("vm.toml");
+                std::fs::write(&conf, axvmm::config(&spec, &uds)).context("writing vm.toml")?;
+                let mut c = Command::new(axvmm::find_binary()?);
+                c.arg("--config").arg(conf);
+                c
+            }
+            _ => {
+                // vsock backend: listening before QEMU starts, serving on a thread.
+                start_vsock_backend(&vhost_sock, &uds, self.log.clone())?;
+                let mut c = Command::new(qemu::find_binary()?);
+                c.args(qemu::args(&spec));
+                c
+            }
+        };
         let vmm_log = File::create(self.dir.join("vmm.log"))?;
-        let mut cmd = Command::new(qemu::find_binary()?);
-        cmd.args(qemu::args(&spec))
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(vmm_log.try_clone()?)
             .stderr(vmm_log);
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -188,7 +200,9 @@ impl Supervisor {
             });
         }
         self.log.line(format!("spawning {:?}", cmd));
-        let mut child = cmd.spawn().context("starting qemu")?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the VMM ({})", self.st.vmm))?;
         let vm_spawned = Instant::now();
         self.st.vmm_pid = Some(child.id() as i32);
         self.st.timings.vm_spawn_ms = Some(start.elapsed().as_millis() as u64);
@@ -485,7 +499,7 @@ fn vm_death_reason(dir: &Path, status: ExitStatus, when: &str) -> String {
     let mut msg = format!("the VM process {how} {when}");
     let vmm_err = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
     if let Some(last) = vmm_err.lines().rev().find(|l| !l.trim().is_empty()) {
-        msg.push_str(&format!("; qemu said: {}", last.trim()));
+        msg.push_str(&format!("; the VMM said: {}", last.trim()));
     }
     msg.push_str("; see console.log");
     msg

@@ -80,7 +80,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         image_id: img.id.clone(),
         vmm: vmm.to_string(),
         kernel_cmdline: None,
-        accel: driver::qemu_accel().as_str().to_string(),
+        accel: driver::accel_for(vmm).as_str().to_string(),
         cpus: args.cpus,
         memory_mib: args.memory,
         timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),

@@ -1,9 +1,11 @@
 //! VM drivers: how the supervisor turns an image into a running microVM.
 //!
 //! `--vmm auto|ax|qemu`: `qemu` runs `qemu-system-x86_64 -M microvm` (KVM where the host has
-//! hardware virtualization, HVF on macOS, TCG otherwise); `ax` is ax-vmm (issue #3, not yet
-//! available); `auto` picks ax-vmm on hardware KVM once it exists, else QEMU.
+//! hardware virtualization, HVF on macOS, TCG otherwise); `ax` runs ax-vmm, which needs
+//! hardware KVM; `auto` picks ax-vmm where hardware KVM is usable and ax-vmm is installed,
+//! else QEMU.
 
+pub mod axvmm;
 pub mod qemu;
 
 use crate::error::usage;
@@ -78,17 +80,34 @@ pub fn qemu_accel() -> Accel {
     }
 }
 
-/// Resolves `--vmm` to a concrete driver name, or explains why it cannot be used.
+/// Resolves `--vmm` to a concrete driver name (`ax` or `qemu`), or explains why it cannot be
+/// used (a usage error, exit 2).
 pub fn resolve(choice: VmmChoice) -> Result<&'static str> {
     match choice {
-        VmmChoice::Ax => Err(usage(
-            "the ax-vmm driver is not available yet",
-            "use --vmm qemu (or --vmm auto)",
-        )),
+        VmmChoice::Ax => {
+            if let Err(why) = hardware_kvm() {
+                return Err(usage(
+                    format!("--vmm ax needs hardware KVM, and here {why}"),
+                    "use --vmm qemu (or --vmm auto, which picks QEMU here)",
+                ));
+            }
+            axvmm::find_binary()?;
+            Ok("ax")
+        }
+        VmmChoice::Auto if hardware_kvm().is_ok() && axvmm::find_binary().is_ok() => Ok("ax"),
         VmmChoice::Auto | VmmChoice::Qemu => {
             qemu::find_binary()?;
             Ok("qemu")
         }
+    }
+}
+
+/// The accelerator a driver runs guests with: ax-vmm is always KVM.
+pub fn accel_for(vmm: &str) -> Accel {
+    if vmm == "ax" {
+        Accel::Kvm
+    } else {
+        qemu_accel()
     }
 }
 
@@ -106,7 +125,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Serial console output file.
     pub console_log: PathBuf,
-    /// vhost-user socket of the vsock backend (the backend listens, the VMM connects).
+    /// vhost-user socket of the vsock backend (the backend listens, the VMM connects; QEMU
+    /// only, ax-vmm has vsock built in).
     pub vhost_vsock_socket: PathBuf,
     pub accel: Accel,
 }
