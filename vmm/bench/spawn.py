@@ -13,8 +13,8 @@ Measures, for the `serial_hello` test guest (vmm/tests/guests/serial_hello.S, bu
 for ax-vmm and, side by side in the same run (runs interleaved), Firecracker and Cloud
 Hypervisor when their binaries are given or on PATH (this script never builds them).
 For ax-vmm also:
-  RSS outside guest RAM        the `idle` guest keeps running; VmRSS minus the Rss of the guest
-                               RAM memfd mapping (from /proc/PID/smaps)
+  RSS outside guest RAM        the `idle` guest keeps running; Rss (and Pss, and private pages) of
+                               every mapping but the guest RAM memfd (from /proc/PID/smaps)
   kill teardown                SIGKILL of a running `idle` VM -> reaped
   VM creations per second      serial_hello runs back to back, 1 worker and 2 workers (2 cores)
 All figures are medians over RUNS (default 30) unless said otherwise.
@@ -80,22 +80,32 @@ def one_run(cmd, expect=b"hello from guest\n", timeout=30.0):
 
 
 def rss_outside_guest_ram(vmm, idle, mem):
+    """Runs the idle guest; returns (VmRSS, {Rss, Pss, Private} outside the guest RAM mapping,
+    guest RAM Rss, SIGKILL->reaped ms). Sizes in KiB."""
     p = subprocess.Popen([vmm, "--kernel", idle, "--memory-mib", str(mem), "--log-level", "warn"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     os.read(p.stdout.fileno(), 5)  # "idle\n": the guest is up
     time.sleep(0.05)
-    total = guest = 0
+    outside = {"Rss": 0, "Pss": 0, "Private": 0}
+    guest = 0
     in_guest = False
     with open("/proc/%d/smaps" % p.pid) as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 5 and "-" in parts[0] and ":" not in parts[0]:
                 in_guest = "memfd:ax-guest-ram" in line
-            elif parts and parts[0] == "Rss:":
-                kb = int(parts[1])
-                total += kb
-                if in_guest:
-                    guest += kb
+                continue
+            if not parts:
+                continue
+            key = parts[0].rstrip(":")
+            if key == "Rss" and in_guest:
+                guest += int(parts[1])
+            if in_guest:
+                continue
+            if key in ("Rss", "Pss"):
+                outside[key] += int(parts[1])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                outside["Private"] += int(parts[1])
     with open("/proc/%d/status" % p.pid) as f:
         vmrss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     t0 = time.perf_counter()
@@ -103,7 +113,7 @@ def rss_outside_guest_ram(vmm, idle, mem):
     p.wait()
     kill_ms = (time.perf_counter() - t0) * 1e3
     p.stdout.close()
-    return vmrss, total, guest, kill_ms
+    return vmrss, outside, guest, kill_ms
 
 
 def creations_per_second(cmd, n, workers):
@@ -174,7 +184,7 @@ def main():
         r = res[name]
         rows.append((name, med([x[0] for x in r]), min(x[0] for x in r), max(x[0] for x in r),
                      med([x[1] for x in r]), med([x[2] for x in r])))
-    vmrss, total, guest, _ = sorted(rss)[len(rss) // 2]
+    vmrss, outside, guest, _ = sorted(rss, key=lambda r: r[0])[len(rss) // 2]
     kill = med([x[3] for x in rss])
     if a.markdown:
         print("| VMM | spawn → first serial byte, median ms | min | max | spawn → exit, median ms | teardown (last byte → reaped), median ms |")
@@ -185,14 +195,17 @@ def main():
         print("| ax-vmm | value |")
         print("| --- | ---: |")
         print("| VmRSS with a running guest (%d MiB RAM, guest touched %d KiB) | %d KiB |" % (a.memory_mib, guest, vmrss))
-        print("| RSS outside guest RAM | %d KiB (%.2f MiB) |" % (total - guest, (total - guest) / 1024))
+        print("| RSS outside guest RAM | %d KiB (%.2f MiB) |" % (outside["Rss"], outside["Rss"] / 1024))
+        print("| of which private to this VMM (Private_Clean + Private_Dirty) | %d KiB |" % outside["Private"])
+        print("| PSS outside guest RAM (shared libc/binary pages split among sharers) | %d KiB |" % outside["Pss"])
         print("| SIGKILL of a running VM → reaped (median of 5) | %.2f ms |" % kill)
         print("| VM creations per second, 1 worker (%d runs) | %.1f |" % (a.n, cps1))
         print("| VM creations per second, 2 workers (%d runs) | %.1f |" % (a.n, cps2))
     else:
         for r in rows:
             print("%-17s first byte %7.2f ms (min %.2f, max %.2f)  exit %7.2f ms  teardown %6.2f ms" % r)
-        print("ax-vmm RSS: VmRSS %d KiB, guest RAM touched %d KiB, outside guest RAM %d KiB" % (vmrss, guest, total - guest))
+        print("ax-vmm RSS: VmRSS %d KiB, guest RAM touched %d KiB; outside guest RAM: Rss %d KiB, Pss %d KiB, private %d KiB"
+              % (vmrss, guest, outside["Rss"], outside["Pss"], outside["Private"]))
         print("ax-vmm SIGKILL -> reaped: %.2f ms" % kill)
         print("ax-vmm VM creations/s: %.1f (1 worker), %.1f (2 workers)" % (cps1, cps2))
     shutil.rmtree(tmp, ignore_errors=True)

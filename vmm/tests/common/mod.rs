@@ -21,13 +21,19 @@ pub fn kvm_available() -> Result<(), String> {
         .map_err(|e| format!("cannot open /dev/kvm: {e}"))
 }
 
+/// Prints a loud `SKIP: <test>: <why>` line straight to the stderr fd, so it shows even
+/// when the test harness captures output of passing tests.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {why}");
+}
+
 /// Prints the SKIP line and returns true when KVM is unusable.
 pub fn skip_without_kvm(test: &str) -> bool {
     match kvm_available() {
         Ok(()) => false,
         Err(why) => {
-            eprintln!("SKIP: {test}: {why} (this test boots a real KVM guest)");
-            println!("SKIP: {test}: {why} (this test boots a real KVM guest)");
+            skip(test, &format!("{why} (this test boots a real KVM guest)"));
             true
         }
     }
