@@ -317,3 +317,35 @@ fn linux_64bit_boot_protocol_zero_page() {
         assert!(out.contains(&line), "{line} not in {out}");
     }
 }
+
+#[test]
+fn acpi_s5_power_off_is_a_clean_exit() {
+    if skip_without_kvm("acpi_s5_power_off_is_a_clean_exit") {
+        return;
+    }
+    let g = guest("acpi_poweroff");
+    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "powering off\n");
+    assert!(stderr(&o).contains("powered off"), "{}", stderr(&o));
+}
+
+#[test]
+fn guest_halted_forever_is_stopped_by_sigkill_only() {
+    if skip_without_kvm("guest_halted_forever_is_stopped_by_sigkill_only") {
+        return;
+    }
+    // The idle guest halts with interrupts off: the VMM must keep running (no spurious exit).
+    let g = guest("idle");
+    let o = run_vmm(
+        &["--kernel", g.to_str().unwrap()],
+        Duration::from_millis(1500),
+    );
+    assert_eq!(stdout(&o), "idle\n");
+    assert_eq!(
+        o.status.code(),
+        None,
+        "ax-vmm exited on its own: {}",
+        stderr(&o)
+    );
+}
