@@ -349,3 +349,24 @@ fn guest_halted_forever_is_stopped_by_sigkill_only() {
         stderr(&o)
     );
 }
+
+#[test]
+fn odd_accesses_and_unmapped_io_do_not_crash_the_vmm() {
+    if skip_without_kvm("odd_accesses_and_unmapped_io_do_not_crash_the_vmm") {
+        return;
+    }
+    let g = guest("rough");
+    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // Unmapped ports float high; unmapped MMIO reads as zero.
+    assert_eq!(
+        stdout(&o),
+        "rough: unmapped port=0xffffffff unmapped mmio=0x00000000\nrough: survived\n"
+    );
+}
