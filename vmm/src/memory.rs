@@ -88,6 +88,15 @@ pub mod layout {
     pub const VIRTIO_MMIO_FIRST_GSI: u32 = 5;
     /// Last usable IOAPIC pin (the in-kernel IOAPIC has 24).
     pub const MAX_GSI: u32 = 23;
+
+    /// The register window and GSI of virtio-mmio device `index` (0-based), or `None` when
+    /// the IOAPIC has no pin left for it (at most 19 devices: GSIs 5..=23).
+    pub fn virtio_mmio_slot(index: u32) -> Option<(u64, u32)> {
+        let gsi = VIRTIO_MMIO_FIRST_GSI
+            .checked_add(index)
+            .filter(|&g| g <= MAX_GSI)?;
+        Some((VIRTIO_MMIO_START + u64::from(index) * VIRTIO_MMIO_SIZE, gsi))
+    }
     /// IOAPIC MMIO base (in-kernel irqchip).
     pub const IOAPIC_START: u64 = 0xfec0_0000;
     /// Local APIC MMIO base.
@@ -270,6 +279,14 @@ mod tests {
         ram.memfd.read_exact_at(&mut b, 0x1000).unwrap();
         assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
         assert_eq!(ram.regions().len(), 1);
+    }
+
+    #[test]
+    fn virtio_mmio_slots_stop_at_the_last_ioapic_pin() {
+        assert_eq!(layout::virtio_mmio_slot(0), Some((0xd000_0000, 5)));
+        assert_eq!(layout::virtio_mmio_slot(18), Some((0xd001_2000, 23)));
+        assert_eq!(layout::virtio_mmio_slot(19), None);
+        assert_eq!(layout::virtio_mmio_slot(u32::MAX), None);
     }
 
     #[test]
