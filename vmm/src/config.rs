@@ -74,6 +74,36 @@ fn default_template() -> CpuTemplate {
     CpuTemplate::Auto
 }
 
+fn default_guest_cid() -> u64 {
+    3
+}
+
+/// One virtio-blk disk (`[[block]]`, virtio 1.2 §5.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// Backing file (a raw image; its size, rounded down to 512 bytes, is the capacity).
+    pub path: PathBuf,
+    /// Offer `VIRTIO_BLK_F_RO` and refuse writes (default: true, the rootfs case).
+    #[serde(default = "default_true")]
+    pub read_only: bool,
+}
+
+/// The hybrid virtio-vsock device (`[vsock]`, virtio 1.2 §5.10; protocol in docs/vsock.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID (3..=4294967294).
+    #[serde(default = "default_guest_cid")]
+    pub guest_cid: u64,
+    /// Host Unix socket for `CONNECT <port>` clients; guest connections to host port P go
+    /// to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// Most virtio-mmio devices: one GSI each, 5..=23.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
 /// A whole VM description. Every field but `kernel` has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +134,12 @@ pub struct VmConfig {
     /// Write ACPI tables (when the ACPI module is built in).
     #[serde(default = "default_true")]
     pub acpi: bool,
+    /// virtio-blk disks, in order (virtio-mmio slots 0.., before vsock).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<BlockConfig>,
+    /// The hybrid vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Configuration errors (exit code 2).
@@ -141,6 +177,12 @@ pub struct Overrides {
     pub no_pit: bool,
     /// --no-acpi
     pub no_acpi: bool,
+    /// --block PATH (read-only) and --block-rw PATH, appended after the file's disks.
+    pub block: Vec<BlockConfig>,
+    /// --vsock-uds
+    pub vsock_uds: Option<PathBuf>,
+    /// --vsock-cid
+    pub vsock_cid: Option<u64>,
 }
 
 impl VmConfig {
@@ -178,6 +220,8 @@ impl VmConfig {
                     cpu_template: default_template(),
                     pit: true,
                     acpi: true,
+                    block: Vec::new(),
+                    vsock: None,
                 }
             }
         };
@@ -207,6 +251,27 @@ impl VmConfig {
         }
         if o.no_acpi {
             c.acpi = false;
+        }
+        c.block.extend(o.block);
+        match (&mut c.vsock, o.vsock_uds) {
+            (Some(v), Some(uds)) => v.uds_path = uds,
+            (v @ None, Some(uds)) => {
+                *v = Some(VsockConfig {
+                    guest_cid: default_guest_cid(),
+                    uds_path: uds,
+                })
+            }
+            _ => {}
+        }
+        if let Some(cid) = o.vsock_cid {
+            match &mut c.vsock {
+                Some(v) => v.guest_cid = cid,
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "--vsock-cid needs a vsock device; also pass --vsock-uds PATH or set [vsock] uds_path".into(),
+                    ))
+                }
+            }
         }
         c.validate()?;
         Ok(c)
@@ -241,6 +306,35 @@ impl VmConfig {
                 ));
             }
         }
+        for b in &self.block {
+            if !b.path.exists() {
+                return bad(format!(
+                    "block device {} does not exist; fix [[block]] path",
+                    b.path.display()
+                ));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid <= 2 || v.guest_cid >= u64::from(u32::MAX) {
+                return bad(format!(
+                    "vsock guest_cid = {} is reserved (virtio 1.2 §5.10.4); use 3..=4294967294",
+                    v.guest_cid
+                ));
+            }
+            let dir = v.uds_path.parent().filter(|p| !p.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return bad(format!(
+                    "vsock uds_path {}: its directory does not exist; create it or fix the path",
+                    v.uds_path.display()
+                ));
+            }
+        }
+        let n = self.block.len() + usize::from(self.vsock.is_some());
+        if n > MAX_VIRTIO_DEVICES {
+            return bad(format!(
+                "{n} virtio devices configured; at most {MAX_VIRTIO_DEVICES} fit (GSIs 5..=23); remove some"
+            ));
+        }
         Ok(())
     }
 }
@@ -269,6 +363,72 @@ mod tests {
             (j.memory_mib, j.cpu_template, j.serial),
             (64, CpuTemplate::Pvm, SerialOutput::None)
         );
+    }
+
+    #[test]
+    fn block_and_vsock_tables() {
+        let t = VmConfig::parse(
+            "kernel = \"/k\"\n[[block]]\npath = \"/a\"\n[[block]]\npath = \"/b\"\nread_only = false\n[vsock]\nuds_path = \"/s\"\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.block.len(), 2);
+        assert!(t.block[0].read_only);
+        assert!(!t.block[1].read_only);
+        assert_eq!(
+            t.vsock,
+            Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/s".into()
+            })
+        );
+        assert!(VmConfig::parse("kernel = \"/k\"\n[vsock]\nguest_cid = 4\n", false).is_err());
+        assert!(
+            VmConfig::parse("kernel = \"/k\"\n[[block]]\npath = \"/a\"\nro = 1\n", false).is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let o = Overrides {
+            kernel: Some(k.clone()),
+            block: vec![BlockConfig {
+                path: k.clone(),
+                read_only: true,
+            }],
+            vsock_uds: Some(dir.path().join("v.sock")),
+            vsock_cid: Some(7),
+            ..Default::default()
+        };
+        let c = VmConfig::resolve(None, o).unwrap();
+        assert_eq!((c.block.len(), c.vsock.unwrap().guest_cid), (1, 7));
+        let o = Overrides {
+            kernel: Some(k.clone()),
+            vsock_uds: Some(dir.path().join("v.sock")),
+            vsock_cid: Some(2),
+            ..Default::default()
+        };
+        assert!(VmConfig::resolve(None, o)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
+        let o = Overrides {
+            kernel: Some(k.clone()),
+            vsock_cid: Some(5),
+            ..Default::default()
+        };
+        assert!(VmConfig::resolve(None, o).is_err());
+        let o = Overrides {
+            kernel: Some(k),
+            block: vec![BlockConfig {
+                path: "/nonexistent/disk".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        assert!(VmConfig::resolve(None, o)
+            .unwrap_err()
+            .to_string()
+            .contains("block"));
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //! together; `main.rs` is the command line around it. The layout follows Cloud Hypervisor
 //! and rust-vmm's vmm-reference: one module per concern.
 //!
-//! Not here yet: the virtio-mmio transport and its devices (blk, vsock, the vhost-user
-//! frontend) and the jail; the [`bus::BusDevice`] trait and [`vm::Vm::irqfd`] are where
-//! they plug in.
+//! virtio-mmio devices (transport, blk, vsock) live in [`devices::virtio`] (docs/virtio.md).
+//! Not here yet: the vhost-user frontend and the jail.
 
 pub mod acpi;
 pub mod boot;

@@ -25,6 +25,7 @@ use crate::cpuid::CpuTemplate;
 use crate::devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
+use crate::devices::virtio;
 use crate::devices::IrqTrigger;
 use crate::exit::{ExitHandle, GuestExit};
 use crate::memory::{GuestRam, MemoryError, MIB};
@@ -128,11 +129,21 @@ impl Machine {
         let ram = GuestRam::new(size)?;
         vm.set_memory(&ram)?;
 
+        // virtio-mmio devices: slot i at VIRTIO_MMIO_START + i * 4 KiB, GSI 5 + i
+        // (docs/virtio.md); described by the DSDT, or on the command line without ACPI.
+        let virtio = virtio::create_devices(cfg, &vm, &ram.mem)
+            .map_err(|e| Error::Io("virtio device setup".into(), e))?;
+        let cmdline = if cfg.acpi {
+            cfg.cmdline.clone()
+        } else {
+            virtio::cmdline_with_devices(&cfg.cmdline, &virtio)
+        };
+
         let rsdp = if cfg.acpi {
             let acpi_cfg = AcpiConfig {
                 num_cpus: cfg.cpus,
                 serial: Some((COM1_PORT, COM1_GSI)),
-                mmio_devices: Vec::new(),
+                mmio_devices: virtio.iter().map(|d| d.desc).collect(),
             };
             Some(acpi::create_acpi_tables(&ram.mem, &acpi_cfg)?)
         } else {
@@ -144,7 +155,7 @@ impl Machine {
             &BootSpec {
                 kernel: &cfg.kernel,
                 initrd: cfg.initrd.as_deref(),
-                cmdline: &cfg.cmdline,
+                cmdline: &cmdline,
                 rsdp,
             },
         )?;
@@ -176,8 +187,10 @@ impl Machine {
                 u64::from(acpi::ACPI_PM_PORT_LEN),
             )?;
         }
-        // The MMIO bus is empty until the virtio-mmio transport lands.
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
+        for d in &virtio {
+            mmio.insert(d.transport.clone(), d.desc.base, d.desc.size)?;
+        }
 
         let template = cfg.cpu_template.resolve(host_is_kvm_pvm());
         let supported = vm

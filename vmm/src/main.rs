@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ax_vmm::config::{Overrides, SerialOutput, VmConfig};
+use ax_vmm::config::{BlockConfig, Overrides, SerialOutput, VmConfig};
 use ax_vmm::cpuid::CpuTemplate;
 use ax_vmm::Machine;
 use clap::Parser;
@@ -47,6 +47,18 @@ struct Args {
     /// Do not write ACPI tables.
     #[arg(long)]
     no_acpi: bool,
+    /// Add a read-only virtio-blk disk backed by PATH (repeatable; after the config's disks).
+    #[arg(long, value_name = "PATH")]
+    block: Vec<PathBuf>,
+    /// Add a writable virtio-blk disk backed by PATH (repeatable; after the --block disks).
+    #[arg(long, value_name = "PATH")]
+    block_rw: Vec<PathBuf>,
+    /// Hybrid vsock: the host Unix socket (adds the vsock device).
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Hybrid vsock: the guest CID (default 3).
+    #[arg(long, value_name = "CID")]
+    vsock_cid: Option<u64>,
     /// Print the resolved config as JSON on stdout and exit.
     #[arg(long)]
     print_config: bool,
@@ -105,6 +117,12 @@ fn main() -> ExitCode {
         cpu_template: args.cpu_template,
         no_pit: args.no_pit,
         no_acpi: args.no_acpi,
+        block: (args.block.into_iter().map(|p| (p, true)))
+            .chain(args.block_rw.into_iter().map(|p| (p, false)))
+            .map(|(path, read_only)| BlockConfig { path, read_only })
+            .collect(),
+        vsock_uds: args.vsock_uds,
+        vsock_cid: args.vsock_cid,
     };
     let cfg = match VmConfig::resolve(args.config.as_deref(), overrides) {
         Ok(c) => c,

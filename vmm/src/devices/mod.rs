@@ -1,8 +1,10 @@
-//! Emulated legacy devices: 8250 UART, i8042 (reset only), the boot-timer port.
+//! Emulated devices: 8250 UART, i8042 (reset only), the boot-timer port; virtio-mmio
+//! devices in [`virtio`].
 
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
 
