@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cpuid::CpuTemplate;
+use crate::jail::SeccompMode;
 
 /// Upper bound on vCPUs (one MADT/IOAPIC-era microVM; raise with x2APIC support).
 pub const MAX_CPUS: u8 = 32;
@@ -134,6 +135,16 @@ pub struct VmConfig {
     /// Write ACPI tables (when the ACPI module is built in).
     #[serde(default = "default_true")]
     pub acpi: bool,
+    /// Jail the VMM once the VM is built: seccomp per thread, Landlock, no capabilities,
+    /// namespaces (docs/jail.md). Turn off only to debug.
+    #[serde(default = "default_true")]
+    pub jail: bool,
+    /// What a syscall outside the jail's allowlist does: "kill" (default) or "log".
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// Also put the jailed VMM in a new network namespace (root only; ~0.5 ms of spawn).
+    #[serde(default)]
+    pub jail_netns: bool,
     /// virtio-blk disks, in order (virtio-mmio slots 0.., before vsock).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block: Vec<BlockConfig>,
@@ -177,6 +188,12 @@ pub struct Overrides {
     pub no_pit: bool,
     /// --no-acpi
     pub no_acpi: bool,
+    /// --no-jail
+    pub no_jail: bool,
+    /// --seccomp
+    pub seccomp: Option<SeccompMode>,
+    /// --jail-netns
+    pub jail_netns: bool,
     /// --block PATH (read-only) and --block-rw PATH, appended after the file's disks.
     pub block: Vec<BlockConfig>,
     /// --vsock-uds
@@ -220,6 +237,9 @@ impl VmConfig {
                     cpu_template: default_template(),
                     pit: true,
                     acpi: true,
+                    jail: true,
+                    seccomp: SeccompMode::Kill,
+                    jail_netns: false,
                     block: Vec::new(),
                     vsock: None,
                 }
@@ -251,6 +271,15 @@ impl VmConfig {
         }
         if o.no_acpi {
             c.acpi = false;
+        }
+        if o.no_jail {
+            c.jail = false;
+        }
+        if let Some(m) = o.seccomp {
+            c.seccomp = m;
+        }
+        if o.jail_netns {
+            c.jail_netns = true;
         }
         c.block.extend(o.block);
         match (&mut c.vsock, o.vsock_uds) {

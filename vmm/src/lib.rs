@@ -17,6 +17,7 @@ pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 pub mod machine;
 pub mod memory;
 pub mod vcpu;

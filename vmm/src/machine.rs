@@ -265,18 +265,21 @@ impl Machine {
                 self.exit.clone(),
                 stop.clone(),
             );
-            let t = std::thread::Builder::new()
+            let builder = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    if let Some(reason) = vcpu.run(&pio, &mmio, &exit, &stop) {
-                        exit.request(reason);
-                    }
-                    vcpu
-                })
-                .map_err(|e| Error::Io("spawn vCPU thread".into(), e))?;
+                .stack_size(256 << 10);
+            // The vCPU thread installs its seccomp filter first (no-op with the jail off).
+            let t = crate::jail::spawn(builder, crate::jail::ThreadKind::Vcpu, move || {
+                if let Some(reason) = vcpu.run(&pio, &mmio, &exit, &stop) {
+                    exit.request(reason);
+                }
+                vcpu
+            })
+            .map_err(|e| Error::Io("spawn vCPU thread".into(), e))?;
             threads.push(t);
         }
+        crate::jail::enter_thread(crate::jail::ThreadKind::Main)
+            .map_err(|e| Error::Io("jail the main thread".into(), std::io::Error::other(e)))?;
         let reason = self.exit.wait();
         stop.store(true, Ordering::Release);
         for t in threads {

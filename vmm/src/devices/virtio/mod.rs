@@ -283,26 +283,28 @@ pub fn spawn_worker<W: Worker>(mut worker: W, act: Activation) -> io::Result<Wor
     }
     let kill_thread = kill.try_clone()?;
     let name = worker.name();
-    let thread = std::thread::Builder::new()
+    let builder = std::thread::Builder::new()
         .name(name.clone())
-        .stack_size(512 << 10)
-        .spawn(move || {
-            let Activation {
-                mem,
-                queues,
-                queue_evts,
-                interrupt,
-                ..
-            } = act;
-            let mut io = WorkerIo {
-                mem,
-                queues,
-                interrupt,
-            };
-            run_worker(&name, &mut worker, &mut io, &epoll, &queue_evts);
-            drop(kill_thread);
-            worker
-        })?;
+        .stack_size(512 << 10);
+    // A device thread of the jail (docs/jail.md): created by its spawner thread, seccomp
+    // filter installed first; a plain thread with the jail off.
+    let thread = crate::jail::spawn(builder, crate::jail::ThreadKind::Device, move || {
+        let Activation {
+            mem,
+            queues,
+            queue_evts,
+            interrupt,
+            ..
+        } = act;
+        let mut io = WorkerIo {
+            mem,
+            queues,
+            interrupt,
+        };
+        run_worker(&name, &mut worker, &mut io, &epoll, &queue_evts);
+        drop(kill_thread);
+        worker
+    })?;
     Ok(WorkerHandle {
         kill,
         thread: Some(thread),

@@ -1,0 +1,418 @@
+//! Per-thread-kind seccomp-bpf allowlists (seccomp(2), SECCOMP_SET_MODE_FILTER), compiled
+//! with seccompiler.
+//!
+//! Every thread kind gets the [`base`] set (memory management, futexes, logging to an open
+//! fd, thread exit) plus what its own job needs; anything else takes the default action:
+//! SECCOMP_RET_KILL_PROCESS, or SECCOMP_RET_LOG with `--seccomp=log` (the kernel logs the
+//! syscall to the audit log / dmesg as `type=1326 ... syscall=N` and lets it through).
+//!
+//! The tables were found by running the test guests under `strace -f` with `--no-jail`
+//! and are explained, per entry, in docs/jail.md. Arguments are filtered where it is cheap:
+//! ioctl request numbers (KVM_RUN ...), `socket` domains (AF_UNIX only), `mmap`/`mprotect`
+//! (never PROT_EXEC), `clone` flags (threads only), `tgkill` (this process only), `prctl`
+//! (PR_SET_NAME only).
+//!
+//! Filters stack: a thread keeps every filter it inherited and the strictest verdict wins.
+//! So a thread that spawns others must hold a superset of its children's filters; that is
+//! why device threads come from the [`super::ThreadKind::Spawner`] thread (device ∪ thread
+//! creation) and never from a vCPU thread.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::{
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use super::{JailError, SeccompMode, ThreadKind};
+
+/// `_IOC` encoding (include/uapi/asm-generic/ioctl.h): dir(2) | size(14) | type(8) | nr(8).
+const fn ioc(dir: u64, ty: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (ty << 8) | nr
+}
+const IOC_NONE: u64 = 0;
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+/// KVM's ioctl type (include/uapi/linux/kvm.h `KVMIO`).
+const KVMIO: u64 = 0xAE;
+
+/// KVM ioctl request numbers (include/uapi/linux/kvm.h).
+pub mod kvm_ioctl {
+    use super::*;
+    /// `_IO(KVMIO, 0x80)`
+    pub const KVM_RUN: u64 = ioc(IOC_NONE, KVMIO, 0x80, 0);
+    /// `_IOR(KVMIO, 0x81, struct kvm_regs)`
+    pub const KVM_GET_REGS: u64 = ioc(IOC_READ, KVMIO, 0x81, std::mem::size_of::<kvm_regs>());
+    /// `_IOR(KVMIO, 0x83, struct kvm_sregs)`
+    pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, KVMIO, 0x83, std::mem::size_of::<kvm_sregs>());
+    /// `_IOW(KVMIO, 0x61, struct kvm_irq_level)`
+    pub const KVM_IRQ_LINE: u64 = ioc(IOC_WRITE, KVMIO, 0x61, std::mem::size_of::<kvm_irq_level>());
+    /// `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`
+    pub const KVM_SET_GSI_ROUTING: u64 = ioc(
+        IOC_WRITE,
+        KVMIO,
+        0x6a,
+        std::mem::size_of::<kvm_irq_routing>(),
+    );
+    /// `_IOW(KVMIO, 0x76, struct kvm_irqfd)`
+    pub const KVM_IRQFD: u64 = ioc(IOC_WRITE, KVMIO, 0x76, std::mem::size_of::<kvm_irqfd>());
+    /// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`
+    pub const KVM_IOEVENTFD: u64 =
+        ioc(IOC_WRITE, KVMIO, 0x79, std::mem::size_of::<kvm_ioeventfd>());
+    /// `_IOW(KVMIO, 0xa5, struct kvm_msi)`
+    pub const KVM_SIGNAL_MSI: u64 = ioc(IOC_WRITE, KVMIO, 0xa5, std::mem::size_of::<kvm_msi>());
+}
+
+/// A rule set under construction: syscall number → alternative rules (empty = always).
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn cond(arg: u8, len: Len, op: Op, v: u64) -> SeccompCondition {
+    // Only fails for arg > 5, which the tables below never use.
+    SeccompCondition::new(arg, len, op, v).expect("seccomp condition")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conds).expect("seccomp rule")
+}
+
+/// Allows `nr` unconditionally.
+fn allow(r: &mut Rules, nrs: &[i64]) {
+    for &nr in nrs {
+        r.insert(nr, Vec::new());
+    }
+}
+
+/// Allows `nr` when argument `arg` (32-bit) equals one of `values`.
+fn allow_arg_in(r: &mut Rules, nr: i64, arg: u8, values: &[u64]) {
+    let e = r.entry(nr).or_default();
+    for &v in values {
+        e.push(rule(vec![cond(arg, Len::Dword, Op::Eq, v)]));
+    }
+}
+
+/// Allows `nr` when the 32-bit argument `arg` has none of the bits in `mask`.
+fn allow_arg_without(r: &mut Rules, nr: i64, arg: u8, mask: u64) {
+    r.entry(nr)
+        .or_default()
+        .push(rule(vec![cond(arg, Len::Dword, Op::MaskedEq(mask), 0)]));
+}
+
+/// Every thread: memory, futexes, signals, time, writing logs and serial output to fds
+/// opened at setup, closing fds, and exiting.
+fn base(r: &mut Rules) {
+    use libc::*;
+    allow(
+        r,
+        &[
+            SYS_brk,
+            SYS_munmap,
+            SYS_mremap,
+            SYS_madvise,
+            SYS_futex,
+            SYS_sched_yield,
+            SYS_rt_sigreturn,
+            SYS_rt_sigprocmask,
+            SYS_sigaltstack,
+            SYS_restart_syscall,
+            SYS_clock_gettime,
+            SYS_clock_nanosleep,
+            SYS_nanosleep,
+            SYS_getpid,
+            SYS_gettid,
+            SYS_getrandom,
+            SYS_write,
+            SYS_writev,
+            SYS_close,
+            // Turned into ENOSYS by [`soft_deny`] (the vsock muxer removes its socket file
+            // on drop; in the jail that is left to whoever started the VMM).
+            SYS_unlink,
+            SYS_unlinkat,
+            SYS_exit,
+            SYS_exit_group,
+        ],
+    );
+    // Anonymous memory for the allocator, never executable (no new code after setup).
+    allow_arg_without(r, SYS_mmap, 2, PROT_EXEC as u64);
+    allow_arg_without(r, SYS_mprotect, 2, PROT_EXEC as u64);
+    // F_GETFD (std's debug check on close), F_GETFL/F_SETFL (O_NONBLOCK),
+    // F_DUPFD_CLOEXEC (EventFd::try_clone), F_SETFD.
+    allow_arg_in(
+        r,
+        SYS_fcntl,
+        1,
+        &[
+            F_GETFD as u64,
+            F_SETFD as u64,
+            F_GETFL as u64,
+            F_SETFL as u64,
+            F_DUPFD_CLOEXEC as u64,
+        ],
+    );
+    // pthread_kill / abort: only threads of this process.
+    let pid = std::process::id() as u64;
+    r.entry(SYS_tgkill)
+        .or_default()
+        .push(rule(vec![cond(0, Len::Dword, Op::Eq, pid)]));
+}
+
+/// What a thread needs to create a thread (std::thread::Builder::spawn) and what the new
+/// thread does before its own filter is in place.
+fn thread_creation(r: &mut Rules) {
+    use libc::*;
+    // clone(2) only for threads: CLONE_THREAD set and no CLONE_NEW* namespace flag.
+    let ns = (CLONE_NEWNS
+        | CLONE_NEWUSER
+        | CLONE_NEWNET
+        | CLONE_NEWPID
+        | CLONE_NEWIPC
+        | CLONE_NEWUTS
+        | CLONE_NEWCGROUP) as u64;
+    let thread = CLONE_THREAD as u64;
+    r.entry(SYS_clone).or_default().push(rule(vec![cond(
+        0,
+        Len::Qword,
+        Op::MaskedEq(thread | ns),
+        thread,
+    )]));
+    // clone3: ENOSYS through [`soft_deny`], so glibc falls back to clone(2).
+    allow(r, &[SYS_clone3]);
+    allow(r, &[SYS_set_robust_list, SYS_rseq, SYS_sched_getaffinity]);
+    allow_arg_in(r, SYS_prctl, 0, &[PR_SET_NAME as u64]);
+    // The new thread installs its own filter (only ever narrowing what it inherited).
+    allow_arg_in(r, SYS_prctl, 0, &[PR_SET_NO_NEW_PRIVS as u64]);
+    allow_arg_in(r, SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER as u64]);
+}
+
+/// vCPU threads: KVM_RUN and the ioctls of the exit path, plus what a virtio device
+/// activation (written by the guest on a vCPU thread) does before it hands the device
+/// thread's creation to the spawner.
+fn vcpu(r: &mut Rules) {
+    use kvm_ioctl::*;
+    use libc::*;
+    allow_arg_in(
+        r,
+        SYS_ioctl,
+        1,
+        &[
+            KVM_RUN,
+            KVM_GET_REGS,
+            KVM_GET_SREGS,
+            KVM_IRQ_LINE,
+            KVM_IRQFD,
+            KVM_IOEVENTFD,
+            KVM_SIGNAL_MSI,
+            KVM_SET_GSI_ROUTING,
+        ],
+    );
+    // Activation: queue eventfd clones, the worker's epoll and kill eventfd.
+    allow(
+        r,
+        &[
+            SYS_read,
+            SYS_eventfd2,
+            SYS_epoll_create1,
+            SYS_epoll_ctl,
+            SYS_dup,
+        ],
+    );
+}
+
+/// Device (event) threads: an epoll loop over eventfds, timerfds and host Unix sockets
+/// (virtio-vsock hybrid UDS: accept4 on the listener, connect to `<uds>_<port>`), reads of
+/// disk images opened at setup.
+fn device(r: &mut Rules) {
+    use libc::*;
+    allow(
+        r,
+        &[
+            SYS_epoll_wait,
+            SYS_epoll_pwait,
+            SYS_epoll_ctl,
+            SYS_epoll_create1,
+            SYS_eventfd2,
+            SYS_dup,
+            SYS_read,
+            SYS_readv,
+            SYS_pread64,
+            SYS_preadv,
+            SYS_preadv2,
+            SYS_pwrite64,
+            SYS_pwritev,
+            SYS_pwritev2,
+            SYS_fsync,
+            SYS_fdatasync,
+            SYS_lseek,
+            SYS_fstat,
+            SYS_timerfd_settime,
+            SYS_timerfd_gettime,
+            SYS_accept4,
+            SYS_connect,
+            SYS_recvfrom,
+            SYS_recvmsg,
+            SYS_sendto,
+            SYS_sendmsg,
+            SYS_shutdown,
+            SYS_getsockopt,
+            SYS_getsockname,
+            SYS_getpeername,
+            SYS_poll,
+            SYS_ppoll,
+        ],
+    );
+    // New sockets: Unix domain only (connect(2) cannot be filtered by address: its
+    // sockaddr is in memory; see docs/jail.md for what covers it).
+    allow_arg_in(r, SYS_socket, 0, &[AF_UNIX as u64]);
+    // std's set_nonblocking / set_cloexec on sockets (asm-generic/ioctls.h).
+    allow_arg_in(r, SYS_ioctl, 1, &[FIONBIO, FIOCLEX, FIONCLEX]);
+}
+
+/// The main thread once the VM runs: wait for the exit eventfd, kick vCPUs, join threads,
+/// tear down.
+fn main_thread(r: &mut Rules) {
+    use libc::*;
+    allow(
+        r,
+        &[
+            SYS_poll,
+            SYS_ppoll,
+            SYS_read,
+            SYS_epoll_wait,
+            SYS_epoll_pwait,
+        ],
+    );
+}
+
+/// The allowlist of `kind` (syscall number → rules).
+pub fn rules(kind: ThreadKind) -> Rules {
+    let mut r = Rules::new();
+    base(&mut r);
+    match kind {
+        ThreadKind::Main => main_thread(&mut r),
+        ThreadKind::Vcpu => vcpu(&mut r),
+        ThreadKind::Device => device(&mut r),
+        ThreadKind::Spawner => {
+            device(&mut r);
+            thread_creation(&mut r);
+        }
+    }
+    r
+}
+
+fn compile(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, JailError> {
+    let f = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| JailError::Seccomp(format!("build filter: {e}")))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| JailError::Seccomp(format!("compile filter: {e}")))
+}
+
+/// The BPF program for `kind`: allow the table, else kill the process (or log).
+pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, JailError> {
+    let mismatch = match mode {
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+    };
+    compile(rules(kind), mismatch, SeccompAction::Allow)
+}
+
+/// The second filter every jailed thread carries: a few calls fail softly with ENOSYS
+/// instead of killing the process. clone3 takes its flags in memory, out of a filter's
+/// reach, and glibc falls back to clone(2) (whose flags the allowlist checks) on ENOSYS;
+/// unlink/unlinkat are what a device's Drop does to remove its socket file (the caller of
+/// the VMM cleans those up). Filters stack and the strictest verdict wins, so for a kind
+/// whose allowlist lacks one of these it still kills.
+pub fn soft_deny() -> Result<BpfProgram, JailError> {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[libc::SYS_clone3, libc::SYS_unlink, libc::SYS_unlinkat],
+    );
+    compile(
+        r,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )
+}
+
+/// Installs `prog` on the calling thread (sets PR_SET_NO_NEW_PRIVS first).
+pub fn install(prog: &BpfProgram) -> Result<(), JailError> {
+    seccompiler::apply_filter(prog).map_err(|e| JailError::Seccomp(format!("install filter: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kvm_ioctl::*;
+    use super::*;
+
+    #[test]
+    fn kvm_ioctl_numbers_match_the_kernel_headers() {
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        assert_eq!(KVM_IRQFD, 0x4020_ae76);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+    }
+
+    #[test]
+    fn every_kind_compiles_and_none_allows_opening_files_or_exec() {
+        for kind in ThreadKind::ALL {
+            let r = rules(kind);
+            for nr in [
+                libc::SYS_open,
+                libc::SYS_openat,
+                libc::SYS_openat2,
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_ptrace,
+                libc::SYS_mount,
+                libc::SYS_unshare,
+                libc::SYS_setns,
+                libc::SYS_bpf,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_fork,
+                libc::SYS_vfork,
+                libc::SYS_kill,
+            ] {
+                assert!(!r.contains_key(&nr), "{kind:?} allows syscall {nr}");
+            }
+            for mode in [SeccompMode::Kill, SeccompMode::Log] {
+                assert!(!filter(kind, mode).unwrap().is_empty());
+            }
+        }
+        assert!(!soft_deny().unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_device_threads_may_make_sockets_and_only_vcpus_run_kvm() {
+        for kind in ThreadKind::ALL {
+            let r = rules(kind);
+            let sockets = matches!(kind, ThreadKind::Device | ThreadKind::Spawner);
+            for nr in [
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_accept4,
+                libc::SYS_sendmsg,
+            ] {
+                assert_eq!(r.contains_key(&nr), sockets, "{kind:?} syscall {nr}");
+            }
+            let ioctl = r.get(&libc::SYS_ioctl).map(Vec::len).unwrap_or(0);
+            match kind {
+                ThreadKind::Vcpu => assert_eq!(ioctl, 8),
+                ThreadKind::Main => assert_eq!(ioctl, 0),
+                _ => assert_eq!(ioctl, 3),
+            }
+            let clone = r.contains_key(&libc::SYS_clone);
+            assert_eq!(clone, kind == ThreadKind::Spawner, "{kind:?} clone");
+        }
+    }
+}
