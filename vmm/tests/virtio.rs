@@ -47,10 +47,7 @@ fn config(dir: &Path, guest: &Path, extra: &str) -> PathBuf {
     let f = dir.join("vm.toml");
     std::fs::write(
         &f,
-        format!(
-            "kernel = {}\nmemory_mib = 32\n{extra}",
-            toml_path(guest)
-        ),
+        format!("kernel = {}\nmemory_mib = 32\n{extra}", toml_path(guest)),
     )
     .unwrap();
     f
@@ -93,22 +90,56 @@ fn probe_every_device_and_negotiate() {
         let (code, out, err) = run(&cfg, extra);
         assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
         // slot 0: read-only blk, 64 sectors: features hi = VERSION_1, lo = FLUSH|RO|SEG_MAX|SIZE_MAX|INDIRECT|EVENT_IDX
-        assert!(out.contains("probe: slot=00000000 magic=74726976 version=00000002 id=00000002\n"), "{out}");
-        assert!(out.contains("probe:   features=00000001:30000226 queues=00000001 qmax=00000000/00000100\n"), "{out}");
+        assert!(
+            out.contains("probe: slot=00000000 magic=74726976 version=00000002 id=00000002\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "probe:   features=00000001:30000226 queues=00000001 qmax=00000000/00000100\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("probe:   status=0000000f config=00000040:00000000 unmapped=00000000 shmlen=ffffffff byte=00000000 end=00000000 reset=00000000\n"), "{out}");
         // slot 1: writable blk, 3 sectors, no RO bit
-        assert!(out.contains("probe: slot=00000001 magic=74726976 version=00000002 id=00000002\n"), "{out}");
-        assert!(out.contains("probe:   features=00000001:30000206 queues=00000001"), "{out}");
-        assert!(out.contains("status=0000000f config=00000003:00000000"), "{out}");
+        assert!(
+            out.contains("probe: slot=00000001 magic=74726976 version=00000002 id=00000002\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("probe:   features=00000001:30000206 queues=00000001"),
+            "{out}"
+        );
+        assert!(
+            out.contains("status=0000000f config=00000003:00000000"),
+            "{out}"
+        );
         // slot 2: vsock, CID 42, three queues
-        assert!(out.contains("probe: slot=00000002 magic=74726976 version=00000002 id=00000013\n"), "{out}");
-        assert!(out.contains("probe:   features=00000001:20000000 queues=00000003 qmax=00000000/00000100\n"), "{out}");
-        assert!(out.contains("status=0000000f config=0000002a:00000000"), "{out}");
+        assert!(
+            out.contains("probe: slot=00000002 magic=74726976 version=00000002 id=00000013\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "probe:   features=00000001:20000000 queues=00000003 qmax=00000000/00000100\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("status=0000000f config=0000002a:00000000"),
+            "{out}"
+        );
         // slot 3: nothing mapped
-        assert!(out.contains("probe: slot=00000003 magic=00000000\n"), "{out}");
+        assert!(
+            out.contains("probe: slot=00000003 magic=00000000\n"),
+            "{out}"
+        );
         assert!(out.contains("probe: done\n"), "{out}");
         // The bad accesses were logged, not fatal.
-        assert!(err.contains("control registers need aligned 32-bit access"), "{err}");
+        assert!(
+            err.contains("control registers need aligned 32-bit access"),
+            "{err}"
+        );
         assert!(err.contains("clean shutdown"), "{err}");
     }
 }
@@ -143,14 +174,36 @@ fn blk_reads_hash_and_refuses_writes_on_a_read_only_disk() {
         format!("blk: read sector=1000 status=00000000 used=00000201 hash={h1000:08x}")
     );
     // VIRTIO_BLK_S_IOERR for the write and the read past the end; UNSUPP for type 0x99.
-    assert_eq!(line(&out, "blk: write"), "blk: write sector=0 status=00000001 used=00000001");
-    assert_eq!(line(&out, "blk: read past end"), "blk: read past end status=00000001 used=00000001");
-    assert_eq!(line(&out, "blk: get-id"), "blk: get-id status=00000000 used=00000015 id=ax-blk0");
-    assert_eq!(line(&out, "blk: flush"), "blk: flush status=00000000 used=00000001");
-    assert_eq!(line(&out, "blk: unknown"), "blk: unknown type status=00000002 used=00000001");
-    assert_eq!(line(&out, "blk: reread"), format!("blk: reread sector=0 hash={h0:08x}"));
+    assert_eq!(
+        line(&out, "blk: write"),
+        "blk: write sector=0 status=00000001 used=00000001"
+    );
+    assert_eq!(
+        line(&out, "blk: read past end"),
+        "blk: read past end status=00000001 used=00000001"
+    );
+    assert_eq!(
+        line(&out, "blk: get-id"),
+        "blk: get-id status=00000000 used=00000015 id=ax-blk0"
+    );
+    assert_eq!(
+        line(&out, "blk: flush"),
+        "blk: flush status=00000000 used=00000001"
+    );
+    assert_eq!(
+        line(&out, "blk: unknown"),
+        "blk: unknown type status=00000002 used=00000001"
+    );
+    assert_eq!(
+        line(&out, "blk: reread"),
+        format!("blk: reread sector=0 hash={h0:08x}")
+    );
     assert!(out.contains("blk: done\n"), "{out}");
-    assert_eq!(std::fs::read(&img).unwrap(), data, "the read-only image changed");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        data,
+        "the read-only image changed"
+    );
     assert!(err.contains("write to read-only disk"), "{err}");
 }
 
@@ -165,7 +218,10 @@ fn blk_writes_reach_a_writable_disk() {
     let cfg = config(dir.path(), &g, "");
     let (code, out, err) = run(&cfg, &["--block-rw", img.to_str().unwrap()]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(line(&out, "blk: write"), "blk: write sector=0 status=00000000 used=00000001");
+    assert_eq!(
+        line(&out, "blk: write"),
+        "blk: write sector=0 status=00000000 used=00000001"
+    );
     data[..512].fill(0x5a);
     assert_eq!(
         line(&out, "blk: reread"),
@@ -187,13 +243,21 @@ fn used_buffer_notifications_arrive_as_interrupts() {
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     for i in 0..3 {
         assert!(
-            out.contains(&format!("irq: request {i:08x} used id=00000000 status=00000000\n")),
+            out.contains(&format!(
+                "irq: request {i:08x} used id=00000000 status=00000000\n"
+            )),
             "{out}"
         );
     }
     // Exactly one interrupt per used buffer, InterruptStatus bit 0 (used buffer).
-    assert_eq!(line(&out, "irq: count="), "irq: count=00000003 isr=00000001");
-    assert!(!out.contains("UNEXPECTED") && !out.contains("TIMEOUT"), "{out}");
+    assert_eq!(
+        line(&out, "irq: count="),
+        "irq: count=00000003 isr=00000001"
+    );
+    assert!(
+        !out.contains("UNEXPECTED") && !out.contains("TIMEOUT"),
+        "{out}"
+    );
 }
 
 /// Spawns ax-vmm; stdout lines arrive on the channel.
@@ -230,12 +294,19 @@ fn wait_line(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
                     return;
                 }
             }
-            Err(e) => panic!("no {want:?} from the guest ({e}); got:\n{}", seen.join("\n")),
+            Err(e) => panic!(
+                "no {want:?} from the guest ({e}); got:\n{}",
+                seen.join("\n")
+            ),
         }
     }
 }
 
-fn finish(mut child: Child, rx: mpsc::Receiver<String>, mut seen: Vec<String>) -> (Option<i32>, String, String) {
+fn finish(
+    mut child: Child,
+    rx: mpsc::Receiver<String>,
+    mut seen: Vec<String>,
+) -> (Option<i32>, String, String) {
     let deadline = Instant::now() + T;
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -243,7 +314,12 @@ fn finish(mut child: Child, rx: mpsc::Receiver<String>, mut seen: Vec<String>) -
     let _ = child.kill();
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
         seen.push(l);
     }
@@ -287,11 +363,18 @@ fn vsock_guest_connects_out_and_host_connects_in() {
     let mut ok = Vec::new();
     let mut b = [0u8; 1];
     while !ok.ends_with(b"\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "socket closed before OK: {ok:?}");
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "socket closed before OK: {ok:?}"
+        );
         ok.push(b[0]);
     }
     let ok = String::from_utf8(ok).unwrap();
-    assert!(ok.starts_with("OK ") && ok[3..].trim().parse::<u32>().is_ok(), "{ok:?}");
+    assert!(
+        ok.starts_with("OK ") && ok[3..].trim().parse::<u32>().is_ok(),
+        "{ok:?}"
+    );
     s.write_all(b"hello guest\n").unwrap();
     let mut echo = [0u8; 12];
     s.read_exact(&mut echo).unwrap();
@@ -299,9 +382,15 @@ fn vsock_guest_connects_out_and_host_connects_in() {
     drop(s);
     let (code, out, err) = finish(child, rx, seen);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("vsock: status=0000000f guest_cid=00000007\n"), "{out}");
+    assert!(
+        out.contains("vsock: status=0000000f guest_cid=00000007\n"),
+        "{out}"
+    );
     assert!(out.contains("vsock: a: reply op=00000002\n"), "{out}");
-    assert!(out.contains("vsock: a: host says: pong from host\n"), "{out}");
+    assert!(
+        out.contains("vsock: a: host says: pong from host\n"),
+        "{out}"
+    );
     assert!(out.contains("vsock: a: closed\n"), "{out}");
     assert!(out.contains("vsock: b: echo: hello guest\n"), "{out}");
     assert!(out.contains("vsock: done\n"), "{out}");
