@@ -8,7 +8,8 @@
 //! and rust-vmm's vmm-reference: one module per concern.
 //!
 //! virtio-mmio devices (transport, blk, vsock) live in [`devices::virtio`] (docs/virtio.md).
-//! Not here yet: the vhost-user frontend and the jail.
+//! The [`jail`] (seccomp per thread kind, Landlock, capabilities, namespaces; docs/jail.md)
+//! is applied between building and running the machine. Not here yet: the vhost-user frontend.
 
 pub mod acpi;
 pub mod boot;
