@@ -124,7 +124,7 @@ impl Machine {
     /// timer measures from it).
     pub fn new(cfg: &VmConfig, start: Instant) -> Result<Self, Error> {
         let exit = ExitHandle::new().map_err(|e| Error::Io("eventfd".into(), e))?;
-        let vm = Vm::new(cfg.pit)?;
+        let vm = Vm::new(cfg.wants_pit())?;
         let size = cfg.memory_mib * MIB;
         let ram = GuestRam::new(size)?;
         vm.set_memory(&ram)?;

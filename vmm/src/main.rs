@@ -41,6 +41,9 @@ struct Args {
     /// CPUID template: auto, host or pvm.
     #[arg(long)]
     cpu_template: Option<CpuTemplate>,
+    /// Create the in-kernel PIT (default: only with --no-acpi).
+    #[arg(long, conflicts_with = "no_pit")]
+    pit: bool,
     /// Do not create the in-kernel PIT.
     #[arg(long)]
     no_pit: bool,
@@ -147,7 +150,13 @@ fn main() -> ExitCode {
         memory_mib: args.memory_mib,
         serial: args.serial,
         cpu_template: args.cpu_template,
-        no_pit: args.no_pit,
+        pit: if args.pit {
+            Some(true)
+        } else if args.no_pit {
+            Some(false)
+        } else {
+            None
+        },
         no_acpi: args.no_acpi,
         no_jail: args.no_jail,
         seccomp: args.seccomp,
