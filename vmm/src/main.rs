@@ -125,6 +125,7 @@ fn jail_policy(cfg: &VmConfig) -> ax_vmm::jail::Policy {
                 }
             })
             .collect(),
+        device_threads: !cfg.block.is_empty() || cfg.vsock.is_some(),
         ..Default::default()
     }
 }
@@ -190,8 +191,9 @@ fn main() -> ExitCode {
     log::debug!("VM built in {:?}", start.elapsed());
     // The VM is built: nothing past this point opens a file, a socket or gains a privilege.
     if cfg.jail {
+        let t = Instant::now();
         match ax_vmm::jail::apply_process(&jail_policy(&cfg)) {
-            Ok(r) => log::debug!("{r}"),
+            Ok(r) => log::debug!("{r} (applied in {:?})", t.elapsed()),
             Err(e) => {
                 eprintln!("ax-vmm: error: {e}");
                 return ExitCode::from(1);

@@ -118,6 +118,11 @@ fn running_jailed_vmm_shows_seccomp_nnp_and_no_capabilities() {
     }
     // The idle guest prints "idle\n" and then sleeps in HLT forever.
     let g = guest("idle");
+    // A disk, so the VM has a virtio device and the jail starts its spawner thread (the
+    // idle guest never activates it).
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, [0u8; 4096]).unwrap();
     let mut child = Command::new(VMM)
         .args([
             "--kernel",
@@ -126,6 +131,8 @@ fn running_jailed_vmm_shows_seccomp_nnp_and_no_capabilities() {
             "16",
             "--cpus",
             "2",
+            "--block",
+            img.to_str().unwrap(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -136,15 +143,19 @@ fn running_jailed_vmm_shows_seccomp_nnp_and_no_capabilities() {
     child.stdout.take().unwrap().read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"idle\n");
     let pid = child.id();
-    // The main thread installs its filter right after starting the vCPUs: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        if field(&s, "Seccomp") == "2" || Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // The main thread installs its filter right after starting the vCPUs, the spawner as
+    // soon as it is scheduled: wait until every thread shows it.
+    let all_filtered = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).ok())
+            .all(|s| field(&s, "Seccomp") == "2")
     };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_filtered() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(field(&status, "Seccomp"), "2", "{status}");
     assert_eq!(field(&status, "NoNewPrivs"), "1", "{status}");
     assert_eq!(field(&status, "CapEff"), "0000000000000000", "{status}");

@@ -146,6 +146,9 @@ pub struct Policy {
     /// Directories beneath which connect(2) to pathname Unix sockets stays allowed
     /// (Landlock ABI ≥ 9; the vsock UDS directory).
     pub unix_connect_dirs: Vec<PathBuf>,
+    /// The VM has devices with threads of their own (virtio): start the spawner thread.
+    /// Without it (~80 µs saved at spawn) [`spawn`] refuses device threads.
+    pub device_threads: bool,
 }
 
 impl Default for Policy {
@@ -155,6 +158,7 @@ impl Default for Policy {
             namespaces: true,
             net_namespace: false,
             unix_connect_dirs: Vec::new(),
+            device_threads: true,
         }
     }
 }
@@ -176,7 +180,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "jail: seccomp per thread ({}), {}, namespaces: {}, capabilities: {} (bounding set: {} dropped), no_new_privs",
+            "jail: seccomp per thread ({}), {}, namespaces: {}, capabilities: {} (bounding set {}), no_new_privs",
             match self.seccomp {
                 SeccompMode::Kill => "kill on violation",
                 SeccompMode::Log => "LOG ONLY on violation",
@@ -188,7 +192,11 @@ impl std::fmt::Display for Report {
                 self.namespaces.join(",")
             },
             if self.caps.sets_cleared { "none" } else { "kept" },
-            self.caps.bounding_dropped,
+            if self.caps.bounding_dropped > 0 {
+                "emptied"
+            } else {
+                "kept: no CAP_SETPCAP"
+            },
         )
     }
 }
@@ -196,6 +204,7 @@ impl std::fmt::Display for Report {
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Active {
+    /// Per [`ThreadKind::index`]; empty for kinds not used by this VM.
     filters: Vec<seccompiler::BpfProgram>,
     soft_deny: seccompiler::BpfProgram,
     spawner: Mutex<Option<Sender<Job>>>,
@@ -208,16 +217,10 @@ pub fn is_active() -> bool {
     ACTIVE.get().is_some()
 }
 
-fn thread_count() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Jails the process (namespaces, Landlock, capabilities, no_new_privs) from the calling
-/// thread, which should be the only one; then threads entering the jail ([`spawn`],
-/// [`enter_thread`]) install their seccomp filters.
+/// thread, which must be the only one (threads started earlier keep their privileges: the
+/// setup's helper threads are all joined by then); then threads entering the jail
+/// ([`spawn`], [`enter_thread`]) install their seccomp filters. ~0.2 ms (release build).
 pub fn apply_process(policy: &Policy) -> Result<Report, JailError> {
     if is_active() {
         return Err(JailError::AlreadyApplied);
@@ -225,14 +228,12 @@ pub fn apply_process(policy: &Policy) -> Result<Report, JailError> {
     // Compile everything first: after this point the process allocates but opens nothing.
     let filters = ThreadKind::ALL
         .iter()
-        .map(|&k| seccomp::filter(k, policy.seccomp))
+        .map(|&k| match k {
+            ThreadKind::Device | ThreadKind::Spawner if !policy.device_threads => Ok(Vec::new()),
+            _ => seccomp::filter(k, policy.seccomp),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let soft_deny = seccomp::soft_deny()?;
-    if let Some(n @ 2..) = thread_count() {
-        log::warn!(
-            "jail: {n} threads are running already; Landlock, capabilities and namespaces cover only this thread and the threads it starts from now on"
-        );
-    }
     let namespaces = if policy.namespaces {
         privs::unshare_namespaces(policy.net_namespace)
     } else {
@@ -249,6 +250,14 @@ pub fn apply_process(policy: &Policy) -> Result<Report, JailError> {
         })
         .map_err(|_| JailError::AlreadyApplied)?;
 
+    if !policy.device_threads {
+        return Ok(Report {
+            landlock,
+            namespaces,
+            caps,
+            seccomp: policy.seccomp,
+        });
+    }
     let (tx, rx) = mpsc::channel::<Job>();
     Builder::new()
         .name("jail-spawner".into())
@@ -277,10 +286,16 @@ pub fn enter_thread(kind: ThreadKind) -> Result<(), JailError> {
     let Some(a) = ACTIVE.get() else {
         return Ok(());
     };
+    let filter = &a.filters[kind.index()];
+    if filter.is_empty() {
+        return Err(JailError::Seccomp(format!(
+            "no {kind} threads were expected in this VM (Policy::device_threads)"
+        )));
+    }
     privs::no_new_privs()?;
     // The soft-deny filter first: once the allowlist is in, seccomp(2) itself is refused.
     seccomp::install(&a.soft_deny)?;
-    seccomp::install(&a.filters[kind.index()])
+    seccomp::install(filter)
 }
 
 /// [`enter_thread`], or stop the process: a thread must never run unjailed when the jail
@@ -311,6 +326,11 @@ where
         _ => None,
     };
     let Some(spawner) = spawner else {
+        if kind == ThreadKind::Device && is_active() {
+            return Err(io::Error::other(
+                "jail: no spawner thread for device threads (Policy::device_threads is off)",
+            ));
+        }
         return builder.spawn(body);
     };
     let (rtx, rrx) = mpsc::sync_channel(1);

@@ -68,7 +68,7 @@ pub fn can_unshare() -> bool {
 /// What [`drop_capabilities`] managed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CapsOutcome {
-    /// Capabilities removed from the bounding set (needs CAP_SETPCAP; 0 when not root).
+    /// Successful PR_CAPBSET_DROP calls, 0..=CAP_LAST_CAP (needs CAP_SETPCAP; 0 when not root).
     pub bounding_dropped: u32,
     /// The effective, permitted and inheritable sets are empty now.
     pub sets_cleared: bool,
@@ -83,12 +83,12 @@ pub fn drop_capabilities() -> Result<CapsOutcome, JailError> {
     // an unprivileged process has no capability to lose.
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } != 1 {
-            continue; // not in the set, or past CAP_LAST_CAP (EINVAL)
-        }
-        // SAFETY: as above.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == 0 {
             out.bounding_dropped += 1;
+        } else if io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+            break; // EINVAL: past CAP_LAST_CAP
+        } else if cap == 0 {
+            break; // EPERM: no CAP_SETPCAP, every drop would fail the same way
         }
     }
     // SAFETY: prctl with integer arguments only. EINVAL on kernels before 4.3: no ambient set.
