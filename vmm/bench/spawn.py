@@ -2,7 +2,7 @@
 """ax-vmm spawn benchmark (issue #3, "Must show").
 
 Usage: vmm/bench/spawn.py [-n RUNS] [--vmm PATH] [--firecracker PATH] [--cloud-hypervisor PATH]
-                          [--memory-mib N] [--markdown]
+                          [--memory-mib N] [--ax-arg=--no-jail ...] [--markdown]
 
 Measures, for the `serial_hello` test guest (vmm/tests/guests/serial_hello.S, built here with gcc):
   spawn -> first serial byte   wall clock from just before fork/exec of the VMM to the first byte
@@ -35,8 +35,11 @@ def build_guest(name, out_dir):
     return out
 
 
+AX_EXTRA = []
+
+
 def cmd_ax(vmm, kernel, mem, _tmp):
-    return [vmm, "--kernel", kernel, "--memory-mib", str(mem), "--log-level", "warn"]
+    return [vmm, "--kernel", kernel, "--memory-mib", str(mem), "--log-level", "warn"] + AX_EXTRA
 
 
 def cmd_fc(fc, kernel, mem, tmp):
@@ -82,7 +85,7 @@ def one_run(cmd, expect=b"hello from guest\n", timeout=30.0):
 def rss_outside_guest_ram(vmm, idle, mem):
     """Runs the idle guest; returns (VmRSS, {Rss, Pss, Private} outside the guest RAM mapping,
     guest RAM Rss, SIGKILL->reaped ms). Sizes in KiB."""
-    p = subprocess.Popen([vmm, "--kernel", idle, "--memory-mib", str(mem), "--log-level", "warn"],
+    p = subprocess.Popen([vmm, "--kernel", idle, "--memory-mib", str(mem), "--log-level", "warn"] + AX_EXTRA,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     os.read(p.stdout.fileno(), 5)  # "idle\n": the guest is up
     time.sleep(0.05)
@@ -149,7 +152,9 @@ def main():
     ap.add_argument("--cloud-hypervisor", default=shutil.which("cloud-hypervisor"))
     ap.add_argument("--memory-mib", type=int, default=128)
     ap.add_argument("--markdown", action="store_true", help="print a markdown table for docs/benchmarks.md")
+    ap.add_argument("--ax-arg", action="append", default=[], help="extra ax-vmm argument (repeatable), e.g. --ax-arg=--no-jail")
     a = ap.parse_args()
+    AX_EXTRA.extend(a.ax_arg)
     if not os.access(a.vmm, os.X_OK):
         sys.exit("%s not found; build it: cargo build --release -p ax-vmm" % a.vmm)
     try:
