@@ -102,6 +102,166 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The kind of device a vhost-user backend implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostUserType {
+    /// virtio-fs (virtio 1.2 §5.11, device ID 26): the frontend owns the configuration space
+    /// (`tag`, `num_request_queues`).
+    Fs,
+    /// virtio-net (virtio 1.2 §5.1, device ID 1): configuration from the backend
+    /// (VHOST_USER_GET_CONFIG) if it offers it, else `mac` and link up.
+    Net,
+}
+
+impl std::fmt::Display for VhostUserType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VhostUserType::Fs => "fs",
+            VhostUserType::Net => "net",
+        })
+    }
+}
+
+fn default_vhost_user_queues() -> u16 {
+    2
+}
+fn default_vhost_user_queue_size() -> u16 {
+    1024
+}
+
+/// Longest virtio-fs tag: `u8 tag[36]` (virtio 1.2 §5.11.4).
+pub const FS_TAG_MAX: usize = 36;
+
+/// A device whose data path runs in a vhost-user backend process (`[[vhost_user]]`;
+/// docs/virtio.md "vhost-user").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserConfig {
+    /// The backend's listening Unix socket (ax-vmm connects at start).
+    pub socket: PathBuf,
+    /// "fs" or "net".
+    pub device_type: VhostUserType,
+    /// Virtqueues: fs = 1 hiprio + request queues (2..); net = 2 (rx, tx).
+    #[serde(default = "default_vhost_user_queues")]
+    pub num_queues: u16,
+    /// QueueNumMax of every queue (a power of two, 1..=32768).
+    #[serde(default = "default_vhost_user_queue_size")]
+    pub queue_size: u16,
+    /// fs only (required): the tag the guest mounts (`mount -t virtiofs TAG DIR`), 1..=36 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// net only: the MAC address ("52:54:00:12:34:56") when the backend does not provide the
+    /// configuration space itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl VhostUserConfig {
+    /// `--vhost-user-fs SOCKET:TAG` (the tag follows the last ':').
+    pub fn fs_flag(s: &str) -> Result<Self, String> {
+        match s.rsplit_once(':') {
+            Some((sock, tag)) if !sock.is_empty() && !tag.is_empty() => Ok(VhostUserConfig {
+                socket: sock.into(),
+                device_type: VhostUserType::Fs,
+                num_queues: default_vhost_user_queues(),
+                queue_size: default_vhost_user_queue_size(),
+                tag: Some(tag.into()),
+                mac: None,
+            }),
+            _ => Err(format!(
+                "--vhost-user-fs {s:?}: expected SOCKET:TAG, e.g. /run/ax/fs.sock:workspace"
+            )),
+        }
+    }
+
+    /// `--vhost-user-net SOCKET`.
+    pub fn net_flag(socket: PathBuf) -> Self {
+        VhostUserConfig {
+            socket,
+            device_type: VhostUserType::Net,
+            num_queues: default_vhost_user_queues(),
+            queue_size: default_vhost_user_queue_size(),
+            tag: None,
+            mac: None,
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), String> {
+        let what = format!(
+            "[[vhost_user]] #{i} ({}, {})",
+            self.device_type,
+            self.socket.display()
+        );
+        if self.queue_size == 0 || !self.queue_size.is_power_of_two() {
+            return Err(format!(
+                "{what}: queue_size = {} is not a power of two in 1..=32768",
+                self.queue_size
+            ));
+        }
+        let dir = self.socket.parent().filter(|p| !p.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(format!(
+                "{what}: the socket's directory does not exist; start the backend first or fix socket"
+            ));
+        }
+        match self.device_type {
+            VhostUserType::Fs => {
+                let Some(tag) = &self.tag else {
+                    return Err(format!("{what}: fs needs a tag (tag = \"workspace\")"));
+                };
+                if tag.is_empty() || tag.len() > FS_TAG_MAX || tag.contains('\0') {
+                    return Err(format!(
+                        "{what}: tag {tag:?} must be 1..={FS_TAG_MAX} bytes without NUL (virtio 1.2 §5.11.4)"
+                    ));
+                }
+                if !(2..=65).contains(&self.num_queues) {
+                    return Err(format!(
+                        "{what}: num_queues = {} is out of range; fs uses 1 hiprio + 1..=64 request queues (2..=65)",
+                        self.num_queues
+                    ));
+                }
+                if self.mac.is_some() {
+                    return Err(format!("{what}: mac is for net devices only"));
+                }
+            }
+            VhostUserType::Net => {
+                if self.tag.is_some() {
+                    return Err(format!("{what}: tag is for fs devices only"));
+                }
+                if self.num_queues != 2 {
+                    return Err(format!(
+                        "{what}: num_queues = {}; net supports one rx/tx pair (2) (no VIRTIO_NET_F_MQ yet)",
+                        self.num_queues
+                    ));
+                }
+                if let Some(m) = &self.mac {
+                    if parse_mac(m).is_none() {
+                        return Err(format!(
+                            "{what}: mac {m:?} is not of the form 52:54:00:12:34:56"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Most virtio-mmio devices: one GSI each, 5..=23.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 
@@ -153,6 +313,9 @@ pub struct VmConfig {
     /// The hybrid vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// vhost-user devices (virtio-mmio slots after the disks and vsock).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_user: Vec<VhostUserConfig>,
 }
 
 /// Configuration errors (exit code 2).
@@ -202,9 +365,16 @@ pub struct Overrides {
     pub vsock_uds: Option<PathBuf>,
     /// --vsock-cid
     pub vsock_cid: Option<u64>,
+    /// --vhost-user-fs SOCKET:TAG and --vhost-user-net SOCKET, after the file's devices.
+    pub vhost_user: Vec<VhostUserConfig>,
 }
 
 impl VmConfig {
+    /// How many virtio-mmio devices the VM has (each gets a slot and a device thread).
+    pub fn virtio_device_count(&self) -> usize {
+        self.block.len() + usize::from(self.vsock.is_some()) + self.vhost_user.len()
+    }
+
     /// Whether to create the in-kernel PIT: as configured, else only without ACPI.
     pub fn wants_pit(&self) -> bool {
         self.pit.unwrap_or(!self.acpi)
@@ -249,6 +419,7 @@ impl VmConfig {
                     jail_netns: false,
                     block: Vec::new(),
                     vsock: None,
+                    vhost_user: Vec::new(),
                 }
             }
         };
@@ -289,6 +460,7 @@ impl VmConfig {
             c.jail_netns = true;
         }
         c.block.extend(o.block);
+        c.vhost_user.extend(o.vhost_user);
         match (&mut c.vsock, o.vsock_uds) {
             (Some(v), Some(uds)) => v.uds_path = uds,
             (v @ None, Some(uds)) => {
@@ -365,7 +537,10 @@ impl VmConfig {
                 ));
             }
         }
-        let n = self.block.len() + usize::from(self.vsock.is_some());
+        for (i, v) in self.vhost_user.iter().enumerate() {
+            v.validate(i).map_err(ConfigError::Invalid)?;
+        }
+        let n = self.virtio_device_count();
         if n > MAX_VIRTIO_DEVICES {
             return bad(format!(
                 "{n} virtio devices configured; at most {MAX_VIRTIO_DEVICES} fit (GSIs 5..=23); remove some"
@@ -470,6 +645,123 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("block"));
+    }
+
+    #[test]
+    fn vhost_user_tables_and_flags() {
+        let t = VmConfig::parse(
+            "kernel = \"/k\"\n[[vhost_user]]\nsocket = \"/run/fs.sock\"\ndevice_type = \"fs\"\ntag = \"workspace\"\n[[vhost_user]]\nsocket = \"/run/net.sock\"\ndevice_type = \"net\"\nmac = \"52:54:00:00:00:01\"\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.vhost_user.len(), 2);
+        assert_eq!(t.vhost_user[0].device_type, VhostUserType::Fs);
+        assert_eq!(
+            (t.vhost_user[0].num_queues, t.vhost_user[0].queue_size),
+            (2, 1024)
+        );
+        assert_eq!(t.vhost_user[0].tag.as_deref(), Some("workspace"));
+        assert_eq!(t.vhost_user[1].device_type, VhostUserType::Net);
+        assert_eq!(t.virtio_device_count(), 2);
+        assert!(VmConfig::parse(
+            "kernel = \"/k\"\n[[vhost_user]]\nsocket = \"/s\"\ndevice_type = \"blk\"\n",
+            false
+        )
+        .is_err());
+        assert_eq!(
+            parse_mac("52:54:00:00:00:01"),
+            Some([0x52, 0x54, 0, 0, 0, 1])
+        );
+        for bad in [
+            "52:54:00:00:00",
+            "52:54:00:00:00:01:02",
+            "5:54:00:00:00:01",
+            "zz:54:00:00:00:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        let f = VhostUserConfig::fs_flag("/a:b/fs.sock:tag").unwrap();
+        assert_eq!(
+            (f.socket, f.tag),
+            ("/a:b/fs.sock".into(), Some("tag".into()))
+        );
+        assert!(VhostUserConfig::fs_flag("/fs.sock").is_err());
+        assert!(VhostUserConfig::fs_flag("/fs.sock:").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let with = |v: VhostUserConfig| {
+            VmConfig::resolve(
+                None,
+                Overrides {
+                    kernel: Some(k.clone()),
+                    vhost_user: vec![v],
+                    ..Default::default()
+                },
+            )
+        };
+        let sock = dir.path().join("fs.sock");
+        let fs = VhostUserConfig::fs_flag(&format!("{}:ws", sock.display())).unwrap();
+        assert!(with(fs.clone()).is_ok());
+        for (v, msg) in [
+            (
+                VhostUserConfig {
+                    tag: Some("x".repeat(37)),
+                    ..fs.clone()
+                },
+                "1..=36",
+            ),
+            (
+                VhostUserConfig {
+                    tag: None,
+                    ..fs.clone()
+                },
+                "needs a tag",
+            ),
+            (
+                VhostUserConfig {
+                    num_queues: 1,
+                    ..fs.clone()
+                },
+                "num_queues",
+            ),
+            (
+                VhostUserConfig {
+                    queue_size: 1000,
+                    ..fs.clone()
+                },
+                "power of two",
+            ),
+            (
+                VhostUserConfig {
+                    mac: Some("52:54:00:00:00:01".into()),
+                    ..fs.clone()
+                },
+                "net devices only",
+            ),
+            (
+                VhostUserConfig {
+                    num_queues: 4,
+                    ..VhostUserConfig::net_flag(sock.clone())
+                },
+                "one rx/tx pair",
+            ),
+            (
+                VhostUserConfig {
+                    mac: Some("nope".into()),
+                    ..VhostUserConfig::net_flag(sock.clone())
+                },
+                "not of the form",
+            ),
+            (
+                VhostUserConfig::net_flag("/nonexistent/dir/n.sock".into()),
+                "directory does not exist",
+            ),
+        ] {
+            let e = with(v).unwrap_err().to_string();
+            assert!(e.contains(msg), "{msg:?} not in {e:?}");
+        }
     }
 
     #[test]

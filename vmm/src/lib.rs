@@ -7,9 +7,10 @@
 //! together; `main.rs` is the command line around it. The layout follows Cloud Hypervisor
 //! and rust-vmm's vmm-reference: one module per concern.
 //!
-//! virtio-mmio devices (transport, blk, vsock) live in [`devices::virtio`] (docs/virtio.md).
+//! virtio-mmio devices (transport, blk, vsock, and the vhost-user frontend for virtio-fs and
+//! virtio-net backends in other processes) live in [`devices::virtio`] (docs/virtio.md).
 //! The [`jail`] (seccomp per thread kind, Landlock, capabilities, namespaces; docs/jail.md)
-//! is applied between building and running the machine. Not here yet: the vhost-user frontend.
+//! is applied between building and running the machine.
 
 pub mod acpi;
 pub mod boot;

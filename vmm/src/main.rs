@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ax_vmm::config::{BlockConfig, Overrides, SerialOutput, VmConfig};
+use ax_vmm::config::{BlockConfig, Overrides, SerialOutput, VhostUserConfig, VmConfig};
 use ax_vmm::cpuid::CpuTemplate;
 use ax_vmm::Machine;
 use clap::Parser;
@@ -72,6 +72,14 @@ struct Args {
     /// Hybrid vsock: the guest CID (default 3).
     #[arg(long, value_name = "CID")]
     vsock_cid: Option<u64>,
+    /// Add a vhost-user virtio-fs device: the backend's socket and the tag the guest mounts
+    /// (repeatable; after the config's [[vhost_user]] devices).
+    #[arg(long, value_name = "SOCKET:TAG", value_parser = VhostUserConfig::fs_flag)]
+    vhost_user_fs: Vec<VhostUserConfig>,
+    /// Add a vhost-user virtio-net device: the backend's socket (repeatable; after the
+    /// --vhost-user-fs devices).
+    #[arg(long, value_name = "SOCKET")]
+    vhost_user_net: Vec<PathBuf>,
     /// Print the resolved config as JSON on stdout and exit.
     #[arg(long)]
     print_config: bool,
@@ -125,7 +133,7 @@ fn jail_policy(cfg: &VmConfig) -> ax_vmm::jail::Policy {
                 }
             })
             .collect(),
-        device_threads: !cfg.block.is_empty() || cfg.vsock.is_some(),
+        device_threads: cfg.virtio_device_count() > 0,
         ..Default::default()
     }
 }
@@ -168,6 +176,13 @@ fn main() -> ExitCode {
             .collect(),
         vsock_uds: args.vsock_uds,
         vsock_cid: args.vsock_cid,
+        vhost_user: (args.vhost_user_fs.into_iter())
+            .chain(
+                args.vhost_user_net
+                    .into_iter()
+                    .map(VhostUserConfig::net_flag),
+            )
+            .collect(),
     };
     let cfg = match VmConfig::resolve(args.config.as_deref(), overrides) {
         Ok(c) => c,

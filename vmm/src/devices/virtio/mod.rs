@@ -18,6 +18,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::io;
@@ -38,6 +39,10 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// Socket device (§5.10).
     pub const VSOCK: u32 = 19;
+    /// Network device (§5.1), through the vhost-user frontend.
+    pub const NET: u32 = 1;
+    /// File system device (§5.11), through the vhost-user frontend.
+    pub const FS: u32 = 26;
 }
 
 /// Device status bits (virtio 1.2 §2.1).
@@ -493,7 +498,8 @@ pub fn slot_desc(i: usize) -> crate::acpi::MmioDeviceDesc {
     }
 }
 
-/// Creates the configured virtio devices, in order: `[[block]]` disks, then `[vsock]`. Slot i
+/// Creates the configured virtio devices, in order: `[[block]]` disks, `[vsock]`, then
+/// `[[vhost_user]]` devices. Slot i
 /// gets window [`slot_desc`]`(i)`; each queue's eventfd is registered as an ioeventfd on its
 /// QueueNotify with datamatch = queue index (KVM API doc §4.59 KVM_IOEVENTFD), and the
 /// device's interrupt is an irqfd on its GSI (§4.75 KVM_IRQFD).
@@ -521,6 +527,15 @@ pub fn create_devices(
             )
         })?;
         devs.push(("virtio-vsock".into(), Box::new(dev)));
+    }
+    // vhost-user devices: connected and negotiated now, before the jail (docs/virtio.md).
+    let mut counts = [0usize; 2];
+    for v in &cfg.vhost_user {
+        let k = v.device_type as usize;
+        let name = format!("vhost-user-{}{}", v.device_type, counts[k]);
+        counts[k] += 1;
+        let dev = vhost_user::VhostUser::new(v, name.clone())?;
+        devs.push((name, Box::new(dev)));
     }
     let mut out = Vec::with_capacity(devs.len());
     for (i, (name, dev)) in devs.into_iter().enumerate() {
