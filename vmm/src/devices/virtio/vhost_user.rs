@@ -672,6 +672,92 @@ mod tests {
         assert!(thread_name("vhost-user-net12345678901234").len() <= 15);
     }
 
+    /// A minimal vhost-user backend: answers GET_FEATURES (1) with `features` and records
+    /// every request code; offers no protocol features.
+    fn fake_backend(path: &std::path::Path, features: u64) -> JoinHandle<Vec<u32>> {
+        use std::io::{Read, Write};
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut hdr = [0u8; 12];
+            while s.read_exact(&mut hdr).is_ok() {
+                let req = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+                let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap());
+                let mut body = vec![0u8; size as usize];
+                s.read_exact(&mut body).unwrap();
+                seen.push(req);
+                if req == 1 {
+                    // version 1 | REPLY, 8 bytes of u64
+                    let mut r = Vec::new();
+                    r.extend(1u32.to_le_bytes());
+                    r.extend(5u32.to_le_bytes());
+                    r.extend(8u32.to_le_bytes());
+                    r.extend(features.to_le_bytes());
+                    s.write_all(&r).unwrap();
+                }
+            }
+            seen
+        })
+    }
+
+    fn net_cfg(socket: std::path::PathBuf) -> VhostUserConfig {
+        VhostUserConfig {
+            mac: Some("02:00:00:00:00:07".into()),
+            ..VhostUserConfig::net_flag(socket)
+        }
+    }
+
+    #[test]
+    fn net_without_backend_config_gets_mac_and_link_from_the_frontend() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("net.sock");
+        let ctrl_vq = 1 << 17;
+        let mq = 1 << 22;
+        let log_all = 1 << 26;
+        let b = fake_backend(
+            &sock,
+            features::VERSION_1
+                | features::RING_EVENT_IDX
+                | net_features::CSUM
+                | net_features::MTU
+                | ctrl_vq
+                | mq
+                | log_all,
+        );
+        let dev = VhostUser::new(&net_cfg(sock), "vhost-user-net0".into()).unwrap();
+        assert_eq!(dev.device_type(), device_id::NET);
+        assert_eq!(dev.queue_max_sizes(), &[1024, 1024]);
+        // Carried: transport bits and CSUM; MAC/STATUS come from the frontend; MTU (no mtu
+        // in our config), CTRL_VQ, MQ and vhost's LOG_ALL are not offered.
+        assert_eq!(
+            dev.features(),
+            features::VERSION_1
+                | features::RING_EVENT_IDX
+                | net_features::CSUM
+                | net_features::MAC
+                | net_features::STATUS
+        );
+        let mut c = [0u8; 12];
+        dev.read_config(0, &mut c);
+        assert_eq!(c, [2, 0, 0, 0, 0, 7, 1, 0, 1, 0, 0, 0]);
+        drop(dev);
+        // SET_OWNER (3), GET_FEATURES (1); nothing else without DRIVER_OK.
+        assert_eq!(b.join().unwrap(), vec![3, 1]);
+    }
+
+    #[test]
+    fn a_backend_without_version_1_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("old.sock");
+        let _b = fake_backend(&sock, features::RING_EVENT_IDX);
+        let e = VhostUser::new(&net_cfg(sock), "vhost-user-net0".into())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("VIRTIO_F_VERSION_1"), "{e}");
+    }
+
     #[test]
     fn missing_socket_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
