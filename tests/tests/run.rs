@@ -1,5 +1,6 @@
 //! `axctl run` and friends against the real guest image under QEMU (TCG here).
 
+use ax_cli::driver::hardware_kvm;
 use ax_tests::{ensure_image, require_qemu, Env};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -413,27 +414,6 @@ fn timeout_fails_the_agent_and_ctrl_c_reaches_it() {
     out.read_to_end(&mut seen).unwrap();
     assert_eq!(status.code(), Some(5), "output: {}", text(&seen));
     assert!(text(&seen).contains("got-int"), "{}", text(&seen));
-}
-
-/// Why hardware KVM is not usable here (the same test as axctl's), or Ok.
-fn hardware_kvm() -> Result<(), String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("/dev/kvm cannot be opened".into());
-    }
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        return Err("/dev/kvm is kvm-pvm".into());
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if cpuinfo.split_whitespace().any(|f| f == "vmx" || f == "svm") {
-        Ok(())
-    } else {
-        Err("the CPU shows neither vmx nor svm".into())
-    }
 }
 
 #[test]
