@@ -1,0 +1,498 @@
+//! Layer resolution, copy-up, whiteouts and merged listings: the overlayfs semantics
+//! (Documentation/filesystems/overlayfs.rst) implemented in user space over two directory fds.
+//!
+//! Paths here are *share-relative byte strings* built only from names the guest sent through
+//! LOOKUP/CREATE/... after [`validate_name`]: no `/`, no `.`/`..`, no NUL. Every component is
+//! opened with `openat(parent_fd, name, O_PATH | O_NOFOLLOW)` from a layer root, so a symlink
+//! anywhere in a path is never traversed on the host: as a last component it is opened as the
+//! link itself, as an intermediate component the next `openat` fails with ENOTDIR.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::sys;
+
+/// `true` when the caller's errno says "no such entry".
+fn is_enoent(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+pub(crate) fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// Checks one name from the guest: not empty (EINVAL), not `.` or `..` and no `/` (EACCES: path
+/// traversal is refused, issue #4), at most 255 bytes (ENAMETOOLONG).
+pub fn validate_name(name: &[u8]) -> io::Result<()> {
+    if name.is_empty() {
+        return Err(err(libc::EINVAL));
+    }
+    if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(err(libc::EACCES));
+    }
+    if name.len() > 255 {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+/// `parent/name` (the root is the empty path).
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+        p.extend_from_slice(parent);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`); the root has no parent.
+pub fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if path.is_empty() {
+        return None;
+    }
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => Some((&path[..i], &path[i + 1..])),
+        None => Some((&b""[..], path)),
+    }
+}
+
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty())
+}
+
+/// A path as seen through the union.
+pub struct Layered {
+    /// The node in the upper layer (an `O_PATH` fd), if it is there.
+    pub upper: Option<OwnedFd>,
+    /// The node in the lower layer, if it is visible: no upper node hides it (an upper non-dir,
+    /// a whiteout, an opaque upper dir, or an opaque ancestor).
+    pub lower: Option<OwnedFd>,
+    /// The lower layer has an entry at this path under a visible lower parent, even if the upper
+    /// layer hides it: removing or renaming the path then needs a whiteout.
+    pub lower_exists: bool,
+    /// Attributes of the top-most node.
+    pub st: libc::stat64,
+}
+
+impl Layered {
+    /// The top-most fd.
+    pub fn top(&self) -> &OwnedFd {
+        // `resolve` never returns a Layered with neither.
+        self.upper
+            .as_ref()
+            .or(self.lower.as_ref())
+            .unwrap_or_else(|| unreachable!())
+    }
+    /// Is the node a directory?
+    pub fn is_dir(&self) -> bool {
+        sys::is_dir(&self.st)
+    }
+}
+
+/// The two layers: fds of their roots and the xattr that marks opaque directories.
+pub struct Layers {
+    /// Root of the read-only lower layer.
+    pub lower: OwnedFd,
+    /// Root of the upper layer.
+    pub upper: OwnedFd,
+    /// `trusted.overlay.opaque` as root, else `user.overlay.opaque` (overlayfs `userxattr`).
+    pub opaque_xattr: &'static [u8],
+    /// We may chown (CAP_CHOWN): copy-up keeps owners, new nodes get the caller's uid/gid.
+    pub can_chown: bool,
+}
+
+/// Opens `name` in `dir` as `O_PATH | O_NOFOLLOW`; `Ok(None)` when absent.
+fn open_opt(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
+    match sys::openat(dir, name, libc::O_PATH, 0) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Layers {
+    /// Is this upper directory opaque (overlayfs.rst: xattr `*.overlay.opaque` = "y")?
+    pub fn is_opaque(&self, fd: &impl AsRawFd) -> bool {
+        matches!(sys::getxattr_fd(fd, self.opaque_xattr), Ok(Some(v)) if v == b"y")
+    }
+
+    /// Marks an upper directory opaque.
+    pub fn set_opaque(&self, fd: &impl AsRawFd) -> io::Result<()> {
+        sys::setxattr_fd(fd, self.opaque_xattr, b"y", 0)
+    }
+
+    /// Is `name` one of the xattrs the union itself uses (hidden from the guest)?
+    pub fn is_private_xattr(name: &[u8]) -> bool {
+        name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    }
+
+    /// Resolves a share-relative path through both layers (ENOENT when absent or whited out,
+    /// ENOTDIR when a non-directory is used as a directory).
+    pub fn resolve(&self, path: &[u8]) -> io::Result<Layered> {
+        let mut upper = Some(sys::openat(&self.upper, b".", libc::O_PATH, 0)?);
+        let mut lower = Some(sys::openat(&self.lower, b".", libc::O_PATH, 0)?);
+        let mut st = sys::fstat(upper.as_ref().unwrap_or_else(|| unreachable!()))?;
+        let mut lower_exists = true;
+        if let Some(u) = &upper {
+            if self.is_opaque(u) {
+                lower = None;
+            }
+        }
+        let comps: Vec<&[u8]> = components(path).collect();
+        for (i, comp) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            if !sys::is_dir(&st) {
+                return Err(err(libc::ENOTDIR));
+            }
+            let u = match &upper {
+                Some(d) => open_opt(d, comp)?,
+                None => None,
+            };
+            let ust = match &u {
+                Some(fd) => Some(sys::fstat(fd)?),
+                None => None,
+            };
+            let l = match &lower {
+                Some(d) => open_opt(d, comp)?,
+                None => None,
+            };
+            lower_exists = l.is_some();
+            let lst = match &l {
+                Some(fd) => Some(sys::fstat(fd)?),
+                None => None,
+            };
+            // Which lower node stays visible under this upper node?
+            let l_visible = match (&u, &ust) {
+                (Some(ufd), Some(s)) => {
+                    if sys::is_whiteout(s) {
+                        return Err(err(libc::ENOENT));
+                    }
+                    sys::is_dir(s) && lst.as_ref().is_some_and(sys::is_dir) && !self.is_opaque(ufd)
+                }
+                _ => l.is_some(),
+            };
+            let l = if l_visible { l } else { None };
+            st = match (ust, &l) {
+                (Some(s), _) => s,
+                (None, Some(_)) => lst.unwrap_or_else(|| unreachable!()),
+                (None, None) => return Err(err(libc::ENOENT)),
+            };
+            let _ = last;
+            upper = u;
+            lower = l;
+        }
+        Ok(Layered {
+            upper,
+            lower,
+            lower_exists: !path.is_empty() && lower_exists,
+            st,
+        })
+    }
+
+    /// The names in a merged directory with their `DT_*` types: upper entries shadow lower ones,
+    /// whiteouts hide them, an opaque upper dir (already reflected in `dir.lower`) stops the
+    /// merge. Upper entries come first.
+    pub fn list_merged(&self, dir: &Layered) -> io::Result<Vec<(Vec<u8>, u32)>> {
+        if !dir.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        if let Some(u) = &dir.upper {
+            for (name, dt) in sys::list_dir(u)? {
+                let mut t = u32::from(dt);
+                if dt == libc::DT_CHR || dt == libc::DT_UNKNOWN {
+                    let st = sys::statat(u, &name)?;
+                    if sys::is_whiteout(&st) {
+                        seen.insert(name);
+                        continue;
+                    }
+                    t = sys::dtype(st.st_mode);
+                }
+                seen.insert(name.clone());
+                out.push((name, t));
+            }
+        }
+        if let Some(l) = &dir.lower {
+            for (name, dt) in sys::list_dir(l)? {
+                if seen.contains(&name) {
+                    continue;
+                }
+                let t = if dt == libc::DT_UNKNOWN {
+                    sys::dtype(sys::statat(l, &name)?.st_mode)
+                } else {
+                    u32::from(dt)
+                };
+                out.push((name, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The upper directory for `path`, copying up the directory chain from the lower layer as
+    /// needed (overlayfs.rst "copy up": parents first). Returns an `O_PATH` fd.
+    pub fn upper_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        let r = self.resolve(path)?;
+        if !r.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if let Some(u) = r.upper {
+            return Ok(u);
+        }
+        let (parent, name) = split(path).ok_or_else(|| err(libc::EIO))?;
+        let pdir = self.upper_dir(parent)?;
+        let lower = r.lower.as_ref().ok_or_else(|| err(libc::EIO))?;
+        sys::mkdirat(&pdir, name, r.st.st_mode & 0o7777)?;
+        let fd = sys::openat(&pdir, name, libc::O_PATH, 0)?;
+        self.copy_meta(lower, &fd, &r.st, false)?;
+        Ok(fd)
+    }
+
+    /// Copies a non-directory up (full copy; holes preserved) and returns its upper `O_PATH`
+    /// fd. A node already in the upper layer is returned as is. Directories: see
+    /// [`Self::upper_dir`] / [`Self::copy_up_tree`].
+    pub fn copy_up(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        let r = self.resolve(path)?;
+        if let Some(u) = r.upper {
+            return Ok(u);
+        }
+        if r.is_dir() {
+            return self.upper_dir(path);
+        }
+        let (parent, name) = split(path).ok_or_else(|| err(libc::EIO))?;
+        let pdir = self.upper_dir(parent)?;
+        let lower = r.lower.as_ref().ok_or_else(|| err(libc::EIO))?;
+        self.copy_node(lower, &r.st, &pdir, name)?;
+        sys::openat(&pdir, name, libc::O_PATH, 0)
+    }
+
+    /// Copies a whole merged subtree into the upper layer (used before a directory rename: the
+    /// moved directory is then complete in the upper layer and can be marked opaque).
+    pub fn copy_up_tree(&self, path: &[u8]) -> io::Result<()> {
+        let r = self.resolve(path)?;
+        if !r.is_dir() {
+            self.copy_up(path)?;
+            return Ok(());
+        }
+        self.upper_dir(path)?;
+        if r.lower.is_none() {
+            return Ok(());
+        }
+        for (name, _) in self.list_merged(&r)? {
+            self.copy_up_tree(&join(path, &name))?;
+        }
+        Ok(())
+    }
+
+    fn copy_node(
+        &self,
+        src: &OwnedFd,
+        st: &libc::stat64,
+        pdir: &OwnedFd,
+        name: &[u8],
+    ) -> io::Result<()> {
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => self.copy_file(src, st, pdir, name),
+            libc::S_IFLNK => {
+                let target = sys::readlink_fd(src)?;
+                sys::symlinkat(&target, pdir, name)?;
+                let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
+                self.copy_meta(src, &fd, st, true)
+            }
+            _ => {
+                sys::mknodat(pdir, name, st.st_mode, st.st_rdev)?;
+                let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
+                self.copy_meta(src, &fd, st, false)
+            }
+        }
+    }
+
+    fn copy_file(
+        &self,
+        src: &OwnedFd,
+        st: &libc::stat64,
+        pdir: &OwnedFd,
+        name: &[u8],
+    ) -> io::Result<()> {
+        let input = sys::reopen(src, libc::O_RDONLY)?;
+        // Build the copy as an unnamed O_TMPFILE and link it in when complete, so a crash never
+        // leaves a half-copied file under the real name.
+        let (out, tmp) = match sys::openat(pdir, b".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
+            Ok(fd) => (fd, true),
+            Err(_) => (
+                sys::openat(
+                    pdir,
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    0o600,
+                )?,
+                false,
+            ),
+        };
+        let res = copy_data(&input, &out, st.st_size as u64)
+            .and_then(|()| self.copy_meta(src, &out, st, false))
+            .and_then(|()| {
+                if tmp {
+                    sys::link_fd(&out, pdir, name)
+                } else {
+                    Ok(())
+                }
+            });
+        if res.is_err() && !tmp {
+            let _ = sys::unlinkat(pdir, name, false);
+        }
+        res
+    }
+
+    /// Owner, mode, xattrs (minus the union's own), then times (last, as writing changes them).
+    fn copy_meta(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        st: &libc::stat64,
+        symlink: bool,
+    ) -> io::Result<()> {
+        if self.can_chown {
+            sys::chown_fd(dst, st.st_uid, st.st_gid)?;
+        }
+        if !symlink {
+            sys::chmod_fd(dst, st.st_mode & 0o7777)?;
+            for n in sys::listxattr_fd(src).unwrap_or_default() {
+                if Self::is_private_xattr(&n) {
+                    continue;
+                }
+                if let Ok(Some(v)) = sys::getxattr_fd(src, &n) {
+                    if let Err(e) = sys::setxattr_fd(dst, &n, &v, 0) {
+                        log::debug!(
+                            "copy-up: xattr {} not copied: {e}",
+                            String::from_utf8_lossy(&n)
+                        );
+                    }
+                }
+            }
+            let ts = |s: i64, ns: i64| libc::timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            };
+            sys::utimes_fd(
+                dst,
+                Some(ts(st.st_atime, st.st_atime_nsec)),
+                Some(ts(st.st_mtime, st.st_mtime_nsec)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates a whiteout (a 0:0 character device; overlayfs.rst "whiteouts") at `name` in an
+    /// upper directory.
+    pub fn whiteout(&self, pdir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        sys::mknodat(pdir, name, libc::S_IFCHR, 0)
+    }
+
+    /// Removes the whiteouts left in an upper directory that is empty in the merged view.
+    pub fn clear_whiteouts(&self, dir: &OwnedFd) -> io::Result<()> {
+        for (name, _) in sys::list_dir(dir)? {
+            let st = sys::statat(dir, &name)?;
+            if !sys::is_whiteout(&st) {
+                return Err(err(libc::ENOTEMPTY));
+            }
+            sys::unlinkat(dir, &name, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size
+/// so a trailing hole stays a hole.
+fn copy_data(input: &OwnedFd, out: &OwnedFd, size: u64) -> io::Result<()> {
+    let mut off = 0u64;
+    while off < size {
+        let data = match sys::lseek(input, off, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // File systems without SEEK_DATA: copy everything.
+            Err(_) => off,
+        };
+        let end = match sys::lseek(input, data, libc::SEEK_HOLE) {
+            Ok(Some(h)) => h.min(size),
+            _ => size,
+        };
+        copy_range(input, out, data, end)?;
+        off = end.max(data + 1);
+    }
+    // SAFETY: plain syscall on an owned fd.
+    if unsafe { libc::ftruncate64(out.as_raw_fd(), size as i64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn copy_range(input: &OwnedFd, out: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let mut ioff = pos as i64;
+        let mut ooff = pos as i64;
+        let len = (end - pos).min(1 << 30) as usize;
+        // SAFETY: valid fds and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &mut ioff,
+                out.as_raw_fd(),
+                &mut ooff,
+                len,
+                0,
+            )
+        };
+        if n > 0 {
+            pos += n as u64;
+            continue;
+        }
+        if n == 0 {
+            break; // EOF (file shrank)
+        }
+        // EXDEV/ENOSYS/EINVAL on older kernels or odd file systems: plain copy.
+        let mut buf = vec![0u8; (end - pos).min(1 << 20) as usize];
+        let got = sys::pread(input, &mut buf, pos)?;
+        if got == 0 {
+            break;
+        }
+        sys::pwrite_all(out, &buf[..got], pos)?;
+        pos += got as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        assert!(validate_name(b"a.txt").is_ok());
+        for bad in [&b".."[..], b".", b"a/b", b"/", b"a\0b"] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().raw_os_error(),
+                Some(libc::EACCES)
+            );
+        }
+        assert_eq!(
+            validate_name(b"").unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            validate_name(&[b'x'; 256]).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+        assert_eq!(join(b"", b"a"), b"a");
+        assert_eq!(join(b"a", b"b"), b"a/b");
+        assert_eq!(split(b"a/b/c"), Some((&b"a/b"[..], &b"c"[..])));
+        assert_eq!(split(b"c"), Some((&b""[..], &b"c"[..])));
+        assert_eq!(split(b""), None);
+    }
+}

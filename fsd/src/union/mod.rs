@@ -1,0 +1,809 @@
+//! The union file system served to the guest: a read-only lower directory (the repository
+//! snapshot) under a per-agent upper directory kept in overlayfs's on-disk format
+//! (Documentation/filesystems/overlayfs.rst), so `mount -t overlay -o lowerdir=L,upperdir=U`
+//! shows the same tree. See docs/fsd.md for the format and the rules.
+//!
+//! Node ids are assigned per share-relative path and stay stable for the session (a rename moves
+//! the id with the path; an unlinked path's id is retired). The guest kernel resolves symlinks
+//! itself: the host only ever opens names with `O_NOFOLLOW` relative to a layer root.
+
+mod inodes;
+pub mod layers;
+pub mod sys;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::fuse::abi::ROOT_ID;
+use crate::fuse::filesystem::{Context, DirEntry, Entry, FileSystem, SetAttr, Stat, TimeSpec};
+use crate::journal::{Journal, Kind};
+use inodes::Inodes;
+use layers::{err, join, split, validate_name, Layered, Layers};
+
+/// Options of a [`UnionFs`].
+#[derive(Clone, Debug)]
+pub struct UnionOptions {
+    /// How long the guest may cache names and attributes (`entry_valid` / `attr_valid`). Safe to
+    /// make long: the lower layer never changes and every upper change comes through us.
+    pub cache_timeout: Duration,
+}
+
+impl Default for UnionOptions {
+    fn default() -> Self {
+        Self {
+            cache_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Handle {
+    file: File,
+}
+
+/// The lower + upper union, implementing [`FileSystem`].
+pub struct UnionFs {
+    layers: Layers,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Serialises namespace changes and copy-ups (reads go without it).
+    meta: Mutex<()>,
+    journal: Arc<Journal>,
+    opts: UnionOptions,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn kind_of(st: &libc::stat64) -> Kind {
+    if sys::is_dir(st) {
+        Kind::Dir
+    } else {
+        Kind::File
+    }
+}
+
+fn timespec(t: TimeSpec) -> libc::timespec {
+    match t {
+        TimeSpec::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        TimeSpec::At(s, ns) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: i64::from(ns),
+        },
+    }
+}
+
+/// Open flags we pass through to the host on OPEN/CREATE; the rest (O_CREAT, O_EXCL,
+/// O_NOCTTY, O_NOFOLLOW, O_PATH, O_TMPFILE, ...) are dropped.
+fn sanitize_open_flags(flags: u32) -> i32 {
+    let f = flags as i32;
+    f & (libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_TRUNC
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NONBLOCK
+        | libc::O_NOATIME)
+}
+
+impl UnionFs {
+    /// Opens the two layer roots. The upper directory must exist; the lower is never written.
+    pub fn new(
+        lower: &Path,
+        upper: &Path,
+        journal: Arc<Journal>,
+        opts: UnionOptions,
+    ) -> io::Result<Self> {
+        // SAFETY: plain syscall.
+        let root = unsafe { libc::geteuid() } == 0;
+        let layers = Layers {
+            lower: sys::open_root(lower)?,
+            upper: sys::open_root(upper)?,
+            opaque_xattr: if root {
+                b"trusted.overlay.opaque"
+            } else {
+                b"user.overlay.opaque"
+            },
+            can_chown: root,
+        };
+        Ok(Self {
+            layers,
+            inodes: Mutex::new(Inodes::new()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            meta: Mutex::new(()),
+            journal,
+            opts,
+        })
+    }
+
+    /// The change journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The xattr name that marks opaque directories in the upper layer.
+    pub fn opaque_xattr(&self) -> &'static [u8] {
+        self.layers.opaque_xattr
+    }
+
+    fn path(&self, ino: u64) -> io::Result<Vec<u8>> {
+        lock(&self.inodes)
+            .path(ino)
+            .ok_or_else(|| err(libc::ENOENT))
+    }
+
+    fn child(&self, parent: u64, name: &[u8]) -> io::Result<Vec<u8>> {
+        validate_name(name)?;
+        Ok(join(&self.path(parent)?, name))
+    }
+
+    fn entry_for(&self, path: &[u8], r: &Layered) -> Entry {
+        let ino = lock(&self.inodes).ino_for(path);
+        let mut st = r.st;
+        st.st_ino = ino;
+        Entry {
+            ino,
+            generation: 0,
+            attr: st,
+            attr_timeout: self.opts.cache_timeout,
+            entry_timeout: self.opts.cache_timeout,
+        }
+    }
+
+    fn lookup_path(&self, path: &[u8]) -> io::Result<Entry> {
+        let r = self.layers.resolve(path)?;
+        Ok(self.entry_for(path, &r))
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_file(&self, fd: OwnedFd) -> u64 {
+        let fh = self.new_fh();
+        // SAFETY: we own the fd.
+        let file = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
+        lock(&self.files).insert(fh, Arc::new(Handle { file }));
+        fh
+    }
+
+    fn file(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    /// Common start of every create-like op: the new path must not exist; returns its path, the
+    /// upper parent (copied up) and whether a whiteout was removed to make room (then a new
+    /// directory must be opaque).
+    fn prepare_create(&self, parent: u64, name: &[u8]) -> io::Result<(Vec<u8>, OwnedFd, bool)> {
+        let path = self.child(parent, name)?;
+        match self.layers.resolve(&path) {
+            Ok(_) => return Err(err(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let (ppath, _) = split(&path).ok_or_else(|| err(libc::EINVAL))?;
+        let pdir = self.layers.upper_dir(ppath)?;
+        let had_whiteout = match sys::statat(&pdir, name) {
+            Ok(st) if sys::is_whiteout(&st) => {
+                sys::unlinkat(&pdir, name, false)?;
+                true
+            }
+            Ok(_) => return Err(err(libc::EEXIST)),
+            Err(_) => false,
+        };
+        Ok((path, pdir, had_whiteout))
+    }
+
+    /// Gives a new node the caller's ownership (the parent's group when it is set-gid).
+    fn own(&self, ctx: Context, pdir: &OwnedFd, fd: &OwnedFd) -> io::Result<()> {
+        if !self.layers.can_chown {
+            return Ok(());
+        }
+        let pst = sys::fstat(pdir)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            ctx.gid
+        };
+        sys::chown_fd(fd, ctx.uid, gid)
+    }
+
+    fn finish_create(
+        &self,
+        ctx: Context,
+        path: &[u8],
+        pdir: &OwnedFd,
+        name: &[u8],
+    ) -> io::Result<Entry> {
+        let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
+        self.own(ctx, pdir, &fd)?;
+        let r = self.layers.resolve(path)?;
+        self.journal.created(path, kind_of(&r.st));
+        Ok(self.entry_for(path, &r))
+    }
+
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
+        let _g = lock(&self.meta);
+        let path = self.child(parent, name)?;
+        let r = self.layers.resolve(&path)?;
+        match (dir, r.is_dir()) {
+            (true, false) => return Err(err(libc::ENOTDIR)),
+            (false, true) => return Err(err(libc::EISDIR)),
+            _ => {}
+        }
+        if dir && !self.layers.list_merged(&r)?.is_empty() {
+            return Err(err(libc::ENOTEMPTY));
+        }
+        let (ppath, _) = split(&path).ok_or_else(|| err(libc::EBUSY))?;
+        let pdir = self.layers.upper_dir(ppath)?;
+        if let Some(u) = &r.upper {
+            if dir {
+                self.layers.clear_whiteouts(u)?;
+            }
+            sys::unlinkat(&pdir, name, dir)?;
+        }
+        if r.lower_exists {
+            self.layers.whiteout(&pdir, name)?;
+        }
+        lock(&self.inodes).remove_tree(&path);
+        self.journal.deleted(&path, kind_of(&r.st));
+        Ok(())
+    }
+
+    fn stat_path(&self, ino: u64) -> io::Result<Stat> {
+        let path = self.path(ino)?;
+        let r = self.layers.resolve(&path)?;
+        let mut st = r.st;
+        st.st_ino = ino;
+        Ok(st)
+    }
+}
+
+impl FileSystem for UnionFs {
+    fn init(&self, _capable: u32) -> io::Result<u32> {
+        Ok(0)
+    }
+
+    fn destroy(&self) {
+        lock(&self.files).clear();
+        lock(&self.dirs).clear();
+    }
+
+    fn lookup(&self, _ctx: Context, parent: u64, name: &[u8]) -> io::Result<Entry> {
+        let path = self.child(parent, name)?;
+        self.lookup_path(&path)
+    }
+
+    fn getattr(&self, _ctx: Context, ino: u64, fh: Option<u64>) -> io::Result<(Stat, Duration)> {
+        match self.stat_path(ino) {
+            Ok(st) => Ok((st, self.opts.cache_timeout)),
+            // An unlinked file still open in the guest: answer from its handle.
+            Err(e) => {
+                let h = fh.and_then(|fh| self.file(fh).ok()).ok_or(e)?;
+                let mut st = sys::fstat(&h.file)?;
+                st.st_ino = ino;
+                Ok((st, self.opts.cache_timeout))
+            }
+        }
+    }
+
+    fn setattr(&self, _ctx: Context, ino: u64, set: SetAttr) -> io::Result<(Stat, Duration)> {
+        let path = self.path(ino)?;
+        {
+            let _g = lock(&self.meta);
+            let r = self.layers.resolve(&path)?;
+            let symlink = r.st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            let up = self.layers.copy_up(&path)?;
+            if set.uid.is_some() || set.gid.is_some() {
+                sys::chown_fd(
+                    &up,
+                    set.uid.unwrap_or(u32::MAX),
+                    set.gid.unwrap_or(u32::MAX),
+                )?;
+            }
+            if let Some(mode) = set.mode {
+                if !symlink {
+                    sys::chmod_fd(&up, mode & 0o7777)?;
+                }
+            }
+            if let Some(size) = set.size {
+                if r.st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(err(libc::EINVAL));
+                }
+                let f = sys::reopen(&up, libc::O_WRONLY)?;
+                // SAFETY: plain syscall on an owned fd.
+                if unsafe { libc::ftruncate64(f.as_raw_fd(), size as i64) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                if !symlink {
+                    sys::utimes_fd(&up, set.atime.map(timespec), set.mtime.map(timespec))?;
+                }
+            }
+            self.journal.modified(&path, kind_of(&r.st));
+        }
+        Ok((self.stat_path(ino)?, self.opts.cache_timeout))
+    }
+
+    fn readlink(&self, _ctx: Context, ino: u64) -> io::Result<Vec<u8>> {
+        let path = self.path(ino)?;
+        let r = self.layers.resolve(&path)?;
+        if r.st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            return Err(err(libc::EINVAL));
+        }
+        sys::readlink_fd(r.top())
+    }
+
+    fn symlink(&self, ctx: Context, target: &[u8], parent: u64, name: &[u8]) -> io::Result<Entry> {
+        if target.is_empty() || target.len() >= libc::PATH_MAX as usize {
+            return Err(err(libc::EINVAL));
+        }
+        let _g = lock(&self.meta);
+        let (path, pdir, _) = self.prepare_create(parent, name)?;
+        sys::symlinkat(target, &pdir, name)?;
+        self.finish_create(ctx, &path, &pdir, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: Context,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let _g = lock(&self.meta);
+        let (path, pdir, _) = self.prepare_create(parent, name)?;
+        sys::mknodat(&pdir, name, mode, u64::from(rdev))?;
+        self.finish_create(ctx, &path, &pdir, name)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: Context,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let _g = lock(&self.meta);
+        let (path, pdir, had_whiteout) = self.prepare_create(parent, name)?;
+        sys::mkdirat(&pdir, name, mode & 0o7777)?;
+        if had_whiteout {
+            // overlayfs.rst: a directory created where a lower one was deleted is opaque.
+            let fd = sys::openat(&pdir, name, libc::O_PATH, 0)?;
+            self.layers.set_opaque(&fd)?;
+        }
+        self.finish_create(ctx, &path, &pdir, name)
+    }
+
+    fn unlink(&self, _ctx: Context, parent: u64, name: &[u8]) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    fn rmdir(&self, _ctx: Context, parent: u64, name: &[u8]) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn rename(
+        &self,
+        _ctx: Context,
+        olddir: u64,
+        oldname: &[u8],
+        newdir: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported yet (docs/fsd.md).
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let _g = lock(&self.meta);
+        let opath = self.child(olddir, oldname)?;
+        let npath = self.child(newdir, newname)?;
+        if opath == npath {
+            return Ok(());
+        }
+        if npath.starts_with(&opath) && npath.get(opath.len()) == Some(&b'/') {
+            return Err(err(libc::EINVAL));
+        }
+        let src = self.layers.resolve(&opath)?;
+        let dst = match self.layers.resolve(&npath) {
+            Ok(d) => Some(d),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(err(libc::EEXIST));
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(err(libc::ENOTDIR)),
+                (false, true) => return Err(err(libc::EISDIR)),
+                (true, true) if !self.layers.list_merged(d)?.is_empty() => {
+                    return Err(err(libc::ENOTEMPTY))
+                }
+                _ => {}
+            }
+        }
+        // Make the source complete in the upper layer (a directory with its whole merged
+        // subtree: the simple alternative to overlayfs's redirect_dir).
+        if src.is_dir() {
+            self.layers.copy_up_tree(&opath)?;
+        } else {
+            self.layers.copy_up(&opath)?;
+        }
+        let (op, _) = split(&opath).ok_or_else(|| err(libc::EBUSY))?;
+        let (np, _) = split(&npath).ok_or_else(|| err(libc::EBUSY))?;
+        let oup = self.layers.upper_dir(op)?;
+        let nup = self.layers.upper_dir(np)?;
+        // Make room at the destination in the upper layer: a whiteout or an (empty in the
+        // merged view) upper directory holding only whiteouts.
+        match sys::statat(&nup, newname) {
+            Ok(st) if sys::is_whiteout(&st) => sys::unlinkat(&nup, newname, false)?,
+            Ok(st) if sys::is_dir(&st) && src.is_dir() => {
+                let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
+                self.layers.clear_whiteouts(&d)?;
+            }
+            _ => {}
+        }
+        sys::renameat2(&oup, oldname, &nup, newname, 0)?;
+        if src.is_dir() {
+            // The moved directory is complete: nothing below the new name may merge in.
+            let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
+            self.layers.set_opaque(&d)?;
+        }
+        if src.lower_exists {
+            self.layers.whiteout(&oup, oldname)?;
+        }
+        {
+            let mut ino = lock(&self.inodes);
+            ino.remove_tree(&npath);
+            ino.rename_tree(&opath, &npath);
+        }
+        let kind = kind_of(&src.st);
+        self.journal.deleted(&opath, kind);
+        if dst.is_some() {
+            self.journal.modified(&npath, kind);
+        } else {
+            self.journal.created(&npath, kind);
+        }
+        Ok(())
+    }
+
+    fn link(&self, ctx: Context, ino: u64, newparent: u64, newname: &[u8]) -> io::Result<Entry> {
+        let _g = lock(&self.meta);
+        let spath = self.path(ino)?;
+        let r = self.layers.resolve(&spath)?;
+        if r.is_dir() {
+            return Err(err(libc::EPERM));
+        }
+        self.layers.copy_up(&spath)?;
+        let (sp, sname) = split(&spath).ok_or_else(|| err(libc::EPERM))?;
+        let sdir = self.layers.upper_dir(sp)?;
+        let (path, pdir, _) = self.prepare_create(newparent, newname)?;
+        let c_old = sys::cstr(sname)?;
+        let c_new = sys::cstr(newname)?;
+        // SAFETY: valid fds and C strings; flags 0: never follows a symlink.
+        if unsafe {
+            libc::linkat(
+                sdir.as_raw_fd(),
+                c_old.as_ptr(),
+                pdir.as_raw_fd(),
+                c_new.as_ptr(),
+                0,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let _ = ctx;
+        let r = self.layers.resolve(&path)?;
+        self.journal.created(&path, Kind::File);
+        Ok(self.entry_for(&path, &r))
+    }
+
+    fn open(&self, _ctx: Context, ino: u64, flags: u32) -> io::Result<(u64, u32)> {
+        let path = self.path(ino)?;
+        let f = sanitize_open_flags(flags);
+        let writes = f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0;
+        let r = self.layers.resolve(&path)?;
+        // FUSE never opens device nodes, FIFOs or sockets (the guest kernel handles them);
+        // refusing them keeps the host from ever opening a guest-made device node.
+        if r.st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(err(if r.is_dir() {
+                libc::EISDIR
+            } else {
+                libc::ENXIO
+            }));
+        }
+        let fd = if writes {
+            let _g = lock(&self.meta);
+            let up = self.layers.copy_up(&path)?;
+            let fd = sys::reopen(&up, f)?;
+            self.journal.modified(&path, Kind::File);
+            fd
+        } else {
+            sys::reopen(r.top(), f)?
+        };
+        Ok((self.add_file(fd), 0))
+    }
+
+    fn create(
+        &self,
+        ctx: Context,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+        _umask: u32,
+    ) -> io::Result<(Entry, u64, u32)> {
+        let g = lock(&self.meta);
+        let (path, pdir, _) = match self.prepare_create(parent, name) {
+            Ok(v) => v,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST) && flags as i32 & libc::O_EXCL == 0 =>
+            {
+                drop(g);
+                let path = self.child(parent, name)?;
+                let entry = self.lookup_path(&path)?;
+                let (fh, fl) = self.open(ctx, entry.ino, flags)?;
+                return Ok((entry, fh, fl));
+            }
+            Err(e) => return Err(e),
+        };
+        let f = sanitize_open_flags(flags) | libc::O_CREAT | libc::O_EXCL;
+        let fd = sys::openat(&pdir, name, f, (mode & 0o7777) | libc::S_IFREG)?;
+        let entry = self.finish_create(ctx, &path, &pdir, name)?;
+        Ok((entry, self.add_file(fd), 0))
+    }
+
+    fn read(
+        &self,
+        _ctx: Context,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> io::Result<Vec<u8>> {
+        let h = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(&h.file, &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn write(
+        &self,
+        _ctx: Context,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let h = self.file(fh)?;
+        sys::pwrite_all(&h.file, data, offset)?;
+        Ok(data.len())
+    }
+
+    fn statfs(&self, _ctx: Context, _ino: u64) -> io::Result<libc::statvfs64> {
+        sys::fstatvfs(&self.layers.upper)
+    }
+
+    fn release(&self, _ctx: Context, _ino: u64, fh: u64) -> io::Result<()> {
+        lock(&self.files).remove(&fh);
+        Ok(())
+    }
+
+    fn flush(&self, _ctx: Context, _ino: u64, _fh: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: Context, _ino: u64, fh: u64, datasync: bool) -> io::Result<()> {
+        let h = self.file(fh)?;
+        if datasync {
+            h.file.sync_data()
+        } else {
+            h.file.sync_all()
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: Context,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        if Layers::is_private_xattr(name) {
+            return Err(err(libc::EPERM));
+        }
+        let path = self.path(ino)?;
+        let _g = lock(&self.meta);
+        let r = self.layers.resolve(&path)?;
+        if r.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(err(libc::EPERM));
+        }
+        let up = self.layers.copy_up(&path)?;
+        sys::setxattr_fd(&up, name, value, flags as i32)?;
+        self.journal.modified(&path, kind_of(&r.st));
+        Ok(())
+    }
+
+    fn getxattr(&self, _ctx: Context, ino: u64, name: &[u8]) -> io::Result<Vec<u8>> {
+        if Layers::is_private_xattr(name) {
+            return Err(err(libc::ENODATA));
+        }
+        let path = self.path(ino)?;
+        let r = self.layers.resolve(&path)?;
+        if r.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(err(libc::ENODATA));
+        }
+        sys::getxattr_fd(r.top(), name)?.ok_or_else(|| err(libc::ENODATA))
+    }
+
+    fn listxattr(&self, _ctx: Context, ino: u64) -> io::Result<Vec<u8>> {
+        let path = self.path(ino)?;
+        let r = self.layers.resolve(&path)?;
+        if r.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for n in sys::listxattr_fd(r.top())? {
+            if !Layers::is_private_xattr(&n) {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    fn removexattr(&self, _ctx: Context, ino: u64, name: &[u8]) -> io::Result<()> {
+        if Layers::is_private_xattr(name) {
+            return Err(err(libc::EPERM));
+        }
+        let path = self.path(ino)?;
+        let _g = lock(&self.meta);
+        let r = self.layers.resolve(&path)?;
+        if r.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(err(libc::EPERM));
+        }
+        let up = self.layers.copy_up(&path)?;
+        sys::removexattr_fd(&up, name)?;
+        self.journal.modified(&path, kind_of(&r.st));
+        Ok(())
+    }
+
+    fn opendir(&self, _ctx: Context, ino: u64, _flags: u32) -> io::Result<(u64, u32)> {
+        let path = self.path(ino)?;
+        let r = self.layers.resolve(&path)?;
+        let names = self.layers.list_merged(&r)?;
+        let mut entries = Vec::with_capacity(names.len() + 2);
+        let parent_ino = match split(&path) {
+            Some((p, _)) => lock(&self.inodes).ino_for(p),
+            None => ROOT_ID,
+        };
+        let dt_dir = sys::dtype(libc::S_IFDIR);
+        entries.push((ino, dt_dir, b".".to_vec()));
+        entries.push((parent_ino, dt_dir, b"..".to_vec()));
+        {
+            let mut inodes = lock(&self.inodes);
+            for (name, t) in names {
+                let child = inodes.ino_for(&join(&path, &name));
+                entries.push((child, t, name));
+            }
+        }
+        let list = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ino, type_, name))| DirEntry {
+                ino,
+                offset: i as u64 + 1,
+                type_,
+                name,
+            })
+            .collect();
+        let fh = self.new_fh();
+        lock(&self.dirs).insert(fh, Arc::new(list));
+        Ok((fh, 0))
+    }
+
+    fn readdir(&self, _ctx: Context, _ino: u64, fh: u64, offset: u64) -> io::Result<Vec<DirEntry>> {
+        let list = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(list
+            .get(start..)
+            .map(<[DirEntry]>::to_vec)
+            .unwrap_or_default())
+    }
+
+    fn releasedir(&self, _ctx: Context, _ino: u64, fh: u64) -> io::Result<()> {
+        lock(&self.dirs).remove(&fh);
+        Ok(())
+    }
+
+    fn fsyncdir(&self, _ctx: Context, _ino: u64, _fh: u64, _datasync: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn access(&self, _ctx: Context, ino: u64, _mask: u32) -> io::Result<()> {
+        // The guest kernel checks permissions itself (virtio-fs mounts use default_permissions);
+        // here we only say whether the node exists.
+        self.stat_path(ino).map(drop)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: Context,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let h = self.file(fh)?;
+        let whence = whence as i32;
+        if ![
+            libc::SEEK_SET,
+            libc::SEEK_CUR,
+            libc::SEEK_END,
+            libc::SEEK_DATA,
+            libc::SEEK_HOLE,
+        ]
+        .contains(&whence)
+        {
+            return Err(err(libc::EINVAL));
+        }
+        sys::lseek(&h.file, offset, whence)?.ok_or_else(|| err(libc::ENXIO))
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: Context,
+        _ino: u64,
+        fh: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let h = self.file(fh)?;
+        // SAFETY: plain syscall on an owned fd.
+        let r = unsafe {
+            libc::fallocate64(
+                h.file.as_raw_fd(),
+                mode as i32,
+                offset as i64,
+                length as i64,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! The vhost-user-fs backend (vhost-user spec, back-end side; device type virtio-fs, virtio 1.2
+//! §5.11), for QEMU's `vhost-user-fs-device` and ax-vmm's vhost-user frontend.
+//!
+//! Queues (§5.11.2): 0 = hiprio (FORGET, BATCH_FORGET, INTERRUPT: no replies), 1..=N = request
+//! queues. Every descriptor chain is one FUSE request: the device-readable part is
+//! `fuse_in_header` + body, the device-writable part receives `fuse_out_header` + body
+//! (§5.11.6). The configuration space (§5.11.4) is `struct virtio_fs_config { u8 tag[36];
+//! le32 num_request_queues; }`, served through `VHOST_USER_GET_CONFIG`
+//! (`VHOST_USER_PROTOCOL_F_CONFIG`) for frontends that ask the backend (QEMU takes the tag from
+//! its own `tag=` property instead).
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::anyhow;
+use log::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::fuse::filesystem::FileSystem;
+use crate::fuse::server::{Server, MAX_REQUEST};
+
+/// Length of `virtio_fs_config.tag` (virtio 1.2 §5.11.4).
+pub const TAG_LEN: usize = 36;
+/// Descriptors per queue we accept.
+pub const QUEUE_SIZE: usize = 1024;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Device configuration.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Mount tag the guest uses (`mount -t virtiofs TAG /mnt`), at most 36 bytes.
+    pub tag: String,
+    /// Number of request queues (≥ 1); the hiprio queue comes on top.
+    pub num_request_queues: usize,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            tag: "workspace".into(),
+            num_request_queues: 1,
+        }
+    }
+}
+
+/// The vhost-user backend: the FUSE [`Server`] plus the guest memory the frontend shared.
+pub struct FsBackend<F: FileSystem> {
+    server: Arc<Server<F>>,
+    cfg: FsConfig,
+    mem: RwLock<Option<Mem>>,
+    event_idx: RwLock<bool>,
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl<F: FileSystem> FsBackend<F> {
+    /// Creates the backend (the tag must fit 36 bytes).
+    pub fn new(server: Arc<Server<F>>, cfg: FsConfig) -> anyhow::Result<Self> {
+        if cfg.tag.is_empty() || cfg.tag.len() > TAG_LEN {
+            return Err(anyhow!(
+                "virtio-fs tag {:?} must be 1..=36 bytes, e.g. --tag workspace",
+                cfg.tag
+            ));
+        }
+        if cfg.num_request_queues == 0 {
+            return Err(anyhow!("need at least one request queue"));
+        }
+        Ok(Self {
+            server,
+            cfg,
+            mem: RwLock::new(None),
+            event_idx: RwLock::new(false),
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+        })
+    }
+
+    /// `struct virtio_fs_config` bytes (virtio 1.2 §5.11.4).
+    fn config_bytes(&self) -> [u8; TAG_LEN + 4] {
+        let mut c = [0u8; TAG_LEN + 4];
+        c[..self.cfg.tag.len()].copy_from_slice(self.cfg.tag.as_bytes());
+        c[TAG_LEN..].copy_from_slice(&(self.cfg.num_request_queues as u32).to_le_bytes());
+        c
+    }
+
+    /// Handles every available chain of one queue, then signals the used ring.
+    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+        let Some(atomic) = self.mem.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let mem = atomic.memory();
+        let event_idx = *self.event_idx.read().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let chains: Vec<_> = {
+                let mut st = vring.get_mut();
+                let q = st.get_queue_mut();
+                if !q.ready() {
+                    return Ok(());
+                }
+                match q.iter(mem.clone()) {
+                    Ok(it) => it.collect(),
+                    Err(e) => {
+                        warn!("virtio-fs: bad available ring: {e}");
+                        return Ok(());
+                    }
+                }
+            };
+            let any = !chains.is_empty();
+            for chain in chains {
+                let head = chain.head_index();
+                let used = self.process_chain(&*mem, chain);
+                vring.add_used(head, used).map_err(io::Error::other)?;
+            }
+            if any && vring.needs_notification().map_err(io::Error::other)? {
+                vring.signal_used_queue()?;
+            }
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One FUSE request: returns the number of bytes written to the writable part.
+    fn process_chain<T>(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<T>,
+    ) -> u32
+    where
+        T: std::ops::Deref + Clone,
+        T::Target: vm_memory::GuestMemory + Sized,
+    {
+        let (mut reader, mut writer) = match (
+            Reader::<()>::new(mem, chain.clone()),
+            Writer::<()>::new(mem, chain),
+        ) {
+            (Ok(r), Ok(w)) => (r, w),
+            _ => {
+                debug!("virtio-fs: malformed descriptor chain");
+                return 0;
+            }
+        };
+        // A request longer than MAX_REQUEST is cut: its header then disagrees with the bytes
+        // and the server answers EINVAL.
+        let mut buf = vec![0u8; reader.available_bytes().min(MAX_REQUEST)];
+        if reader.read_exact(&mut buf).is_err() {
+            return 0;
+        }
+        let cap = writer.available_bytes();
+        match self.server.handle(&buf, cap) {
+            Some(reply) if reply.len() <= cap => match writer.write_all(&reply) {
+                Ok(()) => reply.len() as u32,
+                Err(e) => {
+                    debug!("virtio-fs: cannot write reply: {e}");
+                    0
+                }
+            },
+            Some(_) => {
+                debug!("virtio-fs: writable part ({cap} bytes) too small for a reply header");
+                0
+            }
+            None => 0,
+        }
+    }
+}
+
+impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        1 + self.cfg.num_request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        *self.event_idx.write().unwrap_or_else(|p| p.into_inner()) = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_bytes();
+        let start = offset as usize;
+        let end = start.saturating_add(size as usize);
+        c.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!("virtio-fs: unexpected event set {evset:?}");
+        }
+        match vrings.get(device_event as usize) {
+            Some(v) => self.process_queue(v),
+            None => {
+                warn!("virtio-fs: event for unknown queue {device_event}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A bound vhost-user listening socket, created before the frontend starts.
+pub struct VhostUserListener {
+    inner: Listener,
+}
+
+/// Binds the vhost-user socket (replacing a stale socket file).
+pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
+    let inner = Listener::new(socket, true).map_err(|e| {
+        anyhow!(
+            "cannot listen on vhost-user socket {}: {e} (is the directory writable?)",
+            socket.display()
+        )
+    })?;
+    Ok(VhostUserListener { inner })
+}
+
+/// Serves one vhost-user frontend until it disconnects. Blocking.
+pub fn serve<F: FileSystem + 'static>(
+    mut listener: VhostUserListener,
+    server: Arc<Server<F>>,
+    cfg: FsConfig,
+) -> anyhow::Result<()> {
+    let backend = Arc::new(FsBackend::new(server, cfg)?);
+    let mut daemon = VhostUserDaemon::new(
+        "ax-fsd".to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| anyhow!("vhost-user daemon: {e}"))?;
+    let result = daemon
+        .start(&mut listener.inner)
+        .and_then(|()| daemon.wait());
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    match result {
+        Ok(()) => Ok(()),
+        // The frontend going away (VM powered off) is the normal end.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(anyhow!("vhost-user: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl FileSystem for Nothing {}
+
+    #[test]
+    fn config_space_is_tag_and_queue_count() {
+        let b = FsBackend::new(
+            Arc::new(Server::new(Nothing)),
+            FsConfig {
+                tag: "workspace".into(),
+                num_request_queues: 2,
+            },
+        )
+        .unwrap();
+        let c = b.get_config(0, 40);
+        assert_eq!(&c[..9], b"workspace");
+        assert!(c[9..36].iter().all(|&x| x == 0));
+        assert_eq!(&c[36..], &2u32.to_le_bytes());
+        assert_eq!(b.num_queues(), 3);
+        assert!(b.get_config(38, 4).is_empty());
+        assert!(b.get_config(u32::MAX, u32::MAX).is_empty());
+        assert!(FsBackend::new(
+            Arc::new(Server::new(Nothing)),
+            FsConfig {
+                tag: "x".repeat(37),
+                num_request_queues: 1
+            }
+        )
+        .is_err());
+    }
+}
