@@ -123,7 +123,7 @@ impl<F: FileSystem> FsBackend<F> {
             let any = !chains.is_empty();
             for chain in chains {
                 let head = chain.head_index();
-                let used = self.process_chain(&*mem, chain);
+                let used = self.process_chain(&mem, chain);
                 vring.add_used(head, used).map_err(io::Error::other)?;
             }
             if any && vring.needs_notification().map_err(io::Error::other)? {

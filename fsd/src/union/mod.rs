@@ -332,10 +332,8 @@ impl FileSystem for UnionFs {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if set.atime.is_some() || set.mtime.is_some() {
-                if !symlink {
-                    sys::utimes_fd(&up, set.atime.map(timespec), set.mtime.map(timespec))?;
-                }
+            if (set.atime.is_some() || set.mtime.is_some()) && !symlink {
+                sys::utimes_fd(&up, set.atime.map(timespec), set.mtime.map(timespec))?;
             }
             self.journal.modified(&path, kind_of(&r.st));
         }

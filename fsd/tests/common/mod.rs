@@ -1,0 +1,574 @@
+//! A real vhost-user frontend for driving `ax-fsd` without a VM (issue #4: "drive ax-fsd through a
+//! vhost-user frontend harness").
+//!
+//! Guest RAM is a memfd mapped with vm-memory (`GuestMemoryMmap` + `FileOffset`) and shared with
+//! the backend through `VHOST_USER_SET_MEM_TABLE`. Split virtqueues (virtio 1.2 §2.7) are laid
+//! out by hand in that memory; each request is a two-descriptor chain (device-readable request,
+//! device-writable reply buffer, virtio 1.2 §5.11.6), published in the available ring, kicked
+//! through the kick eventfd; the harness waits on the call eventfd and reads the used ring.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use ax_fsd::fuse::abi::{self, opcode, read_struct, InHeader, OutHeader};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use vm_memory::ByteValued;
+
+/// Guest RAM size.
+const MEM_SIZE: usize = 8 << 20;
+/// Descriptors per queue.
+const QSIZE: u16 = 16;
+/// Request buffer (device-readable).
+const REQ_GPA: u64 = 0x10_0000;
+/// Reply buffer (device-writable).
+const REPLY_GPA: u64 = 0x40_0000;
+/// Largest reply buffer.
+pub const REPLY_MAX: u32 = 0x30_0000;
+/// Queue indexes (virtio 1.2 §5.11.2).
+pub const HIPRIO: usize = 0;
+/// First request queue.
+pub const REQUEST: usize = 1;
+const NUM_QUEUES: usize = 2;
+
+fn queue_base(q: usize) -> u64 {
+    0x1_0000 * (q as u64 + 1)
+}
+
+struct Vq {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_avail: u16,
+    last_used: u16,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// The frontend, the backend process and the guest memory.
+pub struct Harness {
+    child: Option<Child>,
+    frontend: Option<Frontend>,
+    mem: GuestMemoryMmap,
+    _memfd: File,
+    vqs: Vec<Vq>,
+    unique: u64,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// A FUSE reply: the header's error (0 or -errno) and the body.
+pub type Reply = Result<Vec<u8>, i32>;
+
+impl Harness {
+    /// Spawns the real `ax-fsd` binary on a socket in `work` and connects to it.
+    pub fn spawn(work: &Path, lower: &Path, upper: &Path, journal: Option<&Path>) -> Harness {
+        let socket = work.join("fsd.sock");
+        let stderr = work.join("fsd.stderr");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ax-fsd"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--lower")
+            .arg(lower)
+            .arg("--upper")
+            .arg(upper)
+            .arg("--tag")
+            .arg("workspace");
+        if let Some(j) = journal {
+            cmd.arg("--journal").arg(j);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("stderr file"));
+        let child = cmd.spawn().expect("spawn ax-fsd");
+        let t0 = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "ax-fsd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let frontend = Frontend::connect(&socket, NUM_QUEUES as u64).expect("connect");
+        Self::setup(Some(child), frontend, socket, stderr)
+    }
+
+    fn setup(
+        child: Option<Child>,
+        mut frontend: Frontend,
+        socket: PathBuf,
+        stderr: PathBuf,
+    ) -> Harness {
+        // Guest RAM: a memfd, mapped here and sent to the backend.
+        // SAFETY: valid C string.
+        let fd = unsafe { libc::memfd_create(c"ax-fsd-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: fresh fd.
+        let memfd = unsafe { File::from_raw_fd(fd) };
+        memfd.set_len(MEM_SIZE as u64).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+            GuestAddress(0),
+            MEM_SIZE,
+            Some(FileOffset::new(memfd.try_clone().unwrap(), 0)),
+        )])
+        .expect("guest memory");
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+
+        frontend.set_owner().expect("SET_OWNER");
+        let features = frontend.get_features().expect("GET_FEATURES");
+        let version1 = 1u64 << virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+        assert_ne!(features & version1, 0, "VIRTIO_F_VERSION_1 offered");
+        let proto = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        frontend
+            .set_features(features & (version1 | proto))
+            .expect("SET_FEATURES");
+        if features & proto != 0 {
+            let pf = frontend
+                .get_protocol_features()
+                .expect("GET_PROTOCOL_FEATURES");
+            frontend
+                .set_protocol_features(
+                    pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
+                )
+                .expect("SET_PROTOCOL_FEATURES");
+        }
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: host,
+            mmap_offset: 0,
+            mmap_handle: memfd.as_raw_fd(),
+        };
+        frontend.set_mem_table(&[region]).expect("SET_MEM_TABLE");
+
+        let mut vqs = Vec::new();
+        for q in 0..NUM_QUEUES {
+            let base = queue_base(q);
+            let vq = Vq {
+                desc: base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+                next_avail: 0,
+                last_used: 0,
+                kick: EventFd::new(0).unwrap(),
+                call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            };
+            frontend.set_vring_num(q, QSIZE).expect("SET_VRING_NUM");
+            frontend
+                .set_vring_addr(
+                    q,
+                    &VringConfigData {
+                        queue_max_size: QSIZE,
+                        queue_size: QSIZE,
+                        flags: 0,
+                        desc_table_addr: host + vq.desc,
+                        used_ring_addr: host + vq.used,
+                        avail_ring_addr: host + vq.avail,
+                        log_addr: None,
+                    },
+                )
+                .expect("SET_VRING_ADDR");
+            frontend.set_vring_base(q, 0).expect("SET_VRING_BASE");
+            frontend
+                .set_vring_call(q, &vq.call)
+                .expect("SET_VRING_CALL");
+            frontend
+                .set_vring_kick(q, &vq.kick)
+                .expect("SET_VRING_KICK");
+            frontend
+                .set_vring_enable(q, true)
+                .expect("SET_VRING_ENABLE");
+            vqs.push(vq);
+        }
+        Harness {
+            child,
+            frontend: Some(frontend),
+            mem,
+            _memfd: memfd,
+            vqs,
+            unique: 0,
+            socket,
+            stderr,
+        }
+    }
+
+    /// `VHOST_USER_GET_CONFIG` of the virtio-fs config space (virtio 1.2 §5.11.4).
+    pub fn config(&mut self) -> Vec<u8> {
+        let fe = self.frontend.as_mut().unwrap();
+        let (_, buf) = fe
+            .get_config(
+                0,
+                40,
+                vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+                &[0u8; 40],
+            )
+            .expect("GET_CONFIG");
+        buf
+    }
+
+    /// Puts one chain (readable `req`, then a writable buffer of `reply_len` bytes, if any) on
+    /// queue `q`, kicks, waits for the used element; returns the written bytes.
+    pub fn transact(&mut self, q: usize, req: &[u8], reply_len: u32) -> Vec<u8> {
+        let vq = &mut self.vqs[q];
+        let mem = &self.mem;
+        mem.write_slice(req, GuestAddress(REQ_GPA)).unwrap();
+        // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; } (§2.7.5)
+        let write_desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let d = vq.desc + 16 * i;
+            mem.write_obj(addr, GuestAddress(d)).unwrap();
+            mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+        };
+        const NEXT: u16 = 1;
+        const WRITE: u16 = 2;
+        if reply_len > 0 {
+            write_desc(0, REQ_GPA, req.len() as u32, NEXT, 1);
+            write_desc(1, REPLY_GPA, reply_len, WRITE, 0);
+        } else {
+            write_desc(0, REQ_GPA, req.len() as u32, 0, 0);
+        }
+        // struct virtq_avail { le16 flags; le16 idx; le16 ring[]; } (§2.7.6)
+        let slot = vq.next_avail % QSIZE;
+        mem.write_obj(0u16, GuestAddress(vq.avail + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        vq.next_avail = vq.next_avail.wrapping_add(1);
+        mem.write_obj(vq.next_avail, GuestAddress(vq.avail + 2))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        vq.kick.write(1).unwrap();
+        // struct virtq_used { le16 flags; le16 idx; struct { le32 id; le32 len; } ring[]; }
+        let t0 = Instant::now();
+        loop {
+            let idx: u16 = mem.read_obj(GuestAddress(vq.used + 2)).unwrap();
+            if idx != vq.last_used {
+                break;
+            }
+            let mut pfd = libc::pollfd {
+                fd: vq.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            let _ = vq.call.read();
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no used element from ax-fsd within 20 s"
+            );
+        }
+        fence(Ordering::SeqCst);
+        let slot = vq.last_used % QSIZE;
+        let e = vq.used + 4 + 8 * u64::from(slot);
+        let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
+        let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
+        vq.last_used = vq.last_used.wrapping_add(1);
+        assert_eq!(id, 0, "used id is the head we published");
+        assert!(len <= reply_len, "used len {len} > buffer {reply_len}");
+        let mut out = vec![0u8; len as usize];
+        mem.read_slice(&mut out, GuestAddress(REPLY_GPA)).unwrap();
+        out
+    }
+
+    /// Sends one FUSE request on the request queue; returns the out header and the body.
+    pub fn raw(
+        &mut self,
+        op: u32,
+        nodeid: u64,
+        body: &[u8],
+        reply_len: u32,
+    ) -> (OutHeader, Vec<u8>) {
+        self.unique += 1;
+        let h = InHeader {
+            len: (40 + body.len()) as u32,
+            opcode: op,
+            unique: self.unique,
+            nodeid,
+            uid: 0,
+            gid: 0,
+            pid: 42,
+            ..Default::default()
+        };
+        let mut req = h.as_slice().to_vec();
+        req.extend_from_slice(body);
+        let out = self.transact(REQUEST, &req, reply_len);
+        let (oh, rest) = read_struct::<OutHeader>(&out).expect("reply has a fuse_out_header");
+        assert_eq!(oh.unique, self.unique, "reply matches the request");
+        assert_eq!(oh.len as usize, out.len(), "out header len = bytes written");
+        (oh, rest.to_vec())
+    }
+
+    /// A request whose reply is `Ok(body)` or `Err(errno)`.
+    pub fn call(&mut self, op: u32, nodeid: u64, body: &[u8]) -> Reply {
+        let (h, b) = self.raw(op, nodeid, body, 1 << 20 | 4096);
+        if h.error == 0 {
+            Ok(b)
+        } else {
+            Err(-h.error)
+        }
+    }
+
+    /// FUSE_INIT (protocol 7.31 from a 7.38 driver).
+    pub fn init(&mut self) -> abi::InitOut {
+        let i = abi::InitIn {
+            major: 7,
+            minor: 38,
+            max_readahead: 128 << 10,
+            flags: abi::init_flags::ASYNC_READ
+                | abi::init_flags::DO_READDIRPLUS
+                | abi::init_flags::BIG_WRITES
+                | abi::init_flags::MAX_PAGES,
+        };
+        let mut body = i.as_slice().to_vec();
+        body.extend_from_slice(&[0u8; 48]); // 7.36+ flags2 + unused
+        let b = self.call(opcode::INIT, 0, &body).expect("INIT");
+        read_struct::<abi::InitOut>(&b).expect("init_out").0
+    }
+
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<abi::EntryOut, i32> {
+        let b = self.call(opcode::LOOKUP, parent, &cname(name))?;
+        Ok(read_struct::<abi::EntryOut>(&b).expect("entry_out").0)
+    }
+
+    pub fn getattr(&mut self, ino: u64) -> Result<abi::Attr, i32> {
+        let b = self.call(opcode::GETATTR, ino, abi::GetattrIn::default().as_slice())?;
+        Ok(read_struct::<abi::AttrOut>(&b).expect("attr_out").0.attr)
+    }
+
+    pub fn open(&mut self, ino: u64, flags: i32) -> Result<u64, i32> {
+        let o = abi::OpenIn {
+            flags: flags as u32,
+            open_flags: 0,
+        };
+        let b = self.call(opcode::OPEN, ino, o.as_slice())?;
+        Ok(read_struct::<abi::OpenOut>(&b).expect("open_out").0.fh)
+    }
+
+    pub fn read(&mut self, ino: u64, fh: u64, offset: u64, size: u32) -> Reply {
+        let r = abi::ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        self.call(opcode::READ, ino, r.as_slice())
+    }
+
+    pub fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, i32> {
+        let w = abi::WriteIn {
+            fh,
+            offset,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        let mut body = w.as_slice().to_vec();
+        body.extend_from_slice(data);
+        let b = self.call(opcode::WRITE, ino, &body)?;
+        Ok(read_struct::<abi::WriteOut>(&b).expect("write_out").0.size)
+    }
+
+    pub fn release(&mut self, ino: u64, fh: u64) {
+        let r = abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.call(opcode::RELEASE, ino, r.as_slice())
+            .expect("RELEASE");
+    }
+
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<(abi::EntryOut, u64), i32> {
+        let c = abi::CreateIn {
+            flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32,
+            mode: libc::S_IFREG | mode,
+            umask: 0o022,
+            open_flags: 0,
+        };
+        let mut body = c.as_slice().to_vec();
+        body.extend_from_slice(&cname(name));
+        let b = self.call(opcode::CREATE, parent, &body)?;
+        let (e, rest) = read_struct::<abi::EntryOut>(&b).expect("entry_out");
+        let (o, _) = read_struct::<abi::OpenOut>(rest).expect("open_out");
+        Ok((e, o.fh))
+    }
+
+    pub fn mkdir(&mut self, parent: u64, name: &[u8], mode: u32) -> Result<abi::EntryOut, i32> {
+        let m = abi::MkdirIn { mode, umask: 0 };
+        let mut body = m.as_slice().to_vec();
+        body.extend_from_slice(&cname(name));
+        let b = self.call(opcode::MKDIR, parent, &body)?;
+        Ok(read_struct::<abi::EntryOut>(&b).expect("entry_out").0)
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<(), i32> {
+        self.call(opcode::UNLINK, parent, &cname(name)).map(drop)
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> Result<(), i32> {
+        self.call(opcode::RMDIR, parent, &cname(name)).map(drop)
+    }
+
+    pub fn rename(&mut self, olddir: u64, old: &[u8], newdir: u64, new: &[u8]) -> Result<(), i32> {
+        let r = abi::Rename2In {
+            newdir,
+            flags: 0,
+            padding: 0,
+        };
+        let mut body = r.as_slice().to_vec();
+        body.extend_from_slice(&cname(old));
+        body.extend_from_slice(&cname(new));
+        self.call(opcode::RENAME2, olddir, &body).map(drop)
+    }
+
+    pub fn chmod(&mut self, ino: u64, mode: u32) -> Result<abi::Attr, i32> {
+        let s = abi::SetattrIn {
+            valid: abi::fattr::MODE,
+            mode,
+            ..Default::default()
+        };
+        let b = self.call(opcode::SETATTR, ino, s.as_slice())?;
+        Ok(read_struct::<abi::AttrOut>(&b).expect("attr_out").0.attr)
+    }
+
+    pub fn symlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<abi::EntryOut, i32> {
+        let mut body = cname(name);
+        body.extend_from_slice(&cname(target));
+        let b = self.call(opcode::SYMLINK, parent, &body)?;
+        Ok(read_struct::<abi::EntryOut>(&b).expect("entry_out").0)
+    }
+
+    pub fn readlink(&mut self, ino: u64) -> Reply {
+        self.call(opcode::READLINK, ino, &[])
+    }
+
+    /// OPENDIR + READDIR (all pages, with a small buffer to exercise offsets) + RELEASEDIR.
+    pub fn readdir(&mut self, ino: u64) -> Result<Vec<(String, u64, u32)>, i32> {
+        let b = self.call(opcode::OPENDIR, ino, abi::OpenIn::default().as_slice())?;
+        let fh = read_struct::<abi::OpenOut>(&b).expect("open_out").0.fh;
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let r = abi::ReadIn {
+                fh,
+                offset,
+                size: 80,
+                ..Default::default()
+            };
+            let b = self.call(opcode::READDIR, ino, r.as_slice())?;
+            if b.is_empty() {
+                break;
+            }
+            let mut rest = &b[..];
+            while let Some((d, tail)) = read_struct::<abi::Dirent>(rest) {
+                let n = d.namelen as usize;
+                let name = String::from_utf8(tail[..n].to_vec()).unwrap();
+                out.push((name, d.ino, d.type_));
+                offset = d.off;
+                rest = &rest[abi::dirent_size(n).min(rest.len())..];
+            }
+        }
+        let rel = abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.call(opcode::RELEASEDIR, ino, rel.as_slice())?;
+        Ok(out)
+    }
+
+    /// Names in a directory without "." and "..", sorted.
+    pub fn names(&mut self, ino: u64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .readdir(ino)
+            .expect("readdir")
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Disconnects the frontend and waits for `ax-fsd` to exit; returns its exit status.
+    pub fn shutdown(mut self) -> std::process::ExitStatus {
+        self.frontend.take();
+        let mut child = self.child.take().expect("child");
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("ax-fsd did not exit after the frontend disconnected");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.frontend.take();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// "name\0".
+pub fn cname(n: &[u8]) -> Vec<u8> {
+    let mut v = n.to_vec();
+    v.push(0);
+    v
+}
+
+/// sha256 over every path, type, mode, symlink target and file content under `dir`.
+pub fn hash_tree(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push((p, m));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, m) in all {
+        h.update(p.strip_prefix(dir).unwrap().to_string_lossy().as_bytes());
+        h.update(m.mode().to_le_bytes());
+        h.update(m.mtime().to_le_bytes());
+        if m.file_type().is_symlink() {
+            h.update(std::fs::read_link(&p).unwrap().to_string_lossy().as_bytes());
+        } else if m.is_file() {
+            h.update(std::fs::read(&p).unwrap());
+        }
+    }
+    format!("{:x}", h.finalize())
+}

@@ -1,0 +1,334 @@
+//! ax-fsd driven end to end through a real vhost-user frontend (tests/common): the `ax-fsd`
+//! binary, FUSE requests on virtqueues in shared memfd guest RAM, replies read from the used
+//! ring. No VM.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ax_fsd::fuse::abi::{opcode, ROOT_ID};
+use common::{hash_tree, Harness};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    journal: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let lower = dir.path().join("lower");
+    let upper = dir.path().join("upper");
+    std::fs::create_dir_all(lower.join("src/nested")).unwrap();
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::write(lower.join("README.md"), b"# repo\n").unwrap();
+    std::fs::write(lower.join("src/main.rs"), b"fn main() {}\n").unwrap();
+    std::fs::write(lower.join("src/nested/deep.txt"), b"deep\n").unwrap();
+    std::fs::write(lower.join("big.bin"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(lower.join("tool.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        lower.join("tool.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // A symlink that points outside the share: the host must never follow it.
+    std::fs::write(dir.path().join("secret"), b"host secret\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), lower.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../secret", lower.join("src/rel-escape")).unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    Setup {
+        dir,
+        lower,
+        upper,
+        journal,
+    }
+}
+
+fn start(s: &Setup) -> Harness {
+    let mut h = Harness::spawn(s.dir.path(), &s.lower, &s.upper, Some(&s.journal));
+    let init = h.init();
+    assert_eq!((init.major, init.minor), (7, 31));
+    assert!(init.max_write >= 128 << 10);
+    h
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false)
+}
+
+#[test]
+fn init_config_and_clean_exit() {
+    let s = setup();
+    let mut h = start(&s);
+    let c = h.config();
+    assert_eq!(&c[..9], b"workspace");
+    assert_eq!(&c[36..40], &1u32.to_le_bytes());
+    // Unknown opcode: ENOSYS; a request whose len disagrees with its bytes: EINVAL.
+    assert_eq!(h.call(200, ROOT_ID, &[]), Err(libc::ENOSYS));
+    let (oh, _) = h.raw(opcode::GETATTR, ROOT_ID, &[0; 3], 4096);
+    assert_eq!(oh.error, -libc::EINVAL);
+    // A FORGET on the hiprio queue gets a used element without a reply.
+    let mut forget = ax_fsd::fuse::abi::InHeader {
+        len: 48,
+        opcode: opcode::FORGET,
+        unique: 999,
+        nodeid: ROOT_ID,
+        ..Default::default()
+    }
+    .as_slice_vec();
+    forget.extend_from_slice(&1u64.to_le_bytes());
+    assert!(h.transact(common::HIPRIO, &forget, 0).is_empty());
+    // Still serving after that.
+    assert!(h.getattr(ROOT_ID).is_ok());
+    let st = h.shutdown();
+    assert!(st.success(), "ax-fsd exit status {st:?}");
+}
+
+trait AsSliceVec {
+    fn as_slice_vec(&self) -> Vec<u8>;
+}
+impl<T: vm_memory::ByteValued> AsSliceVec for T {
+    fn as_slice_vec(&self) -> Vec<u8> {
+        self.as_slice().to_vec()
+    }
+}
+
+#[test]
+fn lookup_getattr_read_lower() {
+    let s = setup();
+    let mut h = start(&s);
+    let root = h.getattr(ROOT_ID).unwrap();
+    assert_eq!(root.mode & libc::S_IFMT, libc::S_IFDIR);
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    assert_eq!(src.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    let m = h.lookup(src.nodeid, b"main.rs").unwrap();
+    assert_eq!(m.attr.size, 13);
+    assert_eq!(h.lookup(src.nodeid, b"main.rs").unwrap().nodeid, m.nodeid);
+    assert_eq!(h.getattr(m.nodeid).unwrap().size, 13);
+    assert_eq!(h.lookup(ROOT_ID, b"nope"), Err(libc::ENOENT));
+    let fh = h.open(m.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(m.nodeid, fh, 0, 4096).unwrap(), b"fn main() {}\n");
+    assert_eq!(h.read(m.nodeid, fh, 3, 4).unwrap(), b"main");
+    assert_eq!(h.read(m.nodeid, fh, 100, 4).unwrap(), b"");
+    h.release(m.nodeid, fh);
+    // A large read across descriptors' worth of data.
+    let b = h.lookup(ROOT_ID, b"big.bin").unwrap();
+    let fh = h.open(b.nodeid, libc::O_RDONLY).unwrap();
+    let data = h.read(b.nodeid, fh, 0, 1 << 20).unwrap();
+    assert_eq!(data.len(), 300_000);
+    assert!(data.iter().all(|&x| x == 7));
+    h.release(b.nodeid, fh);
+    // The exec bit is visible.
+    let t = h.lookup(ROOT_ID, b"tool.sh").unwrap();
+    assert_eq!(t.attr.mode & 0o777, 0o755);
+}
+
+#[test]
+fn create_write_lands_in_upper_lower_untouched() {
+    let s = setup();
+    let before = hash_tree(&s.lower);
+    let mut h = start(&s);
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    let (e, fh) = h.create(src.nodeid, b"new.rs", 0o644).unwrap();
+    assert_eq!(h.write(e.nodeid, fh, 0, b"pub fn x() {}\n").unwrap(), 14);
+    h.release(e.nodeid, fh);
+    // Modify a lower file in place (copy-up).
+    let m = h.lookup(src.nodeid, b"main.rs").unwrap();
+    let fh = h.open(m.nodeid, libc::O_RDWR).unwrap();
+    h.write(m.nodeid, fh, 3, b"MAIN").unwrap();
+    h.release(m.nodeid, fh);
+    let fh = h.open(m.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(m.nodeid, fh, 0, 100).unwrap(), b"fn MAIN() {}\n");
+    h.release(m.nodeid, fh);
+    assert_eq!(
+        std::fs::read(s.upper.join("src/new.rs")).unwrap(),
+        b"pub fn x() {}\n"
+    );
+    assert_eq!(
+        std::fs::read(s.upper.join("src/main.rs")).unwrap(),
+        b"fn MAIN() {}\n"
+    );
+    assert!(!s.upper.join("README.md").exists());
+    assert_eq!(hash_tree(&s.lower), before, "lower layer unchanged");
+    assert!(h.names(src.nodeid).contains(&"new.rs".to_string()));
+    drop(h);
+    let j = ax_fsd::journal::read(&s.journal).unwrap();
+    let paths: Vec<(String, ax_fsd::journal::Change)> = j
+        .into_iter()
+        .map(|(p, c, _)| (String::from_utf8(p).unwrap(), c))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("src/main.rs".into(), ax_fsd::journal::Change::Modified),
+            ("src/new.rs".into(), ax_fsd::journal::Change::Created),
+        ]
+    );
+}
+
+#[test]
+fn unlink_lower_file_leaves_whiteout() {
+    let s = setup();
+    let before = hash_tree(&s.lower);
+    let mut h = start(&s);
+    assert!(h.names(ROOT_ID).contains(&"README.md".to_string()));
+    h.unlink(ROOT_ID, b"README.md").unwrap();
+    assert!(is_whiteout(&s.upper.join("README.md")));
+    assert!(!h.names(ROOT_ID).contains(&"README.md".to_string()));
+    assert_eq!(h.lookup(ROOT_ID, b"README.md").err(), Some(libc::ENOENT));
+    assert_eq!(h.unlink(ROOT_ID, b"README.md"), Err(libc::ENOENT));
+    assert_eq!(hash_tree(&s.lower), before);
+}
+
+#[test]
+fn mkdir_rmdir() {
+    let s = setup();
+    let mut h = start(&s);
+    let d = h.mkdir(ROOT_ID, b"newdir", 0o750).unwrap();
+    assert_eq!(d.attr.mode & 0o777, 0o750);
+    assert!(s.upper.join("newdir").is_dir());
+    assert_eq!(h.mkdir(ROOT_ID, b"newdir", 0o750).err(), Some(libc::EEXIST));
+    let (e, fh) = h.create(d.nodeid, b"f", 0o600).unwrap();
+    h.release(e.nodeid, fh);
+    assert_eq!(h.rmdir(ROOT_ID, b"newdir"), Err(libc::ENOTEMPTY));
+    h.unlink(d.nodeid, b"f").unwrap();
+    h.rmdir(ROOT_ID, b"newdir").unwrap();
+    assert!(
+        !s.upper.join("newdir").exists(),
+        "upper-only dir leaves no whiteout"
+    );
+    // A lower directory: empty it, remove it, it becomes a whiteout.
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    let n = h.lookup(src.nodeid, b"nested").unwrap();
+    h.unlink(n.nodeid, b"deep.txt").unwrap();
+    h.rmdir(src.nodeid, b"nested").unwrap();
+    assert!(is_whiteout(&s.upper.join("src/nested")));
+    assert!(!h.names(src.nodeid).contains(&"nested".to_string()));
+    assert_eq!(h.rmdir(ROOT_ID, b"README.md"), Err(libc::ENOTDIR));
+}
+
+#[test]
+fn rename_file_and_directory() {
+    let s = setup();
+    let before = hash_tree(&s.lower);
+    let mut h = start(&s);
+    h.rename(ROOT_ID, b"README.md", ROOT_ID, b"READ.md")
+        .unwrap();
+    assert!(is_whiteout(&s.upper.join("README.md")));
+    let r = h.lookup(ROOT_ID, b"READ.md").unwrap();
+    let fh = h.open(r.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(r.nodeid, fh, 0, 100).unwrap(), b"# repo\n");
+    h.release(r.nodeid, fh);
+    // Directory rename: the whole subtree moves; the old name is whited out.
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    h.rename(ROOT_ID, b"src", ROOT_ID, b"lib").unwrap();
+    assert!(is_whiteout(&s.upper.join("src")));
+    assert_eq!(h.lookup(ROOT_ID, b"src").err(), Some(libc::ENOENT));
+    let lib = h.lookup(ROOT_ID, b"lib").unwrap();
+    assert_eq!(lib.nodeid, src.nodeid);
+    assert_eq!(h.names(lib.nodeid), ["main.rs", "nested", "rel-escape"]);
+    let n = h.lookup(lib.nodeid, b"nested").unwrap();
+    let d = h.lookup(n.nodeid, b"deep.txt").unwrap();
+    let fh = h.open(d.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(d.nodeid, fh, 0, 100).unwrap(), b"deep\n");
+    h.release(d.nodeid, fh);
+    let names = h.names(ROOT_ID);
+    assert!(names.contains(&"lib".to_string()) && !names.contains(&"src".to_string()));
+    assert_eq!(hash_tree(&s.lower), before);
+}
+
+#[test]
+fn chmod_copies_up_with_mode() {
+    let s = setup();
+    let mut h = start(&s);
+    let t = h.lookup(ROOT_ID, b"tool.sh").unwrap();
+    let a = h.chmod(t.nodeid, 0o700).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o700);
+    let m = std::fs::metadata(s.upper.join("tool.sh")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(
+        std::fs::read(s.upper.join("tool.sh")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    let lm = std::fs::metadata(s.lower.join("tool.sh")).unwrap();
+    assert_eq!(lm.permissions().mode() & 0o7777, 0o755, "lower untouched");
+    assert_eq!(m.mtime(), lm.mtime(), "copy-up keeps mtime");
+}
+
+#[test]
+fn symlink_and_readlink() {
+    let s = setup();
+    let mut h = start(&s);
+    let l = h.symlink(ROOT_ID, b"link", b"src/main.rs").unwrap();
+    assert_eq!(l.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(h.readlink(l.nodeid).unwrap(), b"src/main.rs");
+    assert_eq!(
+        std::fs::read_link(s.upper.join("link")).unwrap(),
+        Path::new("src/main.rs")
+    );
+    // READLINK of a regular file: EINVAL.
+    let r = h.lookup(ROOT_ID, b"README.md").unwrap();
+    assert_eq!(h.readlink(r.nodeid), Err(libc::EINVAL));
+}
+
+#[test]
+fn path_traversal_refused() {
+    let s = setup();
+    let mut h = start(&s);
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    for bad in [&b".."[..], b".", b"../secret", b"nested/deep.txt", b"/etc"] {
+        assert_eq!(
+            h.lookup(src.nodeid, bad).err(),
+            Some(libc::EACCES),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(h.lookup(ROOT_ID, b"..").err(), Some(libc::EACCES));
+    assert_eq!(
+        h.create(ROOT_ID, b"../evil", 0o644).err(),
+        Some(libc::EACCES)
+    );
+    assert_eq!(h.mkdir(ROOT_ID, b"a/b", 0o755).err(), Some(libc::EACCES));
+    assert_eq!(
+        h.rename(ROOT_ID, b"README.md", ROOT_ID, b"../x"),
+        Err(libc::EACCES)
+    );
+    // An unknown node id.
+    assert_eq!(h.getattr(123_456).err(), Some(libc::ENOENT));
+    assert!(!s.dir.path().join("evil").exists() && !s.dir.path().join("x").exists());
+}
+
+#[test]
+fn escaping_symlink_is_never_followed_on_the_host() {
+    let s = setup();
+    let mut h = start(&s);
+    let e = h.lookup(ROOT_ID, b"escape").unwrap();
+    assert_eq!(
+        e.attr.mode & libc::S_IFMT,
+        libc::S_IFLNK,
+        "a symlink, not the target"
+    );
+    assert_ne!(e.attr.size, 12, "not the secret's size");
+    assert_eq!(
+        h.readlink(e.nodeid).unwrap(),
+        s.dir.path().join("secret").to_str().unwrap().as_bytes()
+    );
+    // Opening it, or using it as a directory, never reaches the target.
+    assert_eq!(h.open(e.nodeid, libc::O_RDONLY).err(), Some(libc::ENXIO));
+    assert_eq!(h.lookup(e.nodeid, b"x").err(), Some(libc::ENOTDIR));
+    assert_eq!(h.chmod(e.nodeid, 0o777).map(|_| ()), Ok(()));
+    let sm = std::fs::metadata(s.dir.path().join("secret")).unwrap();
+    assert_ne!(sm.permissions().mode() & 0o777, 0o777, "target untouched");
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    let r = h.lookup(src.nodeid, b"rel-escape").unwrap();
+    assert_eq!(r.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(h.readlink(r.nodeid).unwrap(), b"../../secret");
+    assert_eq!(
+        std::fs::read(s.dir.path().join("secret")).unwrap(),
+        b"host secret\n"
+    );
+}
