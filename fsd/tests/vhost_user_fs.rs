@@ -332,3 +332,95 @@ fn escaping_symlink_is_never_followed_on_the_host() {
         b"host secret\n"
     );
 }
+
+/// Every node under `ino` as (path, mode, size for non-dirs), through FUSE.
+fn walk_fuse(h: &mut Harness, ino: u64, prefix: &str, out: &mut Vec<(String, u32, u64)>) {
+    for name in h.names(ino) {
+        let e = h.lookup(ino, name.as_bytes()).unwrap();
+        let path = format!("{prefix}{name}");
+        let is_dir = e.attr.mode & libc::S_IFMT == libc::S_IFDIR;
+        out.push((
+            path.clone(),
+            e.attr.mode,
+            if is_dir { 0 } else { e.attr.size },
+        ));
+        if is_dir {
+            walk_fuse(h, e.nodeid, &format!("{path}/"), out);
+        }
+    }
+}
+
+/// The same through the kernel's overlayfs.
+fn walk_host(dir: &Path, prefix: &str, out: &mut Vec<(String, u32, u64)>) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for name in names {
+        let p = dir.join(&name);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let path = format!("{prefix}{name}");
+        out.push((path.clone(), m.mode(), if m.is_dir() { 0 } else { m.len() }));
+        if m.is_dir() {
+            walk_host(&p, &format!("{path}/"), out);
+        }
+    }
+}
+
+/// The upper layer is in overlayfs's format: the kernel's overlayfs, mounted on the same lower
+/// and upper, shows exactly the tree ax-fsd shows (needs root and overlayfs: loud SKIP else).
+#[test]
+fn kernel_overlayfs_agrees_with_the_union() {
+    let s = setup();
+    let mut h = start(&s);
+    let src = h.lookup(ROOT_ID, b"src").unwrap();
+    h.unlink(ROOT_ID, b"README.md").unwrap();
+    h.rename(ROOT_ID, b"src", ROOT_ID, b"lib").unwrap();
+    h.mkdir(ROOT_ID, b"src", 0o755).unwrap(); // over the whiteout: opaque
+    let (e, fh) = h.create(ROOT_ID, b"NEW.md", 0o644).unwrap();
+    h.write(e.nodeid, fh, 0, b"new file\n").unwrap();
+    h.release(e.nodeid, fh);
+    let t = h.lookup(ROOT_ID, b"tool.sh").unwrap();
+    h.chmod(t.nodeid, 0o700).unwrap();
+    let n = h.lookup(src.nodeid, b"nested").unwrap();
+    h.unlink(n.nodeid, b"deep.txt").unwrap();
+    h.symlink(src.nodeid, b"ln", b"../NEW.md").unwrap();
+    let mut via_fuse = Vec::new();
+    walk_fuse(&mut h, ROOT_ID, "", &mut via_fuse);
+    drop(h);
+
+    let work = s.dir.path().join("work");
+    let mnt = s.dir.path().join("mnt");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        s.lower.display(),
+        s.upper.display(),
+        work.display()
+    );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        eprintln!(
+            "SKIP kernel_overlayfs_agrees_with_the_union: cannot mount overlayfs here (needs root)"
+        );
+        return;
+    }
+    let mut via_kernel = Vec::new();
+    walk_host(&mnt, "", &mut via_kernel);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    via_fuse.sort();
+    via_kernel.sort();
+    assert_eq!(via_fuse, via_kernel);
+    // `src`'s node id moved with the rename: the unlink and the symlink happened in lib/.
+    let paths: Vec<&str> = via_fuse.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert!(paths.contains(&"lib/ln") && paths.contains(&"lib/main.rs"));
+    assert!(!paths.contains(&"lib/nested/deep.txt"));
+    assert!(paths.contains(&"src") && !paths.iter().any(|p| p.starts_with("src/")));
+    assert!(!paths.contains(&"README.md") && paths.contains(&"NEW.md"));
+}
