@@ -241,15 +241,22 @@ fn attach_to_a_running_shell_through_tmux() {
     assert!(tmux(&["new-session", "-d", "-x", "100", "-y", "30", &cmd])
         .status
         .success());
-    let pane = |want: &str| -> String {
+    // The pane's text once `done` holds for it (or after 30 s).
+    let pane_until = |done: &dyn Fn(&str) -> bool| -> String {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let s = text(&tmux(&["capture-pane", "-p"]).stdout);
-            if s.contains(want) || Instant::now() > end {
+            if done(&s) || Instant::now() > end {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    };
+    let pane = |want: &str| pane_until(&|s: &str| s.contains(want));
+    // `stty size` prints "<rows> 100": the guest PTY has the pane's width.
+    let stty_line = |s: &str| {
+        s.lines()
+            .any(|l| l.trim().ends_with(" 100") && l.trim().split(' ').count() == 2)
     };
     let s = pane("detach with");
     assert!(s.contains("detach with"), "{s}");
@@ -258,11 +265,10 @@ fn attach_to_a_running_shell_through_tmux() {
         "echo tty-$((6*7)); [ -t 0 ] && stty size",
         "Enter",
     ]);
-    let s = pane("tty-42");
+    let s = pane_until(&|s: &str| s.contains("tty-42") && stty_line(s));
     assert!(s.contains("tty-42"), "pane: {s}");
     assert!(
-        s.lines()
-            .any(|l| l.trim().ends_with(" 100") && l.trim().split(' ').count() == 2),
+        stty_line(&s),
         "the guest PTY has the pane's width (stty size): {s}"
     );
     // Ctrl+] then d detaches; the shell keeps running.
