@@ -211,8 +211,18 @@ pub fn require_qemu() -> bool {
     if which("qemu-system-x86_64").is_some() {
         return true;
     }
-    eprintln!("SKIP: qemu-system-x86_64 not installed (apt-get install qemu-system-x86); VM tests cannot run");
+    skip(
+        "VM tests",
+        "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)",
+    );
     false
+}
+
+/// Prints a loud `SKIP: <test>: <why>` line straight to the process's stderr, so it shows
+/// even when the test harness captures output (`eprintln!` would be captured).
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIP: {test}: {why}");
 }
 
 /// Looks `prog` up in PATH.

@@ -425,7 +425,10 @@ fn timeout_fails_the_agent_and_ctrl_c_reaches_it() {
 #[test]
 fn ax_vmm_runs_the_agent_on_hardware_kvm() {
     if let Err(why) = hardware_kvm() {
-        eprintln!("SKIP: ax_vmm_runs_the_agent_on_hardware_kvm: no hardware KVM ({why}); the ax-vmm driver is covered by vmm/tests with bare-metal guests");
+        ax_tests::skip(
+            "ax_vmm_runs_the_agent_on_hardware_kvm",
+            &format!("no hardware KVM ({why}); ax-vmm itself is covered by vmm/tests with bare-metal guests"),
+        );
         return;
     }
     ensure_image();
