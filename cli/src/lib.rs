@@ -7,6 +7,7 @@ pub mod client;
 pub mod cmd;
 pub mod driver;
 pub mod error;
+pub mod git;
 pub mod image;
 pub mod paths;
 pub mod state;
@@ -76,6 +77,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: image::ImageCmd,
     },
+    /// (internal) Snapshot / branch plumbing (issue #4), for tests and debugging.
+    #[command(name = "__git", hide = true)]
+    Git {
+        #[command(subcommand)]
+        cmd: git::GitCmd,
+    },
     /// (internal) The per-agent supervisor process started by `run`.
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -119,6 +126,7 @@ pub fn main() -> ! {
         Cmd::Rm { names, force } => cmd::lifecycle::rm(&names, force),
         Cmd::Inspect { name, json } => cmd::ps::inspect(&name, json),
         Cmd::Image { cmd } => image::run(cmd),
+        Cmd::Git { cmd } => git::run_cmd(cmd),
         Cmd::Supervise { name, attached } => supervisor::run(&name, attached),
     };
     match result {

@@ -1,0 +1,255 @@
+//! Git plumbing for ax (issue #4): the **snapshot** of the host repository taken at `axctl run`
+//! (the read-only lower layer) and the **branch** `ax/<name>` built from lower + upper when the
+//! agent exits or on `axctl commit NAME`. Everything is done with gix; the `git` CLI is never run
+//! here (tests use it to set up repositories and to check results).
+//!
+//! Promises (see `docs/branch.md`):
+//! - [`snapshot`] never writes the host repository: not its working tree, index, refs, config or
+//!   object store. New blobs/trees/the snapshot commit go to a private loose-object directory that
+//!   borrows the host's objects through `info/alternates`.
+//! - [`build_branch`] writes exactly one ref, `refs/heads/ax/<name>` (compare-and-swap, plus its
+//!   reflog when the repository keeps reflogs), and adds objects to the host's object store. It
+//!   never touches HEAD, the index, the working tree or any other ref, runs no hooks and never
+//!   reads the user's git identity.
+
+mod branch;
+mod snapshot;
+mod upper;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub use branch::{build_branch, build_branch_with, BranchOptions, BranchResult};
+pub use gix::ObjectId;
+pub use snapshot::snapshot;
+pub use upper::{scan_upper, UpperChange};
+
+/// Message of the commit that records the host's uncommitted changes at `axctl run`.
+pub const SNAPSHOT_MESSAGE: &str = "ax: working tree at run start\n";
+
+/// The branch namespace: branch `ax/<name>` is ref `refs/heads/ax/<name>`.
+pub const BRANCH_PREFIX: &str = "refs/heads/ax/";
+
+/// The repository state an agent starts from (the lower layer). Serializable so the supervisor
+/// can keep it in the agent's state directory and `axctl commit` can use it later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// HEAD's commit at snapshot time; `None` for an unborn repository.
+    #[serde(with = "hex_opt")]
+    pub base_commit: Option<ObjectId>,
+    /// Base commit + the host's uncommitted changes (staged and unstaged modifications,
+    /// deletions, untracked files that are not ignored): what `git add -A && git write-tree`
+    /// would give, computed without touching the index.
+    #[serde(with = "hex")]
+    pub tree: ObjectId,
+    /// A commit of `tree` with parent `base_commit` ("ax: working tree at run start"), in the
+    /// private object directory; `None` when the working tree was clean (then `tree` is the base
+    /// commit's tree) or when the repository is unborn and has no files at all.
+    #[serde(with = "hex_opt")]
+    pub snapshot_commit: Option<ObjectId>,
+    /// The private loose-object directory holding the new objects (with `info/alternates`
+    /// pointing at the host's object directory).
+    pub objects_dir: PathBuf,
+    /// Number of paths whose content was hashed (changed or untracked files).
+    #[serde(default)]
+    pub hashed_files: usize,
+}
+
+impl Snapshot {
+    /// The commit the agent's HEAD should start at: the snapshot commit when the host had
+    /// uncommitted changes, else the base commit (`None`: unborn repository without files).
+    pub fn start_commit(&self) -> Option<ObjectId> {
+        self.snapshot_commit.or(self.base_commit)
+    }
+
+    /// Whether the host had uncommitted changes at snapshot time.
+    pub fn is_dirty(&self) -> bool {
+        self.snapshot_commit.is_some()
+    }
+}
+
+/// Author and committer of the commits ax makes. Never taken from the user's git config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+    /// Commit time in seconds since the epoch (UTC); `None` = now. For reproducible tests.
+    #[serde(default)]
+    pub time: Option<i64>,
+}
+
+impl Identity {
+    /// The default identity of agent `name`: `ax agent <name> <<name>@ax.invalid>`.
+    pub fn agent(name: &str) -> Self {
+        Self::agent_with_domain(name, "ax.invalid")
+    }
+
+    /// `ax agent <name> <<name>@<domain>>` (`[branch] email_domain` in the config, later).
+    pub fn agent_with_domain(name: &str, domain: &str) -> Self {
+        Identity {
+            name: format!("ax agent {name}"),
+            email: format!("{name}@{domain}"),
+            time: None,
+        }
+    }
+
+    pub(crate) fn signature(&self) -> gix::actor::Signature {
+        let time = match self.time {
+            Some(t) => gix::date::Time::new(t, 0),
+            None => gix::date::Time::now_utc(),
+        };
+        gix::actor::Signature {
+            name: self.name.as_str().into(),
+            email: self.email.as_str().into(),
+            time,
+        }
+    }
+}
+
+/// Checks an agent/branch name: `ax/<name>` must be a valid ref name of one component.
+pub fn validate_branch_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') {
+        bail!("invalid branch name {name:?}: use a non-empty name without '/'");
+    }
+    let full = format!("{BRANCH_PREFIX}{name}");
+    gix::validate::reference::name(full.as_str().into())
+        .map_err(|e| anyhow::anyhow!("invalid branch name {name:?}: {e}"))?;
+    Ok(())
+}
+
+/// Opens the host repository at `path` (its working tree or any directory inside it).
+pub(crate) fn open_host(path: &Path) -> Result<gix::Repository> {
+    let repo = gix::open(path).with_context(|| {
+        format!(
+            "{} is not a git repository (run `git init` there)",
+            path.display()
+        )
+    })?;
+    if repo.workdir().is_none() {
+        bail!(
+            "{} is a bare repository: ax needs a working tree",
+            path.display()
+        );
+    }
+    Ok(repo)
+}
+
+/// Opens a loose-object directory (creating it and its `info/alternates` → the host's objects)
+/// as a gix object handle: reads find host objects too, writes land in `dir`.
+pub(crate) fn private_odb(host: &gix::Repository, dir: &Path) -> Result<gix::OdbHandle> {
+    let host_objects = host.common_dir().join("objects");
+    let host_objects = std::fs::canonicalize(&host_objects)
+        .with_context(|| format!("reading {}", host_objects.display()))?;
+    std::fs::create_dir_all(dir.join("info"))
+        .with_context(|| format!("creating the private object directory {}", dir.display()))?;
+    let alt = dir.join("info").join("alternates");
+    let line = format!("{}\n", host_objects.display());
+    if std::fs::read_to_string(&alt).ok().as_deref() != Some(line.as_str()) {
+        std::fs::write(&alt, line).with_context(|| format!("writing {}", alt.display()))?;
+    }
+    let handle = gix::odb::at(dir, host.object_hash())
+        .with_context(|| format!("opening object directory {}", dir.display()))?;
+    Ok(gix::OdbHandle::new(handle, host.object_hash()).with_write_passthrough())
+}
+
+/// A git path (bytes, `/`-separated) as a relative file-system path (Unix: the same bytes).
+pub(crate) fn bpath(p: &gix::bstr::BStr) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(p))
+}
+
+/// Turns a gix error (which is `Send + Sync` but sometimes not `'static` friendly) into anyhow.
+pub(crate) fn gx<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+mod hex {
+    use super::ObjectId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &ObjectId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectId, D::Error> {
+        let s = String::deserialize(d)?;
+        ObjectId::from_hex(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_opt {
+    use super::ObjectId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<ObjectId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.serialize_some(&id.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ObjectId>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| ObjectId::from_hex(s.as_bytes()).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// `axctl __git …` (hidden): run the snapshot / branch steps by hand, for tests and debugging.
+#[derive(Debug, clap::Subcommand)]
+pub enum GitCmd {
+    /// Snapshot REPO's working tree into OBJECTS (a private loose-object dir); prints JSON.
+    Snapshot { repo: PathBuf, objects: PathBuf },
+    /// Build branch ax/NAME from a snapshot (JSON file from `snapshot`) and an upper dir.
+    Branch {
+        repo: PathBuf,
+        /// The JSON printed by `axctl __git snapshot`.
+        #[arg(long)]
+        snapshot: PathBuf,
+        #[arg(long)]
+        upper: PathBuf,
+        /// The guest's .git directory (default: UPPER/.git when it exists).
+        #[arg(long)]
+        guest_git: Option<PathBuf>,
+        /// Email domain of the agent identity.
+        #[arg(long, default_value = "ax.invalid")]
+        email_domain: String,
+        name: String,
+    },
+}
+
+/// Runs a hidden `__git` subcommand; results as JSON on stdout.
+pub fn run_cmd(cmd: GitCmd) -> Result<i32> {
+    match cmd {
+        GitCmd::Snapshot { repo, objects } => {
+            let t = std::time::Instant::now();
+            let snap = snapshot(&repo, &objects)?;
+            eprintln!("snapshot: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            println!("{}", serde_json::to_string_pretty(&snap)?);
+        }
+        GitCmd::Branch {
+            repo,
+            snapshot: snap_file,
+            upper,
+            guest_git,
+            email_domain,
+            name,
+        } => {
+            let snap: Snapshot = serde_json::from_slice(
+                &std::fs::read(&snap_file)
+                    .with_context(|| format!("reading {}", snap_file.display()))?,
+            )
+            .with_context(|| format!("parsing {}", snap_file.display()))?;
+            let guest_git = guest_git.or_else(|| {
+                let g = upper.join(".git");
+                g.is_dir().then_some(g)
+            });
+            let id = Identity::agent_with_domain(&name, &email_domain);
+            let t = std::time::Instant::now();
+            let r = build_branch(&repo, &snap, &upper, guest_git.as_deref(), &name, &id)?;
+            eprintln!("branch: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+    }
+    Ok(0)
+}
