@@ -253,3 +253,47 @@ pub fn run_cmd(cmd: GitCmd) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names() {
+        for ok in ["t1", "fix-login", "agent_7", "a.b"] {
+            validate_branch_name(ok).unwrap();
+        }
+        for bad in ["", "a/b", "..", "x..y", "a b", "x.lock", "a~1", "a^", "a:b", "@{x}"] {
+            assert!(validate_branch_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn default_identity() {
+        let id = Identity::agent("t1");
+        assert_eq!(id.name, "ax agent t1");
+        assert_eq!(id.email, "t1@ax.invalid");
+        let sig = Identity { time: Some(42), ..id }.signature();
+        assert_eq!(sig.time.seconds, 42);
+        assert_eq!(Identity::agent_with_domain("x", "corp.example").email, "x@corp.example");
+    }
+
+    #[test]
+    fn snapshot_json() {
+        let id = ObjectId::from_hex(b"4b825dc642cb6eb9a060e54bf8d69288fbee4904").unwrap();
+        let s = Snapshot {
+            base_commit: None,
+            tree: id,
+            snapshot_commit: Some(id),
+            objects_dir: "/x".into(),
+            hashed_files: 3,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"base_commit\":null"), "{j}");
+        assert!(j.contains("4b825dc642cb6eb9a060e54bf8d69288fbee4904"), "{j}");
+        assert_eq!(serde_json::from_str::<Snapshot>(&j).unwrap(), s);
+        assert_eq!(s.start_commit(), Some(id));
+        assert!(s.is_dirty());
+        assert!(serde_json::from_str::<Snapshot>(&j.replace("4b82", "zz82")).is_err());
+    }
+}
