@@ -1,7 +1,8 @@
 //! `ax-fsd`: the vhost-user-fs backend of one agent (issue #4).
 //!
 //! ```text
-//! ax-fsd --socket PATH --lower DIR --upper DIR [--tag workspace] [--journal FILE]
+//! ax-fsd --socket PATH (--lower DIR | --lower-git GIT_DIR --tree OID [--objects DIR]
+//!        [--mtime SECS]) --upper DIR [--tag workspace] [--journal FILE]
 //! ```
 //! Serves one vhost-user frontend (QEMU `-device vhost-user-fs-device,chardev=…,tag=workspace`
 //! or ax-vmm) and exits when it disconnects. Logs go to stderr (`AX_FSD_LOG=debug`).
@@ -13,21 +14,49 @@ use std::time::Duration;
 
 use ax_fsd::fuse::server::Server;
 use ax_fsd::journal::Journal;
-use ax_fsd::union::{UnionFs, UnionOptions};
+use ax_fsd::union::git::{GitLower, GitOptions};
+use ax_fsd::union::lower::Lower;
+use ax_fsd::union::{sys, UnionFs, UnionOptions};
 use ax_fsd::vhost_user::{listen, serve, FsConfig};
 use clap::Parser;
 
-/// vhost-user-fs backend: a read-only lower directory under a copy-on-write upper directory
-/// (overlayfs format), served to a guest over virtio-fs.
+/// vhost-user-fs backend: a read-only lower layer (a directory, or a git tree read straight
+/// from the object database) under a copy-on-write upper directory (overlayfs format), served
+/// to a guest over virtio-fs.
 #[derive(Parser, Debug)]
 #[command(name = "ax-fsd", version)]
+#[command(group(clap::ArgGroup::new("lower_layer").required(true).args(["lower", "lower_git"])))]
 struct Args {
     /// vhost-user socket to listen on (QEMU: -chardev socket,id=fs,path=PATH).
     #[arg(long)]
     socket: PathBuf,
-    /// Read-only lower layer (the repository snapshot). Never written.
-    #[arg(long)]
-    lower: PathBuf,
+    /// Read-only lower layer: a directory. Never written.
+    #[arg(long, value_name = "DIR")]
+    lower: Option<PathBuf>,
+    /// Read-only lower layer: a git tree (see --tree) in the repository whose git directory
+    /// (`.git` or a bare repository) is given here. Read from the object database on demand.
+    #[arg(long, value_name = "GIT_DIR", requires = "tree")]
+    lower_git: Option<PathBuf>,
+    /// With --lower-git: the tree (or commit) id to serve, full hex.
+    #[arg(long, value_name = "OID", requires = "lower_git")]
+    tree: Option<String>,
+    /// With --lower-git: an extra objects directory searched first (the snapshot's own objects).
+    #[arg(long, value_name = "DIR", requires = "lower_git")]
+    objects: Option<PathBuf>,
+    /// With --lower-git: mtime/ctime/atime of lower nodes, seconds since the epoch (default: the
+    /// commit's committer time; for a tree id, that of the repository's HEAD commit).
+    #[arg(long, value_name = "SECS", requires = "lower_git")]
+    mtime: Option<i64>,
+    /// With --lower-git: owner of lower nodes.
+    #[arg(long, value_name = "UID", default_value_t = 0)]
+    lower_uid: u32,
+    /// With --lower-git: group of lower nodes.
+    #[arg(long, value_name = "GID", default_value_t = 0)]
+    lower_gid: u32,
+    /// With --lower-git: how long the guest may cache names and attributes of nodes only in the
+    /// (immutable) git lower layer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400.0)]
+    lower_cache_timeout: f64,
     /// Upper layer (per agent, overlayfs format). Must exist.
     #[arg(long)]
     upper: PathBuf,
@@ -70,7 +99,17 @@ fn main() -> ExitCode {
     let _ = log::set_logger(Box::leak(Box::new(StderrLogger(level))));
     log::set_max_level(level);
     let args = Args::parse();
-    for (what, dir) in [("--lower", &args.lower), ("--upper", &args.upper)] {
+    let mut dirs = vec![("--upper", &args.upper)];
+    if let Some(l) = &args.lower {
+        dirs.push(("--lower", l));
+    }
+    if let Some(g) = &args.lower_git {
+        dirs.push(("--lower-git", g));
+    }
+    if let Some(o) = &args.objects {
+        dirs.push(("--objects", o));
+    }
+    for (what, dir) in dirs {
         if !dir.is_dir() {
             eprintln!(
                 "ax-fsd: {what} {} is not a directory; create it first (mkdir -p {})",
@@ -80,11 +119,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if !args.cache_timeout.is_finite() || args.cache_timeout < 0.0 {
-        eprintln!("ax-fsd: --cache-timeout must be a number of seconds ≥ 0, e.g. 1");
-        return ExitCode::from(2);
+    for (what, t) in [
+        ("--cache-timeout", args.cache_timeout),
+        ("--lower-cache-timeout", args.lower_cache_timeout),
+    ] {
+        if !t.is_finite() || !(0.0..=1e9).contains(&t) {
+            eprintln!("ax-fsd: {what} must be a number of seconds ≥ 0, e.g. 1");
+            return ExitCode::from(2);
+        }
     }
-    match run(args) {
+    let lower = match open_lower(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ax-fsd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args, lower) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ax-fsd: {e:#}");
@@ -93,7 +144,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// The lower layer from the flags (usage errors: exit 2).
+fn open_lower(args: &Args) -> Result<(Lower, String), String> {
+    match (&args.lower, &args.lower_git, &args.tree) {
+        (Some(dir), None, None) if args.objects.is_none() && args.mtime.is_none() => {
+            let fd = sys::open_root(dir)
+                .map_err(|e| format!("cannot open --lower {}: {e}", dir.display()))?;
+            Ok((Lower::Dir(fd), dir.display().to_string()))
+        }
+        (None, Some(git), Some(tree)) => {
+            let g = GitLower::open(
+                git,
+                args.objects.as_deref(),
+                tree,
+                GitOptions {
+                    mtime: args.mtime,
+                    uid: args.lower_uid,
+                    gid: args.lower_gid,
+                    ..GitOptions::default()
+                },
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot serve --tree {tree} from --lower-git {}: {e} (give the git directory \
+                     and a full tree or commit id, e.g. $(git rev-parse HEAD^{{tree}}))",
+                    git.display()
+                )
+            })?;
+            let what = format!("tree {} of {}", g.root_tree(), git.display());
+            Ok((Lower::Git(g), what))
+        }
+        _ => Err(
+            "give exactly one of --lower DIR or --lower-git GIT_DIR --tree OID \
+                  (--objects and --mtime go with --lower-git)"
+                .into(),
+        ),
+    }
+}
+
+fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
     use anyhow::Context;
     let journal = match &args.journal {
         Some(p) => {
@@ -101,19 +190,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => Journal::memory(),
     };
-    let fs = UnionFs::new(
-        &args.lower,
+    let fs = UnionFs::with_lower(
+        lower,
         &args.upper,
         Arc::new(journal),
         UnionOptions {
             cache_timeout: Duration::from_secs_f64(args.cache_timeout),
+            immutable_lower_timeout: Duration::from_secs_f64(args.lower_cache_timeout),
         },
     )
     .context("cannot open the layers")?;
     let listener = listen(&args.socket)?;
     log::info!(
         "serving {} (lower) + {} (upper) as tag {:?} on {}",
-        args.lower.display(),
+        lower_desc,
         args.upper.display(),
         args.tag,
         args.socket.display()

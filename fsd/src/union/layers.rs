@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::lower::{Lower, LowerFile, LowerNode};
 use super::sys;
 
 /// `true` when the caller's errno says "no such entry".
@@ -71,7 +72,7 @@ pub struct Layered {
     pub upper: Option<OwnedFd>,
     /// The node in the lower layer, if it is visible: no upper node hides it (an upper non-dir,
     /// a whiteout, an opaque upper dir, or an opaque ancestor).
-    pub lower: Option<OwnedFd>,
+    pub lower: Option<LowerNode>,
     /// The lower layer has an entry at this path under a visible lower parent, even if the upper
     /// layer hides it: removing or renaming the path then needs a whiteout.
     pub lower_exists: bool,
@@ -80,24 +81,17 @@ pub struct Layered {
 }
 
 impl Layered {
-    /// The top-most fd.
-    pub fn top(&self) -> &OwnedFd {
-        // `resolve` never returns a Layered with neither.
-        self.upper
-            .as_ref()
-            .or(self.lower.as_ref())
-            .unwrap_or_else(|| unreachable!())
-    }
     /// Is the node a directory?
     pub fn is_dir(&self) -> bool {
         sys::is_dir(&self.st)
     }
 }
 
-/// The two layers: fds of their roots and the xattr that marks opaque directories.
+/// The two layers: the lower layer, the upper root fd and the xattr that marks opaque
+/// directories.
 pub struct Layers {
-    /// Root of the read-only lower layer.
-    pub lower: OwnedFd,
+    /// The read-only lower layer (a directory or a git tree).
+    pub lower: Lower,
     /// Root of the upper layer.
     pub upper: OwnedFd,
     /// `trusted.overlay.opaque` as root, else `user.overlay.opaque` (overlayfs `userxattr`).
@@ -135,7 +129,7 @@ impl Layers {
     /// ENOTDIR when a non-directory is used as a directory).
     pub fn resolve(&self, path: &[u8]) -> io::Result<Layered> {
         let mut upper = Some(sys::openat(&self.upper, b".", libc::O_PATH, 0)?);
-        let mut lower = Some(sys::openat(&self.lower, b".", libc::O_PATH, 0)?);
+        let mut lower = Some(self.lower.root()?.0);
         let mut st = sys::fstat(upper.as_ref().unwrap_or_else(|| unreachable!()))?;
         let mut lower_exists = true;
         if let Some(u) = &upper {
@@ -157,15 +151,14 @@ impl Layers {
                 Some(fd) => Some(sys::fstat(fd)?),
                 None => None,
             };
-            let l = match &lower {
-                Some(d) => open_opt(d, comp)?,
-                None => None,
+            let (l, lst) = match &lower {
+                Some(d) => match self.lower.lookup(d, comp)? {
+                    Some((n, s)) => (Some(n), Some(s)),
+                    None => (None, None),
+                },
+                None => (None, None),
             };
             lower_exists = l.is_some();
-            let lst = match &l {
-                Some(fd) => Some(sys::fstat(fd)?),
-                None => None,
-            };
             // Which lower node stays visible under this upper node?
             let l_visible = match (&u, &ust) {
                 (Some(ufd), Some(s)) => {
@@ -219,15 +212,10 @@ impl Layers {
             }
         }
         if let Some(l) = &dir.lower {
-            for (name, dt) in sys::list_dir(l)? {
+            for (name, t) in self.lower.list(l)? {
                 if seen.contains(&name) {
                     continue;
                 }
-                let t = if dt == libc::DT_UNKNOWN {
-                    sys::dtype(sys::statat(l, &name)?.st_mode)
-                } else {
-                    u32::from(dt)
-                };
                 out.push((name, t));
             }
         }
@@ -291,7 +279,7 @@ impl Layers {
 
     fn copy_node(
         &self,
-        src: &OwnedFd,
+        src: &LowerNode,
         st: &libc::stat64,
         pdir: &OwnedFd,
         name: &[u8],
@@ -299,7 +287,7 @@ impl Layers {
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => self.copy_file(src, st, pdir, name),
             libc::S_IFLNK => {
-                let target = sys::readlink_fd(src)?;
+                let target = self.lower.readlink(src)?;
                 sys::symlinkat(&target, pdir, name)?;
                 let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
                 self.copy_meta(src, &fd, st, true)
@@ -314,12 +302,11 @@ impl Layers {
 
     fn copy_file(
         &self,
-        src: &OwnedFd,
+        src: &LowerNode,
         st: &libc::stat64,
         pdir: &OwnedFd,
         name: &[u8],
     ) -> io::Result<()> {
-        let input = sys::reopen(src, libc::O_RDONLY)?;
         // Build the copy as an unnamed O_TMPFILE and link it in when complete, so a crash never
         // leaves a half-copied file under the real name.
         let (out, tmp) = match sys::openat(pdir, b".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
@@ -334,7 +321,9 @@ impl Layers {
                 false,
             ),
         };
-        let res = copy_data(&input, &out, st.st_size as u64)
+        let res = self
+            .lower
+            .copy_data(src, st, &out)
             .and_then(|()| self.copy_meta(src, &out, st, false))
             .and_then(|()| {
                 if tmp {
@@ -352,7 +341,7 @@ impl Layers {
     /// Owner, mode, xattrs (minus the union's own), then times (last, as writing changes them).
     fn copy_meta(
         &self,
-        src: &OwnedFd,
+        src: &LowerNode,
         dst: &OwnedFd,
         st: &libc::stat64,
         symlink: bool,
@@ -362,11 +351,11 @@ impl Layers {
         }
         if !symlink {
             sys::chmod_fd(dst, st.st_mode & 0o7777)?;
-            for n in sys::listxattr_fd(src).unwrap_or_default() {
+            for n in self.lower.listxattr(src).unwrap_or_default() {
                 if Self::is_private_xattr(&n) {
                     continue;
                 }
-                if let Ok(Some(v)) = sys::getxattr_fd(src, &n) {
+                if let Ok(Some(v)) = self.lower.getxattr(src, &n) {
                     if let Err(e) = sys::setxattr_fd(dst, &n, &v, 0) {
                         log::debug!(
                             "copy-up: xattr {} not copied: {e}",
@@ -386,6 +375,42 @@ impl Layers {
             )?;
         }
         Ok(())
+    }
+
+    /// The target of a symlink seen through the union.
+    pub fn readlink(&self, r: &Layered) -> io::Result<Vec<u8>> {
+        match (&r.upper, &r.lower) {
+            (Some(u), _) => sys::readlink_fd(u),
+            (None, Some(l)) => self.lower.readlink(l),
+            (None, None) => Err(err(libc::ENOENT)),
+        }
+    }
+
+    /// One xattr of the top-most node (`Ok(None)` when absent).
+    pub fn getxattr(&self, r: &Layered, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match (&r.upper, &r.lower) {
+            (Some(u), _) => sys::getxattr_fd(u, name),
+            (None, Some(l)) => self.lower.getxattr(l, name),
+            (None, None) => Err(err(libc::ENOENT)),
+        }
+    }
+
+    /// The xattr names of the top-most node.
+    pub fn listxattr(&self, r: &Layered) -> io::Result<Vec<Vec<u8>>> {
+        match (&r.upper, &r.lower) {
+            (Some(u), _) => sys::listxattr_fd(u),
+            (None, Some(l)) => self.lower.listxattr(l),
+            (None, None) => Err(err(libc::ENOENT)),
+        }
+    }
+
+    /// Opens the top-most node for reading (`flags` already sanitised, no write access).
+    pub fn open_read(&self, r: &Layered, flags: i32) -> io::Result<LowerFile> {
+        match (&r.upper, &r.lower) {
+            (Some(u), _) => Ok(LowerFile::Fd(sys::reopen(u, flags)?)),
+            (None, Some(l)) => self.lower.open_read(l, flags, &self.upper),
+            (None, None) => Err(err(libc::ENOENT)),
+        }
     }
 
     /// Creates a whiteout (a 0:0 character device; overlayfs.rst "whiteouts") at `name` in an
@@ -409,7 +434,7 @@ impl Layers {
 
 /// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size
 /// so a trailing hole stays a hole.
-fn copy_data(input: &OwnedFd, out: &OwnedFd, size: u64) -> io::Result<()> {
+pub(crate) fn copy_data(input: &OwnedFd, out: &OwnedFd, size: u64) -> io::Result<()> {
     let mut off = 0u64;
     while off < size {
         let data = match sys::lseek(input, off, libc::SEEK_DATA) {

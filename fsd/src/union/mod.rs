@@ -7,8 +7,10 @@
 //! the id with the path; an unlinked path's id is retired). The guest kernel resolves symlinks
 //! itself: the host only ever opens names with `O_NOFOLLOW` relative to a layer root.
 
+pub mod git;
 mod inodes;
 pub mod layers;
+pub mod lower;
 pub mod sys;
 
 use std::collections::HashMap;
@@ -20,11 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::fuse::abi::ROOT_ID;
+use crate::fuse::abi::{fopen, ROOT_ID};
 use crate::fuse::filesystem::{Context, DirEntry, Entry, FileSystem, SetAttr, Stat, TimeSpec};
 use crate::journal::{Journal, Kind};
 use inodes::Inodes;
 use layers::{err, join, split, validate_name, Layered, Layers};
+use lower::{Lower, LowerFile};
 
 /// Options of a [`UnionFs`].
 #[derive(Clone, Debug)]
@@ -32,18 +35,43 @@ pub struct UnionOptions {
     /// How long the guest may cache names and attributes (`entry_valid` / `attr_valid`). Safe to
     /// make long: the lower layer never changes and every upper change comes through us.
     pub cache_timeout: Duration,
+    /// Timeout for names and attributes of nodes that are only in an *immutable* lower layer (a
+    /// git tree): they can only change through this guest, whose kernel sees every change.
+    pub immutable_lower_timeout: Duration,
 }
 
 impl Default for UnionOptions {
     fn default() -> Self {
         Self {
             cache_timeout: Duration::from_secs(1),
+            immutable_lower_timeout: Duration::from_secs(86400),
         }
     }
 }
 
-struct Handle {
-    file: File,
+/// An open file: a host fd, or a git blob held in memory (read-only).
+enum Handle {
+    File(File),
+    Mem(Arc<Vec<u8>>),
+}
+
+impl Handle {
+    fn from_lower(f: LowerFile) -> Self {
+        match f {
+            // SAFETY: we own the fd.
+            LowerFile::Fd(fd) => Handle::File(unsafe { File::from_raw_fd(fd.into_raw_fd()) }),
+            LowerFile::Mem(m) => Handle::Mem(m),
+        }
+    }
+
+    /// The host file; EBADF for a read-only in-memory blob (its handle was opened read-only,
+    /// so the guest kernel sends no write on it).
+    fn file(&self) -> io::Result<&File> {
+        match self {
+            Handle::File(f) => Ok(f),
+            Handle::Mem(_) => Err(err(libc::EBADF)),
+        }
+    }
 }
 
 /// The lower + upper union, implementing [`FileSystem`].
@@ -105,10 +133,20 @@ impl UnionFs {
         journal: Arc<Journal>,
         opts: UnionOptions,
     ) -> io::Result<Self> {
+        Self::with_lower(Lower::Dir(sys::open_root(lower)?), upper, journal, opts)
+    }
+
+    /// A union over any [`Lower`] (a directory or a git tree, see [`git::GitLower`]).
+    pub fn with_lower(
+        lower: Lower,
+        upper: &Path,
+        journal: Arc<Journal>,
+        opts: UnionOptions,
+    ) -> io::Result<Self> {
         // SAFETY: plain syscall.
         let root = unsafe { libc::geteuid() } == 0;
         let layers = Layers {
-            lower: sys::open_root(lower)?,
+            lower,
             upper: sys::open_root(upper)?,
             opaque_xattr: if root {
                 b"trusted.overlay.opaque"
@@ -150,16 +188,26 @@ impl UnionFs {
         Ok(join(&self.path(parent)?, name))
     }
 
+    /// How long the guest may cache this node's name and attributes.
+    fn timeout(&self, r: &Layered) -> Duration {
+        if r.upper.is_none() && self.layers.lower.immutable() {
+            self.opts.immutable_lower_timeout
+        } else {
+            self.opts.cache_timeout
+        }
+    }
+
     fn entry_for(&self, path: &[u8], r: &Layered) -> Entry {
         let ino = lock(&self.inodes).ino_for(path);
         let mut st = r.st;
         st.st_ino = ino;
+        let t = self.timeout(r);
         Entry {
             ino,
             generation: 0,
             attr: st,
-            attr_timeout: self.opts.cache_timeout,
-            entry_timeout: self.opts.cache_timeout,
+            attr_timeout: t,
+            entry_timeout: t,
         }
     }
 
@@ -176,7 +224,13 @@ impl UnionFs {
         let fh = self.new_fh();
         // SAFETY: we own the fd.
         let file = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
-        lock(&self.files).insert(fh, Arc::new(Handle { file }));
+        lock(&self.files).insert(fh, Arc::new(Handle::File(file)));
+        fh
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.new_fh();
+        lock(&self.files).insert(fh, Arc::new(h));
         fh
     }
 
@@ -267,11 +321,15 @@ impl UnionFs {
     }
 
     fn stat_path(&self, ino: u64) -> io::Result<Stat> {
+        self.stat_timeout(ino).map(|(st, _)| st)
+    }
+
+    fn stat_timeout(&self, ino: u64) -> io::Result<(Stat, Duration)> {
         let path = self.path(ino)?;
         let r = self.layers.resolve(&path)?;
         let mut st = r.st;
         st.st_ino = ino;
-        Ok(st)
+        Ok((st, self.timeout(&r)))
     }
 }
 
@@ -291,12 +349,12 @@ impl FileSystem for UnionFs {
     }
 
     fn getattr(&self, _ctx: Context, ino: u64, fh: Option<u64>) -> io::Result<(Stat, Duration)> {
-        match self.stat_path(ino) {
-            Ok(st) => Ok((st, self.opts.cache_timeout)),
+        match self.stat_timeout(ino) {
+            Ok(v) => Ok(v),
             // An unlinked file still open in the guest: answer from its handle.
             Err(e) => {
                 let h = fh.and_then(|fh| self.file(fh).ok()).ok_or(e)?;
-                let mut st = sys::fstat(&h.file)?;
+                let mut st = sys::fstat(h.file()?)?;
                 st.st_ino = ino;
                 Ok((st, self.opts.cache_timeout))
             }
@@ -346,7 +404,7 @@ impl FileSystem for UnionFs {
         if r.st.st_mode & libc::S_IFMT != libc::S_IFLNK {
             return Err(err(libc::EINVAL));
         }
-        sys::readlink_fd(r.top())
+        self.layers.readlink(&r)
     }
 
     fn symlink(&self, ctx: Context, target: &[u8], parent: u64, name: &[u8]) -> io::Result<Entry> {
@@ -533,16 +591,22 @@ impl FileSystem for UnionFs {
                 libc::ENXIO
             }));
         }
-        let fd = if writes {
+        if writes {
             let _g = lock(&self.meta);
             let up = self.layers.copy_up(&path)?;
             let fd = sys::reopen(&up, f)?;
             self.journal.modified(&path, Kind::File);
-            fd
+            return Ok((self.add_file(fd), 0));
+        }
+        // A file only in an immutable lower layer: the guest may keep its page cache across
+        // opens (FOPEN_KEEP_CACHE); its content can only change through this guest.
+        let keep = if r.upper.is_none() && self.layers.lower.immutable() {
+            fopen::KEEP_CACHE
         } else {
-            sys::reopen(r.top(), f)?
+            0
         };
-        Ok((self.add_file(fd), 0))
+        let h = Handle::from_lower(self.layers.open_read(&r, f)?);
+        Ok((self.add_handle(h), keep))
     }
 
     fn create(
@@ -583,10 +647,19 @@ impl FileSystem for UnionFs {
         size: u32,
     ) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::pread(&h.file, &mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
+        match &*h {
+            Handle::File(file) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = sys::pread(file, &mut buf, offset)?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Handle::Mem(m) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(m.len());
+                let end = start.saturating_add(size as usize).min(m.len());
+                Ok(m[start..end].to_vec())
+            }
+        }
     }
 
     fn write(
@@ -599,7 +672,7 @@ impl FileSystem for UnionFs {
         _flags: u32,
     ) -> io::Result<usize> {
         let h = self.file(fh)?;
-        sys::pwrite_all(&h.file, data, offset)?;
+        sys::pwrite_all(h.file()?, data, offset)?;
         Ok(data.len())
     }
 
@@ -618,10 +691,13 @@ impl FileSystem for UnionFs {
 
     fn fsync(&self, _ctx: Context, _ino: u64, fh: u64, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
+        let Handle::File(file) = &*h else {
+            return Ok(()); // a read-only blob: nothing to sync
+        };
         if datasync {
-            h.file.sync_data()
+            file.sync_data()
         } else {
-            h.file.sync_all()
+            file.sync_all()
         }
     }
 
@@ -657,7 +733,9 @@ impl FileSystem for UnionFs {
         if r.st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(err(libc::ENODATA));
         }
-        sys::getxattr_fd(r.top(), name)?.ok_or_else(|| err(libc::ENODATA))
+        self.layers
+            .getxattr(&r, name)?
+            .ok_or_else(|| err(libc::ENODATA))
     }
 
     fn listxattr(&self, _ctx: Context, ino: u64) -> io::Result<Vec<u8>> {
@@ -667,7 +745,7 @@ impl FileSystem for UnionFs {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for n in sys::listxattr_fd(r.top())? {
+        for n in self.layers.listxattr(&r)? {
             if !Layers::is_private_xattr(&n) {
                 out.extend_from_slice(&n);
                 out.push(0);
@@ -774,7 +852,21 @@ impl FileSystem for UnionFs {
         {
             return Err(err(libc::EINVAL));
         }
-        sys::lseek(&h.file, offset, whence)?.ok_or_else(|| err(libc::ENXIO))
+        match &*h {
+            Handle::File(file) => sys::lseek(file, offset, whence)?.ok_or_else(|| err(libc::ENXIO)),
+            Handle::Mem(m) => {
+                // The guest kernel tracks the position for SEEK_SET/CUR/END itself; this is
+                // what lseek(2) would answer for a file without holes.
+                let len = m.len() as u64;
+                match whence {
+                    libc::SEEK_DATA if offset < len => Ok(offset),
+                    libc::SEEK_HOLE if offset < len => Ok(len),
+                    libc::SEEK_DATA | libc::SEEK_HOLE => Err(err(libc::ENXIO)),
+                    libc::SEEK_END => Ok(len.saturating_add(offset)),
+                    _ => Ok(offset),
+                }
+            }
+        }
     }
 
     fn fallocate(
@@ -790,7 +882,7 @@ impl FileSystem for UnionFs {
         // SAFETY: plain syscall on an owned fd.
         let r = unsafe {
             libc::fallocate64(
-                h.file.as_raw_fd(),
+                h.file()?.as_raw_fd(),
                 mode as i32,
                 offset as i64,
                 length as i64,
@@ -803,5 +895,7 @@ impl FileSystem for UnionFs {
     }
 }
 
+#[cfg(test)]
+mod git_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -73,13 +74,23 @@ pub type Reply = Result<Vec<u8>, i32>;
 impl Harness {
     /// Spawns the real `ax-fsd` binary on a socket in `work` and connects to it.
     pub fn spawn(work: &Path, lower: &Path, upper: &Path, journal: Option<&Path>) -> Harness {
+        let lower_args = [OsString::from("--lower"), lower.as_os_str().to_owned()];
+        Self::spawn_lower(work, &lower_args, upper, journal)
+    }
+
+    /// Spawns `ax-fsd` with the given lower-layer flags (`--lower DIR`, or `--lower-git GIT_DIR
+    /// --tree OID ...`).
+    pub fn spawn_lower(
+        work: &Path,
+        lower_args: &[OsString],
+        upper: &Path,
+        journal: Option<&Path>,
+    ) -> Harness {
         let socket = work.join("fsd.sock");
-        let stderr = work.join("fsd.stderr");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ax-fsd"));
         cmd.arg("--socket")
             .arg(&socket)
-            .arg("--lower")
-            .arg(lower)
+            .args(lower_args)
             .arg("--upper")
             .arg(upper)
             .arg("--tag")
@@ -87,14 +98,27 @@ impl Harness {
         if let Some(j) = journal {
             cmd.arg("--journal").arg(j);
         }
+        Self::spawn_cmd(work, cmd, socket)
+    }
+
+    /// Spawns any vhost-user-fs backend (`cmd`, already given its socket path `socket`), waits
+    /// for the socket and connects: the same frontend drives ax-fsd and virtiofsd.
+    pub fn spawn_cmd(work: &Path, mut cmd: Command, socket: PathBuf) -> Harness {
+        let stderr = work.join("fsd.stderr");
         cmd.stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("stderr file"));
-        let child = cmd.spawn().expect("spawn ax-fsd");
+        let mut child = cmd.spawn().expect("spawn the backend");
         let t0 = Instant::now();
         while !socket.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "backend exited ({st}) before creating its socket: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "ax-fsd did not create its socket"
+                "the backend did not create its socket"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
