@@ -15,6 +15,9 @@ pub struct Cmdline {
     pub grace: Duration,
     /// `ax.debug` (or `ax.debug=1`): log at debug level.
     pub debug: bool,
+    /// `ax.workspace=<tag>`: mount the virtio-fs share with this tag on `/workspace`
+    /// (the repository served by ax-fsd). Default: none (an empty `/workspace`).
+    pub workspace: Option<String>,
 }
 
 impl Default for Cmdline {
@@ -24,6 +27,7 @@ impl Default for Cmdline {
             root: Some("/dev/vda".into()),
             grace: Duration::from_millis(3000),
             debug: false,
+            workspace: None,
         }
     }
 }
@@ -54,6 +58,7 @@ impl Cmdline {
                     }
                 },
                 ("ax.debug", None) | ("ax.debug", Some("1")) => c.debug = true,
+                ("ax.workspace", Some(v)) if !v.is_empty() => c.workspace = Some(v.to_string()),
                 _ => {}
             }
         }

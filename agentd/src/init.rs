@@ -60,6 +60,10 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
             let _ = std::fs::create_dir_all("/workspace");
         }
     }
+    if let Some(tag) = &cmd.workspace {
+        mounts::workspace(tag)?;
+        log::info!("workspace: virtio-fs {tag:?} on /workspace");
+    }
     if let Some(name) = &cmd.name {
         if let Err(e) = net::set_hostname(name) {
             log::warn!("sethostname {name:?}: {e}");

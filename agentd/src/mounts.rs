@@ -37,6 +37,12 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
+/// Mounts the virtio-fs share `tag` on `/workspace` (virtio 1.2 §5.11; the kernel's
+/// `virtiofs` file system, whose source is the tag).
+pub fn workspace(tag: &str) -> Result<(), String> {
+    mnt(tag, "/workspace", "virtiofs", MsFlags::MS_NODEV, None)
+}
+
 /// Mounts the API file systems in the initramfs: `/proc`, `/sys`, `/dev` (devtmpfs),
 /// `/dev/pts` (devpts, needed for PTY sessions), `/dev/shm`, `/run` and `/tmp` (tmpfs).
 pub fn early() -> Result<(), String> {

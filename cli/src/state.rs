@@ -82,6 +82,13 @@ pub struct AgentState {
     pub timeout_secs: Option<u64>,
     /// The agent runs on a PTY (background runs) or on pipes (`--wait`).
     pub tty: bool,
+    /// The repository (its work tree) mounted on the guest's `/workspace` through ax-fsd,
+    /// snapshotted at `run` into `snapshot.json`; `None`: an empty `/workspace`.
+    #[serde(default)]
+    pub repo: Option<PathBuf>,
+    /// The branch `ax/<name>` built when the agent ended.
+    #[serde(default)]
+    pub branch: Option<crate::git::BranchResult>,
     pub status: Status,
     /// Set when status is `exited`: the shell-style exit code (128+N for signal N).
     pub exit_code: Option<i32>,
@@ -348,6 +355,8 @@ mod tests {
             memory_mib: 512,
             timeout_secs: None,
             tty: false,
+            repo: None,
+            branch: None,
             status: Status::Exited,
             exit_code: Some(7),
             reason: None,

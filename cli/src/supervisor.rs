@@ -115,6 +115,9 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
     }
     let _ = std::fs::remove_file(dir.join("vsock.sock"));
     let _ = std::fs::remove_file(dir.join("vhost-vsock.sock"));
+    let _ = std::fs::remove_file(dir.join("fs.sock"));
+    // Whatever happened to the VM, the agent's finished writes are in the upper layer.
+    sup.build_branch();
     log.line(format!("done: {}", sup.st.status_label()));
     Ok(match sup.st.status {
         Status::Exited => sup.st.exit_code.unwrap_or(1),
@@ -155,17 +158,22 @@ impl Supervisor {
         let vhost_sock = self.dir.join("vhost-vsock.sock");
         let uds = self.dir.join("vsock.sock");
         let accel = driver::accel_for(&self.st.vmm);
+        let fs_socket = match self.st.repo.clone() {
+            Some(repo) => Some(self.start_fsd(&repo)?),
+            None => None,
+        };
         let spec = VmSpec {
             // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
-            cmdline: driver::kernel_cmdline(&self.st.name, accel),
+            cmdline: driver::kernel_cmdline(&self.st.name, accel, fs_socket.is_some()),
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
             vhost_vsock_socket: vhost_sock.clone(),
             accel,
+            fs_socket,
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
         let mut cmd = match self.st.vmm.as_str() {
@@ -454,6 +462,99 @@ impl Supervisor {
             self.log.line("VM did not power off in time; killing it");
             self.kill_vm();
             let _ = wait_vm(vm_status, rx, Duration::from_secs(5));
+        }
+    }
+
+    /// Starts ax-fsd serving the snapshot of `repo` (lower, from git objects) with this
+    /// agent's upper layer; returns its vhost-user socket once it listens.
+    fn start_fsd(&self, repo: &Path) -> Result<PathBuf> {
+        let snap: crate::git::Snapshot = serde_json::from_slice(
+            &std::fs::read(self.dir.join("snapshot.json")).context("reading snapshot.json")?,
+        )?;
+        let git_dir = gix::open(repo)
+            .with_context(|| format!("opening {}", repo.display()))?
+            .common_dir()
+            .to_path_buf();
+        let sock = self.dir.join("fs.sock");
+        let _ = std::fs::remove_file(&sock);
+        let upper = self.dir.join("upper");
+        std::fs::create_dir_all(&upper)?;
+        let bin = crate::paths::sibling_binary("ax-fsd")
+            .or_else(|| qemu::which("ax-fsd"))
+            .context("ax-fsd not found beside axctl or in PATH; install it (scripts/install)")?;
+        let log = File::create(self.dir.join("fsd.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--socket")
+            .arg(&sock)
+            .arg("--lower-git")
+            .arg(&git_dir)
+            .arg("--tree")
+            .arg(snap.tree.to_string())
+            .arg("--objects")
+            .arg(&snap.objects_dir)
+            .arg("--upper")
+            .arg(&upper)
+            .arg("--journal")
+            .arg(self.dir.join("journal.jsonl"))
+            .arg("--tag")
+            .arg(driver::WORKSPACE_TAG)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        self.log.line(format!("spawning {cmd:?}"));
+        let mut child = cmd.spawn().context("starting ax-fsd")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!("ax-fsd exited at start ({st}); see fsd.log");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("ax-fsd did not listen on {} within 10 s; see fsd.log", sock.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Reap it when it exits (after the VMM disconnects).
+        std::thread::spawn(move || child.wait());
+        Ok(sock)
+    }
+
+    /// Builds branch `ax/<name>` from the snapshot and the upper layer (the VM is down, so the
+    /// upper layer is quiescent) and records the result.
+    fn build_branch(&mut self) {
+        let Some(repo) = self.st.repo.clone() else { return };
+        let result = (|| -> Result<crate::git::BranchResult> {
+            let snap: crate::git::Snapshot =
+                serde_json::from_slice(&std::fs::read(self.dir.join("snapshot.json"))?)?;
+            let upper = self.dir.join("upper");
+            let guest_git = upper.join(".git");
+            crate::git::build_branch(
+                &repo,
+                &snap,
+                &upper,
+                guest_git.is_dir().then_some(guest_git.as_path()),
+                &self.st.name,
+                &crate::git::Identity::agent(&self.st.name),
+            )
+        })();
+        match result {
+            Ok(b) => {
+                self.log.line(format!(
+                    "branch {} at {}: {} files changed, +{} -{}",
+                    b.branch, b.commit, b.files_changed, b.insertions, b.deletions
+                ));
+                self.st.branch = Some(b);
+                self.save();
+            }
+            Err(e) => self.log.line(format!("cannot build branch ax/{}: {e:#}", self.st.name)),
         }
     }
 

@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// Image id (or unique prefix) to boot; default: the newest built image.
     #[arg(long)]
     pub image: Option<String>,
+    /// Mount this git repository's work tree on the guest's /workspace (a snapshot of HEAD plus
+    /// the uncommitted changes, copy-on-write; the host tree is never written) and turn the
+    /// agent's changes into branch ax/<name> when it ends.
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<std::path::PathBuf>,
     /// Stay in the foreground: stream the agent's output, forward stdin, exit with its code.
     #[arg(short, long)]
     pub wait: bool,
@@ -85,6 +90,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
         memory_mib: args.memory,
         timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
         tty: !args.wait,
+        repo: None,
+        branch: None,
         status: Status::Starting,
         exit_code: None,
         reason: None,
@@ -97,6 +104,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
             ..Default::default()
         },
     };
+    let mut st = st;
+    if let Some(repo) = &args.repo {
+        match snapshot_repo(repo, &dir) {
+            Ok(root) => st.repo = Some(root),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+    }
     state::save(&dir, &st)?;
 
     let exe = std::env::current_exe().context("locating the axctl executable")?;
@@ -160,4 +177,24 @@ pub fn run(args: RunArgs) -> Result<i32> {
             })
         }
     }
+}
+
+/// Snapshots `repo` (HEAD + uncommitted changes) into `<dir>/snapshot.json` and
+/// `<dir>/objects`; returns the work tree's absolute path.
+fn snapshot_repo(repo: &std::path::Path, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let root = std::fs::canonicalize(repo).map_err(|e| {
+        usage(
+            format!("--repo {}: {e}", repo.display()),
+            "give the path of a git work tree",
+        )
+    })?;
+    let snap = crate::git::snapshot(&root, &dir.join("objects")).map_err(|e| {
+        usage(
+            format!("cannot snapshot {} as a git repository: {e:#}", root.display()),
+            "give the path of a git work tree (git init, or clone one)",
+        )
+    })?;
+    std::fs::write(dir.join("snapshot.json"), serde_json::to_vec_pretty(&snap)?)
+        .context("writing snapshot.json")?;
+    Ok(root)
 }

@@ -28,11 +28,19 @@ pub fn find_binary() -> Result<PathBuf> {
 /// The TOML configuration for `spec`, with the hybrid vsock socket at `vsock_uds`.
 pub fn config(spec: &VmSpec, vsock_uds: &Path) -> String {
     let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let mut fs = String::new();
+    if let Some(sock) = &spec.fs_socket {
+        fs = format!(
+            "\n[[vhost_user]]\nsocket = {}\ndevice_type = \"fs\"\ntag = \"{}\"\n",
+            q(sock),
+            super::WORKSPACE_TAG
+        );
+    }
     format!(
         "# written by the ax supervisor; format: docs/vmm-config.md\n\
          kernel = {}\ninitrd = {}\ncmdline = {}\ncpus = {}\nmemory_mib = {}\nserial = {}\n\n\
          [[block]]\npath = {}\nread_only = true\n\n\
-         [vsock]\nguest_cid = 3\nuds_path = {}\n",
+         [vsock]\nguest_cid = 3\nuds_path = {}\n{fs}",
         q(&spec.kernel),
         q(&spec.initrd),
         toml::Value::String(spec.cmdline.clone()),
@@ -61,6 +69,7 @@ mod tests {
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/unused".into(),
             accel: Accel::Kvm,
+            fs_socket: None,
         };
         let t: toml::Table = config(&spec, Path::new("/s/vsock.sock")).parse().unwrap();
         assert_eq!(t["kernel"].as_str(), Some("/i/vmlinux"));

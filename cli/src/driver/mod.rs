@@ -129,7 +129,12 @@ pub struct VmSpec {
     /// only, ax-vmm has vsock built in).
     pub vhost_vsock_socket: PathBuf,
     pub accel: Accel,
+    /// vhost-user-fs socket of ax-fsd serving the repository (tag [`WORKSPACE_TAG`]).
+    pub fs_socket: Option<PathBuf>,
 }
+
+/// The virtio-fs tag of the repository share; agentd mounts it on `/workspace`.
+pub const WORKSPACE_TAG: &str = "workspace";
 
 /// The kernel command line every ax guest gets; `name` becomes the guest's host name.
 ///
@@ -137,10 +142,13 @@ pub struct VmSpec {
 /// against the emulated PIT fails on a busy host ("tsc: Unable to calibrate against PIT"):
 /// the TSC is then marked unstable and boot can stall for minutes. So the host measures its
 /// TSC rate and hands it over with `tsc_early_khz=` (Documentation/admin-guide/kernel-parameters).
-pub fn kernel_cmdline(name: &str, accel: Accel) -> String {
+pub fn kernel_cmdline(name: &str, accel: Accel, workspace: bool) -> String {
     // panic=-1: a guest kernel panic reboots at once, and with -no-reboot the VMM exits, so a
     // dead guest is never mistaken for a running one.
     let mut c = format!("console=ttyS0 loglevel=4 panic=-1 ax.name={name}");
+    if workspace {
+        c.push_str(&format!(" ax.workspace={WORKSPACE_TAG}"));
+    }
     if accel == Accel::Tcg {
         if let Some(khz) = host_tsc_khz() {
             c.push_str(&format!(" tsc_early_khz={khz}"));
@@ -173,7 +181,7 @@ mod tests {
 
     #[test]
     fn tcg_cmdline_carries_the_host_tsc_rate() {
-        let c = kernel_cmdline("fix-bug", Accel::Tcg);
+        let c = kernel_cmdline("fix-bug", Accel::Tcg, false);
         assert!(c.starts_with("console=ttyS0 "), "{c}");
         assert!(c.contains(" ax.name=fix-bug"), "{c}");
         let khz: u64 = c
@@ -185,6 +193,6 @@ mod tests {
         // Two measurements agree within 1 %.
         let again = host_tsc_khz().unwrap();
         assert!(khz.abs_diff(again) * 100 < khz, "{khz} vs {again}");
-        assert!(!kernel_cmdline("x", Accel::Kvm).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline("x", Accel::Kvm, false).contains("tsc_early_khz"));
     }
 }

@@ -96,6 +96,16 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
     ] {
         push(s);
     }
+    if let Some(fs) = &spec.fs_socket {
+        for s in [
+            "-chardev",
+            &format!("socket,id=fs,path={}", fs.display()),
+            "-device",
+            &format!("vhost-user-fs-device,chardev=fs,tag={}", super::WORKSPACE_TAG),
+        ] {
+            a.push(s.into());
+        }
+    }
     a
 }
 
@@ -116,6 +126,7 @@ mod tests {
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
             accel: Accel::Tcg,
+            fs_socket: None,
         };
         let a: Vec<String> = args(&spec)
             .into_iter()

@@ -1,0 +1,182 @@
+//! `axctl run --repo`: the repository on the guest's /workspace through ax-fsd (git-backed
+//! lower, copy-on-write upper), and the agent's work as branch ax/<name>.
+
+use ax_tests::{ensure_image, require_qemu, Env};
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every file under `root` (relative path → mode and sha256 of its bytes or link target).
+fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                std::fs::read(&p).unwrap()
+            };
+            out.insert(
+                rel,
+                (m.mode(), format!("{:x}", sha2::Sha256::digest(&bytes))),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn agent_edits_land_on_branch_and_host_tree_is_untouched() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    std::fs::write(r.join("README"), "hello from the host\n").unwrap();
+    std::fs::write(r.join("old.txt"), "to be deleted\n").unwrap();
+    std::fs::create_dir(r.join("src")).unwrap();
+    std::fs::write(r.join("src/lib.rs"), "fn a() {}\n").unwrap();
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "base"]);
+    let base = git(r, &["rev-parse", "HEAD"]).trim().to_string();
+    let before = files(r);
+
+    let o = env.run(&[
+        "run", "--repo", r.to_str().unwrap(), "--name", "ws", "--wait", "--prompt",
+        "cat README && echo new > new.txt && rm old.txt && mkdir -p tools && printf '#!/bin/sh\\n' > tools/run && chmod +x tools/run && echo 'fn b() {}' >> src/lib.rs && ls",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        env.dump("ws");
+        for f in ["fsd.log"] {
+            eprintln!("==== {f}\n{}", ax_tests::read(&env.agent_dir("ws").join(f)));
+        }
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.starts_with("hello from the host\n"), "{out}");
+
+    // The branch holds exactly the agent's changes.
+    let stat = git(r, &["diff", "--name-status", &base, "ax/ws"]);
+    let mut lines: Vec<&str> = stat.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["A\tnew.txt", "A\ttools/run", "D\told.txt", "M\tsrc/lib.rs"],
+        "{stat}"
+    );
+    assert!(git(r, &["ls-tree", "ax/ws", "tools/run"]).starts_with("100755"));
+    assert_eq!(git(r, &["show", "ax/ws:new.txt"]), "new\n");
+    let st = env.inspect("ws");
+    assert_eq!(st["branch"]["files_changed"], 4, "{st}");
+
+    // The host's work tree, index, config, hooks and refs are byte-identical; the only new
+    // files are the branch's ref and reflog and the objects it needs (content-addressed).
+    let after = files(r);
+    for (path, v) in &before {
+        assert_eq!(after.get(path), Some(v), "{path} changed or vanished");
+    }
+    for path in after.keys().filter(|p| !before.contains_key(*p)) {
+        let allowed = path == ".git/refs/heads/ax/ws"
+            || path == ".git/logs/refs/heads/ax/ws"
+            || (path.starts_with(".git/objects/") && !path.starts_with(".git/objects/info/"));
+        assert!(
+            allowed,
+            "unexpected new file in the host repository: {path}"
+        );
+    }
+    assert_eq!(git(r, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn two_agents_on_one_repo_never_see_each_others_writes() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path().to_path_buf();
+    git(&r, &["init", "-q", "-b", "main"]);
+    std::fs::write(r.join("shared.txt"), "base\n").unwrap();
+    git(&r, &["add", "-A"]);
+    git(&r, &["commit", "-q", "-m", "base"]);
+    let run = |me: &'static str, other: &'static str| {
+        let mut c = env.axctl();
+        c.args([
+            "run",
+            "--repo",
+            r.to_str().unwrap(),
+            "--name",
+            me,
+            "--wait",
+            "--prompt",
+        ]);
+        c.arg(format!(
+            "echo {me} > {me}.txt && echo {me} >> shared.txt && sleep 4 && \
+             if [ -e {other}.txt ]; then echo SAW-{other}; fi; cat shared.txt"
+        ));
+        c.output().expect("run axctl")
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run("aa", "bb"));
+        let b = s.spawn(|| run("bb", "aa"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (me, o) in [("aa", &a), ("bb", &b)] {
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{me}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !out.contains("SAW-"),
+            "{me} saw the other agent's file: {out}"
+        );
+        assert_eq!(out, format!("base\n{me}\n"), "{me}");
+        let names = git(&r, &["diff", "--name-only", "main", &format!("ax/{me}")]);
+        let mut names: Vec<&str> = names.lines().collect();
+        names.sort();
+        let mine = format!("{me}.txt");
+        assert_eq!(names, [mine.as_str(), "shared.txt"], "{me}");
+    }
+}
