@@ -72,6 +72,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the paths an agent created (A), modified (M) and deleted (D) in its repository.
+    Diff {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build (or move forward) branch ax/<name> from the agent's work now.
+    Commit { name: String },
     /// Build and list guest images.
     Image {
         #[command(subcommand)]
@@ -125,6 +133,8 @@ pub fn main() -> ! {
         Cmd::Stop { name } => cmd::lifecycle::stop(&name),
         Cmd::Rm { names, force } => cmd::lifecycle::rm(&names, force),
         Cmd::Inspect { name, json } => cmd::ps::inspect(&name, json),
+        Cmd::Diff { name, json } => cmd::branch::diff(&name, json),
+        Cmd::Commit { name } => cmd::branch::commit(&name),
         Cmd::Image { cmd } => image::run(cmd),
         Cmd::Git { cmd } => git::run_cmd(cmd),
         Cmd::Supervise { name, attached } => supervisor::run(&name, attached),

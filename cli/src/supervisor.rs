@@ -518,7 +518,10 @@ impl Supervisor {
                 anyhow::bail!("ax-fsd exited at start ({st}); see fsd.log");
             }
             if Instant::now() > deadline {
-                anyhow::bail!("ax-fsd did not listen on {} within 10 s; see fsd.log", sock.display());
+                anyhow::bail!(
+                    "ax-fsd did not listen on {} within 10 s; see fsd.log",
+                    sock.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -530,21 +533,10 @@ impl Supervisor {
     /// Builds branch `ax/<name>` from the snapshot and the upper layer (the VM is down, so the
     /// upper layer is quiescent) and records the result.
     fn build_branch(&mut self) {
-        let Some(repo) = self.st.repo.clone() else { return };
-        let result = (|| -> Result<crate::git::BranchResult> {
-            let snap: crate::git::Snapshot =
-                serde_json::from_slice(&std::fs::read(self.dir.join("snapshot.json"))?)?;
-            let upper = self.dir.join("upper");
-            let guest_git = upper.join(".git");
-            crate::git::build_branch(
-                &repo,
-                &snap,
-                &upper,
-                guest_git.is_dir().then_some(guest_git.as_path()),
-                &self.st.name,
-                &crate::git::Identity::agent(&self.st.name),
-            )
-        })();
+        if self.st.repo.is_none() {
+            return;
+        }
+        let result = crate::cmd::branch::build(&self.dir, &self.st);
         match result {
             Ok(b) => {
                 self.log.line(format!(
@@ -554,7 +546,9 @@ impl Supervisor {
                 self.st.branch = Some(b);
                 self.save();
             }
-            Err(e) => self.log.line(format!("cannot build branch ax/{}: {e:#}", self.st.name)),
+            Err(e) => self
+                .log
+                .line(format!("cannot build branch ax/{}: {e:#}", self.st.name)),
         }
     }
 

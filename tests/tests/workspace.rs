@@ -180,3 +180,68 @@ fn two_agents_on_one_repo_never_see_each_others_writes() {
         assert_eq!(names, [mine.as_str(), "shared.txt"], "{me}");
     }
 }
+
+#[test]
+fn diff_and_commit_while_running_and_after_a_vm_crash() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    std::fs::write(r.join("keep.txt"), "keep\n").unwrap();
+    std::fs::write(r.join("gone.txt"), "gone\n").unwrap();
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "base"]);
+    let o = env.run(&[
+        "run", "--repo", r.to_str().unwrap(), "--name", "live", "--prompt",
+        "echo one > one.txt && rm gone.txt && echo more >> keep.txt && sync && touch /tmp/ready && sleep 600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.wait_for("live", std::time::Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
+    assert_eq!(st["status"], "running");
+    // Wait until the agent has made its changes.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env
+        .run(&["exec", "live", "--", "test", "-e", "/tmp/ready"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < end, "agent never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let o = env.run(&["diff", "live"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "D\tgone.txt\nM\tkeep.txt\nA\tone.txt\n"
+    );
+
+    // commit while the agent runs.
+    let o = env.run(&["commit", "live"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ax/live "));
+    assert_eq!(git(r, &["show", "ax/live:one.txt"]), "one\n");
+
+    // The VM dies; its finished writes are still in the upper layer and commit still works.
+    let pid = env.inspect("live")["vmm_pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let st = env.wait_for("live", std::time::Duration::from_secs(20), |v| {
+        v["status"] != "running"
+    });
+    assert_eq!(st["status"], "failed");
+    assert!(env.run(&["commit", "live"]).status.success());
+    let names = git(r, &["diff", "--name-status", "main", "ax/live"]);
+    assert_eq!(names, "D\tgone.txt\nM\tkeep.txt\nA\tone.txt\n");
+    assert_eq!(git(r, &["show", "ax/live:keep.txt"]), "keep\nmore\n");
+
+    // No repository: a usage error.
+    let o = env.run(&["run", "--name", "norepo", "--wait", "--prompt", "true"]);
+    assert!(o.status.success());
+    assert_eq!(env.run(&["diff", "norepo"]).status.code(), Some(2));
+    assert_eq!(env.run(&["commit", "norepo"]).status.code(), Some(2));
+}

@@ -1,6 +1,7 @@
 //! One module per `axctl` command family.
 
 pub mod attach;
+pub mod branch;
 pub mod lifecycle;
 pub mod logs;
 pub mod ps;

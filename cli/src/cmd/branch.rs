@@ -1,0 +1,99 @@
+//! `axctl diff` and `axctl commit`: the agent's changes to its repository.
+
+use crate::error::usage;
+use crate::git::{self, BranchResult, Snapshot};
+use crate::state::{self, AgentState};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Builds branch `ax/<name>` from the agent's snapshot and upper layer (`docs/branch.md`).
+/// Safe while the agent runs (a later build moves the branch forward) and after a crash of the
+/// VM or of ax-fsd: finished writes are in the upper layer.
+pub fn build(dir: &Path, st: &AgentState) -> Result<BranchResult> {
+    let repo = st.repo.as_ref().ok_or_else(|| no_repo(&st.name))?;
+    let snap: Snapshot = serde_json::from_slice(
+        &std::fs::read(dir.join("snapshot.json")).context("reading snapshot.json")?,
+    )
+    .context("parsing snapshot.json")?;
+    let upper = dir.join("upper");
+    let guest_git = upper.join(".git");
+    git::build_branch(
+        repo,
+        &snap,
+        &upper,
+        guest_git.is_dir().then_some(guest_git.as_path()),
+        &st.name,
+        &git::Identity::agent(&st.name),
+    )
+}
+
+fn no_repo(name: &str) -> anyhow::Error {
+    usage(
+        format!("agent '{name}' has no repository"),
+        "only agents started with --repo have a branch",
+    )
+}
+
+/// `axctl commit NAME`: (re)builds `ax/<name>` now and prints the branch and commit.
+pub fn commit(name: &str) -> Result<i32> {
+    let (dir, mut st) = state::load(name)?;
+    let b = build(&dir, &st)?;
+    println!(
+        "{} {}",
+        b.branch.trim_start_matches("refs/heads/"),
+        b.commit
+    );
+    eprintln!(
+        "axctl: {} files changed, {} insertions(+), {} deletions(-)",
+        b.files_changed, b.insertions, b.deletions
+    );
+    // Record it unless the supervisor still owns the state (it records its own at the end).
+    if !st.status.is_live() {
+        st.branch = Some(b);
+        state::save(&dir, &st)?;
+    }
+    Ok(0)
+}
+
+/// `axctl diff NAME [--json]`: the paths the agent created (A), modified (M) and deleted (D),
+/// from ax-fsd's live change journal; directories end in `/`.
+pub fn diff(name: &str, json: bool) -> Result<i32> {
+    let (dir, st) = state::load(name)?;
+    if st.repo.is_none() {
+        return Err(no_repo(name));
+    }
+    let journal = dir.join("journal.jsonl");
+    let mut changes = match ax_fsd::journal::read(&journal) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+    };
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    let rows: Vec<(char, String)> = changes
+        .iter()
+        .map(|(path, change, kind)| {
+            let c = match change {
+                ax_fsd::journal::Change::Created => 'A',
+                ax_fsd::journal::Change::Modified => 'M',
+                ax_fsd::journal::Change::Deleted => 'D',
+            };
+            let mut p = String::from_utf8_lossy(path).into_owned();
+            if matches!(kind, ax_fsd::journal::Kind::Dir) {
+                p.push('/');
+            }
+            (c, p)
+        })
+        .collect();
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(c, p)| serde_json::json!({"change": c.to_string(), "path": p}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (c, p) in rows {
+            println!("{c}\t{p}");
+        }
+    }
+    Ok(0)
+}
