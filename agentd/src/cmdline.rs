@@ -18,6 +18,9 @@ pub struct Cmdline {
     /// `ax.workspace=<tag>`: mount the virtio-fs share with this tag on `/workspace`
     /// (the repository served by ax-fsd). Default: none (an empty `/workspace`).
     pub workspace: Option<String>,
+    /// `ax.objects=<tag>`: mount the virtio-fs share with this tag read-only on
+    /// `/run/ax/objects` (the host repository's objects, the alternate of the agent's `.git`).
+    pub objects: Option<String>,
 }
 
 impl Default for Cmdline {
@@ -28,6 +31,7 @@ impl Default for Cmdline {
             grace: Duration::from_millis(3000),
             debug: false,
             workspace: None,
+            objects: None,
         }
     }
 }
@@ -59,6 +63,7 @@ impl Cmdline {
                 },
                 ("ax.debug", None) | ("ax.debug", Some("1")) => c.debug = true,
                 ("ax.workspace", Some(v)) if !v.is_empty() => c.workspace = Some(v.to_string()),
+                ("ax.objects", Some(v)) if !v.is_empty() => c.objects = Some(v.to_string()),
                 _ => {}
             }
         }

@@ -60,6 +60,9 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
             let _ = std::fs::create_dir_all("/workspace");
         }
     }
+    if let Some(tag) = &cmd.objects {
+        mounts::host_objects(tag)?;
+    }
     if let Some(tag) = &cmd.workspace {
         mounts::workspace(tag)?;
         log::info!("workspace: virtio-fs {tag:?} on /workspace");

@@ -43,6 +43,14 @@ pub fn workspace(tag: &str) -> Result<(), String> {
     mnt(tag, "/workspace", "virtiofs", MsFlags::MS_NODEV, None)
 }
 
+/// Where the host repository's objects are mounted (read-only) for the agent's `.git`.
+pub const HOST_OBJECTS: &str = "/run/ax/objects";
+
+/// Mounts the virtio-fs share `tag` read-only on [`HOST_OBJECTS`].
+pub fn host_objects(tag: &str) -> Result<(), String> {
+    mnt(tag, HOST_OBJECTS, "virtiofs", MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC, None)
+}
+
 /// Mounts the API file systems in the initramfs: `/proc`, `/sys`, `/dev` (devtmpfs),
 /// `/dev/pts` (devpts, needed for PTY sessions), `/dev/shm`, `/run` and `/tmp` (tmpfs).
 pub fn early() -> Result<(), String> {

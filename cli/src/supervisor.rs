@@ -115,7 +115,9 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
     }
     let _ = std::fs::remove_file(dir.join("vsock.sock"));
     let _ = std::fs::remove_file(dir.join("vhost-vsock.sock"));
-    let _ = std::fs::remove_file(dir.join("fs.sock"));
+    for tag in [driver::WORKSPACE_TAG, driver::OBJECTS_TAG] {
+        let _ = std::fs::remove_file(dir.join(format!("{tag}.sock")));
+    }
     // Whatever happened to the VM, the agent's finished writes are in the upper layer.
     sup.build_branch();
     log.line(format!("done: {}", sup.st.status_label()));
@@ -158,22 +160,22 @@ impl Supervisor {
         let vhost_sock = self.dir.join("vhost-vsock.sock");
         let uds = self.dir.join("vsock.sock");
         let accel = driver::accel_for(&self.st.vmm);
-        let fs_socket = match self.st.repo.clone() {
-            Some(repo) => Some(self.start_fsd(&repo)?),
-            None => None,
+        let fs_shares = match self.st.repo.clone() {
+            Some(repo) => self.start_fsd(&repo)?,
+            None => Vec::new(),
         };
         let spec = VmSpec {
             // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
-            cmdline: driver::kernel_cmdline(&self.st.name, accel, fs_socket.is_some()),
+            cmdline: driver::kernel_cmdline(&self.st.name, accel, !fs_shares.is_empty()),
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
             vhost_vsock_socket: vhost_sock.clone(),
             accel,
-            fs_socket,
+            fs_shares,
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
         let mut cmd = match self.st.vmm.as_str() {
@@ -465,9 +467,11 @@ impl Supervisor {
         }
     }
 
-    /// Starts ax-fsd serving the snapshot of `repo` (lower, from git objects) with this
-    /// agent's upper layer; returns its vhost-user socket once it listens.
-    fn start_fsd(&self, repo: &Path) -> Result<PathBuf> {
+    /// Starts the ax-fsd processes of a repository run: the workspace share (the snapshot of
+    /// `repo` from git objects as the lower layer, this agent's upper layer) and the read-only
+    /// share of the host's object directory (the alternate of the agent's `.git`). Returns
+    /// their (vhost-user socket, tag) once they listen.
+    fn start_fsd(&self, repo: &Path) -> Result<Vec<(PathBuf, String)>> {
         let snap: crate::git::Snapshot = serde_json::from_slice(
             &std::fs::read(self.dir.join("snapshot.json")).context("reading snapshot.json")?,
         )?;
@@ -475,29 +479,57 @@ impl Supervisor {
             .with_context(|| format!("opening {}", repo.display()))?
             .common_dir()
             .to_path_buf();
-        let sock = self.dir.join("fs.sock");
-        let _ = std::fs::remove_file(&sock);
         let upper = self.dir.join("upper");
         std::fs::create_dir_all(&upper)?;
+        let objects_upper = self.dir.join("objects-upper");
+        std::fs::create_dir_all(&objects_upper)?;
+        let tree = snap.tree.to_string();
+        let workspace: Vec<&std::ffi::OsStr> = vec![
+            "--lower-git".as_ref(),
+            git_dir.as_os_str(),
+            "--tree".as_ref(),
+            tree.as_ref(),
+            "--objects".as_ref(),
+            snap.objects_dir.as_os_str(),
+            "--upper".as_ref(),
+            upper.as_os_str(),
+        ];
+        let journal = self.dir.join("journal.jsonl");
+        let mut workspace = workspace;
+        workspace.extend(["--journal".as_ref(), journal.as_os_str()]);
+        let host_objects = git_dir.join("objects");
+        let objects: Vec<&std::ffi::OsStr> = vec![
+            "--lower".as_ref(),
+            host_objects.as_os_str(),
+            "--upper".as_ref(),
+            objects_upper.as_os_str(),
+        ];
+        Ok(vec![
+            (
+                self.spawn_fsd(driver::WORKSPACE_TAG, &workspace)?,
+                driver::WORKSPACE_TAG.into(),
+            ),
+            (
+                self.spawn_fsd(driver::OBJECTS_TAG, &objects)?,
+                driver::OBJECTS_TAG.into(),
+            ),
+        ])
+    }
+
+    /// Runs one ax-fsd (`<tag>.sock`, `fsd-<tag>.log`) and waits until it listens.
+    fn spawn_fsd(&self, tag: &str, layer_args: &[&std::ffi::OsStr]) -> Result<PathBuf> {
+        let sock = self.dir.join(format!("{tag}.sock"));
+        let _ = std::fs::remove_file(&sock);
         let bin = crate::paths::sibling_binary("ax-fsd")
             .or_else(|| qemu::which("ax-fsd"))
             .context("ax-fsd not found beside axctl or in PATH; install it (scripts/install)")?;
-        let log = File::create(self.dir.join("fsd.log"))?;
+        let log = File::create(self.dir.join(format!("fsd-{tag}.log")))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--socket")
             .arg(&sock)
-            .arg("--lower-git")
-            .arg(&git_dir)
-            .arg("--tree")
-            .arg(snap.tree.to_string())
-            .arg("--objects")
-            .arg(&snap.objects_dir)
-            .arg("--upper")
-            .arg(&upper)
-            .arg("--journal")
-            .arg(self.dir.join("journal.jsonl"))
+            .args(layer_args)
             .arg("--tag")
-            .arg(driver::WORKSPACE_TAG)
+            .arg(tag)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -515,13 +547,10 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if let Some(st) = child.try_wait()? {
-                anyhow::bail!("ax-fsd exited at start ({st}); see fsd.log");
+                anyhow::bail!("ax-fsd ({tag}) exited at start ({st}); see fsd-{tag}.log");
             }
             if Instant::now() > deadline {
-                anyhow::bail!(
-                    "ax-fsd did not listen on {} within 10 s; see fsd.log",
-                    sock.display()
-                );
+                anyhow::bail!("ax-fsd ({tag}) did not listen within 10 s; see fsd-{tag}.log");
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -245,3 +245,62 @@ fn diff_and_commit_while_running_and_after_a_vm_crash() {
     assert_eq!(env.run(&["diff", "norepo"]).status.code(), Some(2));
     assert_eq!(env.run(&["commit", "norepo"]).status.code(), Some(2));
 }
+
+#[test]
+fn git_in_the_guest_works_and_its_commits_land_on_the_branch() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    std::fs::write(r.join("a.txt"), "a\n").unwrap();
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "base commit"]);
+    // An uncommitted host change: the agent starts where the user is.
+    std::fs::write(r.join("wip.txt"), "work in progress\n").unwrap();
+    let prompt =
+        "set -e; git status --porcelain; echo status-done; git log --format=%s | head -3; \
+                  echo b > b.txt; git add b.txt; git commit -q -m 'agent commit'; \
+                  echo c > c.txt; git log --format=%s -1";
+    let o = env.run(&[
+        "run",
+        "--repo",
+        r.to_str().unwrap(),
+        "--name",
+        "gg",
+        "--wait",
+        "--prompt",
+        prompt,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        env.dump("gg");
+    }
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out, "status-done\nax: working tree at run start\nbase commit\nagent commit\n",
+        "a clean status at start, the snapshot commit on top of the base, then the agent's commit"
+    );
+    let log = git(r, &["log", "--format=%s", "ax/gg"]);
+    let subjects: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        subjects,
+        [
+            "ax: uncommitted changes of agent gg",
+            "agent commit",
+            "ax: working tree at run start",
+            "base commit"
+        ]
+    );
+    let names = git(r, &["diff", "--name-status", "main", "ax/gg"]);
+    assert_eq!(names, "A\tb.txt\nA\tc.txt\nA\twip.txt\n");
+    // The host's own work tree still has its uncommitted file, untouched.
+    assert_eq!(git(r, &["status", "--porcelain"]), "?? wip.txt\n");
+}

@@ -56,7 +56,7 @@ pub fn commit(name: &str) -> Result<i32> {
 }
 
 /// `axctl diff NAME [--json]`: the paths the agent created (A), modified (M) and deleted (D),
-/// from ax-fsd's live change journal; directories end in `/`.
+/// from ax-fsd's live change journal; directories end in `/`; the agent's `.git` is left out.
 pub fn diff(name: &str, json: bool) -> Result<i32> {
     let (dir, st) = state::load(name)?;
     if st.repo.is_none() {
@@ -68,6 +68,8 @@ pub fn diff(name: &str, json: bool) -> Result<i32> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
     };
+    // The agent's own .git is ax's plumbing, not part of its work.
+    changes.retain(|(p, _, _)| p.as_slice() != b".git" && !p.starts_with(b".git/"));
     changes.sort_by(|a, b| a.0.cmp(&b.0));
     let rows: Vec<(char, String)> = changes
         .iter()

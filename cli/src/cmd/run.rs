@@ -196,5 +196,15 @@ fn snapshot_repo(repo: &std::path::Path, dir: &std::path::Path) -> Result<std::p
     })?;
     std::fs::write(dir.join("snapshot.json"), serde_json::to_vec_pretty(&snap)?)
         .context("writing snapshot.json")?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
+    crate::git::prepare_guest_git(
+        &root,
+        &snap,
+        &dir.join("upper/.git"),
+        name,
+        &crate::git::Identity::agent(name),
+        "/run/ax/objects",
+    )
+    .context("preparing the agent's .git")?;
     Ok(root)
 }

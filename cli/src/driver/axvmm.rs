@@ -29,12 +29,12 @@ pub fn find_binary() -> Result<PathBuf> {
 pub fn config(spec: &VmSpec, vsock_uds: &Path) -> String {
     let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let mut fs = String::new();
-    if let Some(sock) = &spec.fs_socket {
-        fs = format!(
-            "\n[[vhost_user]]\nsocket = {}\ndevice_type = \"fs\"\ntag = \"{}\"\n",
+    for (sock, tag) in &spec.fs_shares {
+        fs.push_str(&format!(
+            "\n[[vhost_user]]\nsocket = {}\ndevice_type = \"fs\"\ntag = {}\n",
             q(sock),
-            super::WORKSPACE_TAG
-        );
+            toml::Value::String(tag.clone())
+        ));
     }
     format!(
         "# written by the ax supervisor; format: docs/vmm-config.md\n\
@@ -69,7 +69,7 @@ mod tests {
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/unused".into(),
             accel: Accel::Kvm,
-            fs_socket: None,
+            fs_shares: Vec::new(),
         };
         let t: toml::Table = config(&spec, Path::new("/s/vsock.sock")).parse().unwrap();
         assert_eq!(t["kernel"].as_str(), Some("/i/vmlinux"));

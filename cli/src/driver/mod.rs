@@ -129,12 +129,14 @@ pub struct VmSpec {
     /// only, ax-vmm has vsock built in).
     pub vhost_vsock_socket: PathBuf,
     pub accel: Accel,
-    /// vhost-user-fs socket of ax-fsd serving the repository (tag [`WORKSPACE_TAG`]).
-    pub fs_socket: Option<PathBuf>,
+    /// virtio-fs shares served by ax-fsd processes: (vhost-user socket, tag).
+    pub fs_shares: Vec<(PathBuf, String)>,
 }
 
 /// The virtio-fs tag of the repository share; agentd mounts it on `/workspace`.
 pub const WORKSPACE_TAG: &str = "workspace";
+/// The virtio-fs tag of the host's object directory; agentd mounts it on `/run/ax/objects`.
+pub const OBJECTS_TAG: &str = "objects";
 
 /// The kernel command line every ax guest gets; `name` becomes the guest's host name.
 ///
@@ -147,7 +149,7 @@ pub fn kernel_cmdline(name: &str, accel: Accel, workspace: bool) -> String {
     // dead guest is never mistaken for a running one.
     let mut c = format!("console=ttyS0 loglevel=4 panic=-1 ax.name={name}");
     if workspace {
-        c.push_str(&format!(" ax.workspace={WORKSPACE_TAG}"));
+        c.push_str(&format!(" ax.workspace={WORKSPACE_TAG} ax.objects={OBJECTS_TAG}"));
     }
     if accel == Accel::Tcg {
         if let Some(khz) = host_tsc_khz() {

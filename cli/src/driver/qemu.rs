@@ -96,12 +96,12 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
     ] {
         push(s);
     }
-    if let Some(fs) = &spec.fs_socket {
+    for (i, (sock, tag)) in spec.fs_shares.iter().enumerate() {
         for s in [
             "-chardev",
-            &format!("socket,id=fs,path={}", fs.display()),
+            &format!("socket,id=fs{i},path={}", sock.display()),
             "-device",
-            &format!("vhost-user-fs-device,chardev=fs,tag={}", super::WORKSPACE_TAG),
+            &format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"),
         ] {
             a.push(s.into());
         }
@@ -126,7 +126,7 @@ mod tests {
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
             accel: Accel::Tcg,
-            fs_socket: None,
+            fs_shares: Vec::new(),
         };
         let a: Vec<String> = args(&spec)
             .into_iter()

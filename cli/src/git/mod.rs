@@ -13,6 +13,7 @@
 //!   reads the user's git identity.
 
 mod branch;
+mod guest;
 mod snapshot;
 mod upper;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use branch::{build_branch, build_branch_with, BranchOptions, BranchResult};
 pub use gix::ObjectId;
+pub use guest::prepare_guest_git;
 pub use snapshot::snapshot;
 pub use upper::{scan_upper, UpperChange};
 
