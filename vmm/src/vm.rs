@@ -46,9 +46,18 @@ pub struct Vm {
 
 impl Vm {
     /// Opens /dev/kvm and creates a VM (KVM_CREATE_VM) with the x86 setup every vCPU needs:
-    /// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP (PIC + IOAPIC +
-    /// per-vCPU LAPICs in the kernel) and, if `pit`, KVM_CREATE_PIT2 with a dummy speaker port.
-    pub fn new(pit: bool) -> Result<Self, VmError> {
+    /// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, `ram` as memory slots ([`Vm::set_memory`]),
+    /// KVM_CREATE_IRQCHIP (PIC + IOAPIC + per-vCPU LAPICs in the kernel) and, if `pit`,
+    /// KVM_CREATE_PIT2 with a dummy speaker port.
+    ///
+    /// The slots go in before the irqchip on purpose. Every memslot change waits for an SRCU
+    /// grace period on the VM (`synchronize_srcu_expedited(&kvm->srcu)`), and creating the
+    /// irqchip (its PIC/IOAPIC devices on the KVM I/O buses) leaves grace-period work behind
+    /// that takes several timer ticks to finish. A KVM_SET_USER_MEMORY_REGION issued after
+    /// KVM_CREATE_IRQCHIP waited for it: 4–12 ms on kvm-pvm, most of ax-vmm's spawn time; issued
+    /// before, it takes ~0.1 ms (docs/benchmarks.md, "ax-vmm"). Firecracker registers memory
+    /// after its irqchip and pays it; Cloud Hypervisor (split irqchip) does not.
+    pub fn new(pit: bool, ram: &GuestRam) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let v = kvm.get_api_version();
         if v != 12 {
@@ -68,17 +77,21 @@ impl Vm {
             fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
                 .map_err(|e| VmError::Ioctl("KVM_SET_IDENTITY_MAP_ADDR", e))?;
         }
-        fd.create_irq_chip()
+        let vm = Vm { kvm, fd };
+        vm.set_memory(ram)?;
+        vm.fd
+            .create_irq_chip()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
         if pit {
             let cfg = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
-            fd.create_pit2(cfg)
+            vm.fd
+                .create_pit2(cfg)
                 .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
         }
-        Ok(Vm { kvm, fd })
+        Ok(vm)
     }
 
     /// Registers every RAM region as a KVM memory slot (KVM API doc §4.35
@@ -96,6 +109,31 @@ impl Vm {
             // as long as the VM runs (Machine owns both and drops the VM first).
             unsafe { self.fd.set_user_memory_region(region) }
                 .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the slots [`Vm::set_memory`] registered (KVM_SET_USER_MEMORY_REGION with
+    /// `memory_size` 0), for teardown once no vCPU runs any more.
+    ///
+    /// Closing the VM fd waits (`srcu_barrier` in `kvm_destroy_vm`) for the SRCU grace period
+    /// still pending from KVM_CREATE_IRQCHIP (see [`Vm::new`]); a normal grace period backs off
+    /// by timer ticks and finishes ~14 ms after the irqchip was created. A slot deletion waits for
+    /// an *expedited* grace period, which hurries the pending one along: for a VM that lived 3 ms,
+    /// delete + close took ~3 ms instead of ~11 ms (kvm-pvm, docs/benchmarks.md "ax-vmm"); for
+    /// a VM that lived longer it costs ~0.1 ms.
+    pub fn delete_memory(&self, ram: &GuestRam) -> Result<(), VmError> {
+        for (slot, (guest, _, host)) in ram.regions().into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: guest,
+                memory_size: 0,
+                userspace_addr: host,
+            };
+            // SAFETY: a zero-size region removes the slot; no host memory is handed to KVM.
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION (delete)", e))?;
         }
         Ok(())
     }
@@ -152,7 +190,8 @@ mod tests {
             );
             return;
         }
-        let vm = Vm::new(false).unwrap();
+        let ram = GuestRam::new(2 << 20).unwrap();
+        let vm = Vm::new(false, &ram).unwrap();
         let irq = vm.irqfd(4).unwrap();
         irq.write(1).unwrap();
         let (base, gsi) = layout::virtio_mmio_slot(0).unwrap();

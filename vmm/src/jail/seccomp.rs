@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use kvm_bindings::{
     kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
@@ -64,6 +65,13 @@ pub mod kvm_ioctl {
         ioc(IOC_WRITE, KVMIO, 0x79, std::mem::size_of::<kvm_ioeventfd>());
     /// `_IOW(KVMIO, 0xa5, struct kvm_msi)`
     pub const KVM_SIGNAL_MSI: u64 = ioc(IOC_WRITE, KVMIO, 0xa5, std::mem::size_of::<kvm_msi>());
+    /// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`
+    pub const KVM_SET_USER_MEMORY_REGION: u64 = ioc(
+        IOC_WRITE,
+        KVMIO,
+        0x46,
+        std::mem::size_of::<kvm_userspace_memory_region>(),
+    );
 }
 
 /// A rule set under construction: syscall number → alternative rules (empty = always).
@@ -270,7 +278,8 @@ fn device(r: &mut Rules) {
 }
 
 /// The main thread once the VM runs: wait for the exit eventfd, kick vCPUs, join threads,
-/// tear down.
+/// tear down. Tearing down deletes the memory slots (KVM_SET_USER_MEMORY_REGION with size 0,
+/// see `Vm::delete_memory`) once every vCPU thread has stopped.
 fn main_thread(r: &mut Rules) {
     use libc::*;
     allow(
@@ -283,6 +292,7 @@ fn main_thread(r: &mut Rules) {
             SYS_epoll_pwait,
         ],
     );
+    allow_arg_in(r, SYS_ioctl, 1, &[kvm_ioctl::KVM_SET_USER_MEMORY_REGION]);
 }
 
 /// The allowlist of `kind` (syscall number → rules).
@@ -360,6 +370,7 @@ mod tests {
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     }
 
     #[test]
@@ -408,7 +419,7 @@ mod tests {
             let ioctl = r.get(&libc::SYS_ioctl).map(Vec::len).unwrap_or(0);
             match kind {
                 ThreadKind::Vcpu => assert_eq!(ioctl, 8),
-                ThreadKind::Main => assert_eq!(ioctl, 0),
+                ThreadKind::Main => assert_eq!(ioctl, 1),
                 _ => assert_eq!(ioctl, 3),
             }
             let clone = r.contains_key(&libc::SYS_clone);
