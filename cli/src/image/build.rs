@@ -427,7 +427,15 @@ mod tests {
             .arg(&img.kernel)
             .arg("-initrd")
             .arg(&img.initrd)
-            .args(["-append", "console=ttyS0 panic=-1"])
+            // The same TSC hand-over as every TCG guest (driver::kernel_cmdline): without it
+            // a busy host can stall the boot in PIT calibration.
+            .args([
+                "-append",
+                &format!(
+                    "console=ttyS0 panic=-1 tsc_early_khz={}",
+                    crate::driver::host_tsc_khz().unwrap_or(0)
+                ),
+            ])
             .arg("-drive")
             .arg(format!(
                 "id=root,file={},format=raw,if=none,readonly=on",
