@@ -82,7 +82,7 @@ fn agent_edits_land_on_branch_and_host_tree_is_untouched() {
 
     let o = env.run(&[
         "run", "--repo", r.to_str().unwrap(), "--name", "ws", "--wait", "--prompt",
-        "cat README && echo new > new.txt && rm old.txt && mkdir -p tools && printf '#!/bin/sh\\n' > tools/run && chmod +x tools/run && echo 'fn b() {}' >> src/lib.rs && ls",
+        "cat README && echo new > new.txt && rm old.txt && mkdir -p tools && printf '#!/bin/sh\\n' > tools/run && chmod +x tools/run && echo 'fn b() {}' >> src/lib.rs && mv src srcx && ln -s README link && ls",
     ]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
@@ -95,18 +95,37 @@ fn agent_edits_land_on_branch_and_host_tree_is_untouched() {
     assert!(out.starts_with("hello from the host\n"), "{out}");
 
     // The branch holds exactly the agent's changes.
-    let stat = git(r, &["diff", "--name-status", &base, "ax/ws"]);
+    let stat = git(
+        r,
+        &["diff", "--no-renames", "--name-status", &base, "ax/ws"],
+    );
     let mut lines: Vec<&str> = stat.lines().collect();
     lines.sort();
     assert_eq!(
         lines,
-        ["A\tnew.txt", "A\ttools/run", "D\told.txt", "M\tsrc/lib.rs"],
+        [
+            "A\tlink",
+            "A\tnew.txt",
+            "A\tsrcx/lib.rs",
+            "A\ttools/run",
+            "D\told.txt",
+            "D\tsrc/lib.rs"
+        ],
         "{stat}"
     );
     assert!(git(r, &["ls-tree", "ax/ws", "tools/run"]).starts_with("100755"));
     assert_eq!(git(r, &["show", "ax/ws:new.txt"]), "new\n");
+    assert!(git(r, &["ls-tree", "ax/ws", "link"]).starts_with("120000"));
+    assert_eq!(
+        git(r, &["show", "ax/ws:srcx/lib.rs"]),
+        "fn a() {}\nfn b() {}\n"
+    );
     let st = env.inspect("ws");
-    assert_eq!(st["branch"]["files_changed"], 4, "{st}");
+    assert_eq!(st["branch"]["files_changed"], 6, "{st}");
+    let human = String::from_utf8_lossy(&env.run(&["inspect", "ws"]).stdout).into_owned();
+    assert!(human.contains("Branch:    ax/ws at "), "{human}");
+    assert!(human.contains(&format!("Base:      {base}")), "{human}");
+    assert!(human.contains("6 files changed"), "{human}");
 
     // The host's work tree, index, config, hooks and refs are byte-identical; the only new
     // files are the branch's ref and reflog and the objects it needs (content-addressed).

@@ -68,6 +68,29 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
             s.kernel_cmdline.clone().unwrap_or_else(|| "-".into()),
         ),
     ];
+    if let Some(repo) = &s.repo {
+        rows.push(("Repo", repo.display().to_string()));
+    }
+    if let Some(b) = &s.branch {
+        rows.push((
+            "Branch",
+            format!(
+                "{} at {}",
+                b.branch.trim_start_matches("refs/heads/"),
+                b.commit
+            ),
+        ));
+        if let Some(base) = &b.base {
+            rows.push(("Base", base.to_string()));
+        }
+        rows.push((
+            "Changes",
+            format!(
+                "{} files changed, {} insertions(+), {} deletions(-); {} commits from the guest",
+                b.files_changed, b.insertions, b.deletions, b.imported_commits
+            ),
+        ));
+    }
     if let Some(r) = &s.reason {
         rows.push(("Reason", r.clone()));
     }
