@@ -19,6 +19,7 @@ use agentd::proto::{self, Exec, Frame, Role, Shutdown, WinSize};
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{SigSet, Signal as NixSignal};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -199,16 +200,7 @@ impl Supervisor {
         cmd.stdin(Stdio::null())
             .stdout(vmm_log.try_clone()?)
             .stderr(vmm_log);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The VM must not outlive its supervisor.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                Ok(())
-            });
-        }
+        die_with_supervisor(&mut cmd);
         self.log.line(format!("spawning {:?}", cmd));
         let mut child = cmd
             .spawn()
@@ -483,26 +475,24 @@ impl Supervisor {
         std::fs::create_dir_all(&upper)?;
         let objects_upper = self.dir.join("objects-upper");
         std::fs::create_dir_all(&objects_upper)?;
-        let tree = snap.tree.to_string();
-        let workspace: Vec<&std::ffi::OsStr> = vec![
-            "--lower-git".as_ref(),
-            git_dir.as_os_str(),
-            "--tree".as_ref(),
-            tree.as_ref(),
-            "--objects".as_ref(),
-            snap.objects_dir.as_os_str(),
-            "--upper".as_ref(),
-            upper.as_os_str(),
-        ];
-        let journal = self.dir.join("journal.jsonl");
-        let mut workspace = workspace;
-        workspace.extend(["--journal".as_ref(), journal.as_os_str()]);
         let host_objects = git_dir.join("objects");
-        let objects: Vec<&std::ffi::OsStr> = vec![
-            "--lower".as_ref(),
-            host_objects.as_os_str(),
-            "--upper".as_ref(),
-            objects_upper.as_os_str(),
+        let workspace: Vec<OsString> = vec![
+            "--lower-git".into(),
+            git_dir.into(),
+            "--tree".into(),
+            snap.tree.to_string().into(),
+            "--objects".into(),
+            snap.objects_dir.into(),
+            "--upper".into(),
+            upper.into(),
+            "--journal".into(),
+            self.dir.join("journal.jsonl").into(),
+        ];
+        let objects: Vec<OsString> = vec![
+            "--lower".into(),
+            host_objects.into(),
+            "--upper".into(),
+            objects_upper.into(),
         ];
         Ok(vec![
             (
@@ -517,7 +507,7 @@ impl Supervisor {
     }
 
     /// Runs one ax-fsd (`<tag>.sock`, `fsd-<tag>.log`) and waits until it listens.
-    fn spawn_fsd(&self, tag: &str, layer_args: &[&std::ffi::OsStr]) -> Result<PathBuf> {
+    fn spawn_fsd(&self, tag: &str, layer_args: &[OsString]) -> Result<PathBuf> {
         let sock = self.dir.join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&sock);
         let bin = crate::paths::sibling_binary("ax-fsd")
@@ -533,15 +523,7 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                Ok(())
-            });
-        }
+        die_with_supervisor(&mut cmd);
         self.log.line(format!("spawning {cmd:?}"));
         let mut child = cmd.spawn().context("starting ax-fsd")?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -627,6 +609,20 @@ fn vm_death_reason(dir: &Path, status: ExitStatus, when: &str) -> String {
     }
     msg.push_str("; see console.log");
     msg
+}
+
+/// Makes a child (the VMM, ax-fsd) die with the supervisor (PR_SET_PDEATHSIG) and start
+/// with no blocked signals (the supervisor blocks the ones it takes with sigwait).
+fn die_with_supervisor(cmd: &mut Command) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
 }
 
 fn spawn_signal_thread(tx: Sender<Event>) {
