@@ -30,6 +30,23 @@ fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A new repository on branch `main` with `files` (path, content) in one commit "base
+/// commit"; also returns the commit id.
+fn repo_with(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    for (path, body) in files {
+        let p = r.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "base commit"]);
+    let head = git(r, &["rev-parse", "HEAD"]).trim().to_string();
+    (repo, head)
+}
+
 /// Every file under `root` (relative path → mode and sha256 of its bytes or link target).
 fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
     use std::os::unix::fs::MetadataExt;
@@ -68,16 +85,12 @@ fn agent_edits_land_on_branch_and_host_tree_is_untouched() {
     }
     ensure_image();
     let env = Env::new();
-    let repo = tempfile::tempdir().unwrap();
+    let (repo, base) = repo_with(&[
+        ("README", "hello from the host\n"),
+        ("old.txt", "to be deleted\n"),
+        ("src/lib.rs", "fn a() {}\n"),
+    ]);
     let r = repo.path();
-    git(r, &["init", "-q", "-b", "main"]);
-    std::fs::write(r.join("README"), "hello from the host\n").unwrap();
-    std::fs::write(r.join("old.txt"), "to be deleted\n").unwrap();
-    std::fs::create_dir(r.join("src")).unwrap();
-    std::fs::write(r.join("src/lib.rs"), "fn a() {}\n").unwrap();
-    git(r, &["add", "-A"]);
-    git(r, &["commit", "-q", "-m", "base"]);
-    let base = git(r, &["rev-parse", "HEAD"]).trim().to_string();
     let before = files(r);
 
     let o = env.run(&[
@@ -152,12 +165,8 @@ fn two_agents_on_one_repo_never_see_each_others_writes() {
     }
     ensure_image();
     let env = Env::new();
-    let repo = tempfile::tempdir().unwrap();
+    let (repo, _) = repo_with(&[("shared.txt", "base\n")]);
     let r = repo.path().to_path_buf();
-    git(&r, &["init", "-q", "-b", "main"]);
-    std::fs::write(r.join("shared.txt"), "base\n").unwrap();
-    git(&r, &["add", "-A"]);
-    git(&r, &["commit", "-q", "-m", "base"]);
     let run = |me: &'static str, other: &'static str| {
         let mut c = env.axctl();
         c.args([
@@ -207,13 +216,8 @@ fn diff_and_commit_while_running_and_after_a_vm_crash() {
     }
     ensure_image();
     let env = Env::new();
-    let repo = tempfile::tempdir().unwrap();
+    let (repo, _) = repo_with(&[("keep.txt", "keep\n"), ("gone.txt", "gone\n")]);
     let r = repo.path();
-    git(r, &["init", "-q", "-b", "main"]);
-    std::fs::write(r.join("keep.txt"), "keep\n").unwrap();
-    std::fs::write(r.join("gone.txt"), "gone\n").unwrap();
-    git(r, &["add", "-A"]);
-    git(r, &["commit", "-q", "-m", "base"]);
     let o = env.run(&[
         "run", "--repo", r.to_str().unwrap(), "--name", "live", "--prompt",
         "echo one > one.txt && rm gone.txt && echo more >> keep.txt && sync && touch /tmp/ready && sleep 600",
@@ -272,12 +276,8 @@ fn git_in_the_guest_works_and_its_commits_land_on_the_branch() {
     }
     ensure_image();
     let env = Env::new();
-    let repo = tempfile::tempdir().unwrap();
+    let (repo, _) = repo_with(&[("a.txt", "a\n")]);
     let r = repo.path();
-    git(r, &["init", "-q", "-b", "main"]);
-    std::fs::write(r.join("a.txt"), "a\n").unwrap();
-    git(r, &["add", "-A"]);
-    git(r, &["commit", "-q", "-m", "base commit"]);
     // An uncommitted host change: the agent starts where the user is.
     std::fs::write(r.join("wip.txt"), "work in progress\n").unwrap();
     let prompt =
