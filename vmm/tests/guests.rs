@@ -16,10 +16,9 @@ fn serial_hello_prints_and_exits_cleanly() {
         return;
     }
     let g = guest("serial_hello");
-    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--memory-mib", "32"], T);
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
-    assert_eq!(stdout(&o), "hello from guest\n");
-    let err = stderr(&o);
+    let (code, out, err) = boot(&g, &["--memory-mib", "32"], T);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(out, "hello from guest\n");
     assert!(
         err.contains("guest boot complete:"),
         "boot timer not logged: {err}"
@@ -37,9 +36,9 @@ fn serial_output_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("console.log");
     let serial = format!("file:{}", f.display());
-    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--serial", &serial], T);
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
-    assert_eq!(stdout(&o), "");
+    let (code, out, err) = boot(&g, &["--serial", &serial], T);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(out, "");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello from guest\n");
 }
 
@@ -50,9 +49,9 @@ fn two_vcpus_stop_cleanly() {
     }
     // vCPU 1 waits for an INIT/SIPI that never comes; the VMM must still stop it.
     let g = guest("serial_hello");
-    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--cpus", "2"], T);
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
-    assert_eq!(stdout(&o), "hello from guest\n");
+    let (code, out, err) = boot(&g, &["--cpus", "2"], T);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(out, "hello from guest\n");
 }
 
 #[test]
@@ -115,10 +114,9 @@ fn pvh_start_info_memmap_cmdline_and_acpi() {
         return;
     }
     let g = guest("pvh_params");
-    let o = run_vmm(
+    let (code, out, err) = boot(
+        &g,
         &[
-            "--kernel",
-            g.to_str().unwrap(),
             "--memory-mib",
             "64",
             "--cmdline",
@@ -126,13 +124,7 @@ fn pvh_start_info_memmap_cmdline_and_acpi() {
         ],
         T,
     );
-    let out = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {out}\nstderr: {}",
-        stderr(&o)
-    );
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(
         out.contains("pvh: magic=0x336ec578 version=00000001\n"),
         "{out}"
@@ -172,23 +164,8 @@ fn pvh_initrd_is_module_zero_and_no_acpi_means_no_rsdp() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, vec![0x5a; 10_000]).unwrap();
-    let o = run_vmm(
-        &[
-            "--kernel",
-            g.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--no-acpi",
-        ],
-        T,
-    );
-    let out = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {out}\nstderr: {}",
-        stderr(&o)
-    );
+    let (code, out, err) = boot(&g, &["--initrd", initrd.to_str().unwrap(), "--no-acpi"], T);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("pvh: modules=00000001\n"), "{out}");
     assert!(out.contains("pvh: rsdp=0x0000000000000000\n"), "{out}");
     assert!(!out.contains("acpi:"), "{out}");
@@ -200,17 +177,8 @@ fn memory_above_the_mmio_hole_starts_at_4g() {
         return;
     }
     let g = guest("pvh_params");
-    let o = run_vmm(
-        &["--kernel", g.to_str().unwrap(), "--memory-mib", "3584"],
-        T,
-    );
-    let out = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {out}\nstderr: {}",
-        stderr(&o)
-    );
+    let (code, out, err) = boot(&g, &["--memory-mib", "3584"], T);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     let m = memmap(&out);
     assert_eq!(m[2], (0x100000, 0xc000_0000 - 0x100000, 1), "{out}");
     assert_eq!(m[3], (0x1_0000_0000, 512 << 20, 1), "{out}");
@@ -222,10 +190,9 @@ fn triple_fault_is_an_error_naming_exit_and_rip() {
         return;
     }
     let g = guest("triple_fault");
-    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
-    assert_eq!(stdout(&o), "about to triple fault\n");
+    let (code, out, err) = boot(&g, &[], T);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert_eq!(out, "about to triple fault\n");
     assert!(err.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{err}");
     assert!(err.contains("at RIP 0x10"), "{err}");
 }
@@ -257,9 +224,9 @@ fn a_non_kernel_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk");
     std::fs::write(&junk, vec![0u8; 4096]).unwrap();
-    let o = run_vmm(&["--kernel", junk.to_str().unwrap()], T);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot load kernel"), "{}", stderr(&o));
+    let (code, _, err) = boot(&junk, &[], T);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot load kernel"), "{err}");
 }
 
 #[test]
@@ -271,10 +238,9 @@ fn linux_64bit_boot_protocol_zero_page() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, vec![0xa5; 5000]).unwrap();
-    let o = run_vmm(
+    let (code, out, err) = boot(
+        &k,
         &[
-            "--kernel",
-            k.to_str().unwrap(),
             "--initrd",
             initrd.to_str().unwrap(),
             "--memory-mib",
@@ -284,13 +250,7 @@ fn linux_64bit_boot_protocol_zero_page() {
         ],
         T,
     );
-    let out = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {out}\nstderr: {}",
-        stderr(&o)
-    );
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(out.starts_with("linux64: long mode entry\n"), "{out}");
     assert!(
         out.contains("linux64: type_of_loader=0x00000000000000ff\n"),
@@ -324,10 +284,10 @@ fn acpi_s5_power_off_is_a_clean_exit() {
         return;
     }
     let g = guest("acpi_poweroff");
-    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
-    assert_eq!(stdout(&o), "powering off\n");
-    assert!(stderr(&o).contains("powered off"), "{}", stderr(&o));
+    let (code, out, err) = boot(&g, &[], T);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(out, "powering off\n");
+    assert!(err.contains("powered off"), "{err}");
 }
 
 #[test]
@@ -337,17 +297,9 @@ fn guest_halted_forever_is_stopped_by_sigkill_only() {
     }
     // The idle guest halts with interrupts off: the VMM must keep running (no spurious exit).
     let g = guest("idle");
-    let o = run_vmm(
-        &["--kernel", g.to_str().unwrap()],
-        Duration::from_millis(1500),
-    );
-    assert_eq!(stdout(&o), "idle\n");
-    assert_eq!(
-        o.status.code(),
-        None,
-        "ax-vmm exited on its own: {}",
-        stderr(&o)
-    );
+    let (code, out, err) = boot(&g, &[], Duration::from_millis(1500));
+    assert_eq!(out, "idle\n");
+    assert_eq!(code, None, "ax-vmm exited on its own: {err}");
 }
 
 #[test]
@@ -356,17 +308,11 @@ fn odd_accesses_and_unmapped_io_do_not_crash_the_vmm() {
         return;
     }
     let g = guest("rough");
-    let o = run_vmm(&["--kernel", g.to_str().unwrap()], T);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
+    let (code, out, err) = boot(&g, &[], T);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     // Unmapped ports float high; unmapped MMIO reads as zero.
     assert_eq!(
-        stdout(&o),
+        out,
         "rough: unmapped port=0xffffffff unmapped mmio=0x00000000\nrough: survived\n"
     );
 }

@@ -21,23 +21,21 @@ fn serial_hello_is_the_same_jailed_and_unjailed() {
         return;
     }
     let g = guest("serial_hello");
-    let g = g.to_str().unwrap();
     for cpus in ["1", "2"] {
-        let base = ["--kernel", g, "--memory-mib", "32", "--cpus", cpus];
-        let free = run_vmm(&[&base[..], &["--no-jail"]].concat(), T);
-        let jailed = run_vmm(&[&base[..], &["--log-level", "debug"]].concat(), T);
+        let base = ["--memory-mib", "32", "--cpus", cpus];
+        let (free_code, free_out, free_err) = boot(&g, &[&base[..], &["--no-jail"]].concat(), T);
+        let (code, out, err) = boot(&g, &[&base[..], &["--log-level", "debug"]].concat(), T);
         // A missing syscall kills the process with SIGSYS: no exit code at all.
-        assert_eq!(jailed.status.code(), Some(0), "jailed: {}", stderr(&jailed));
-        assert_eq!(free.status.code(), Some(0), "unjailed: {}", stderr(&free));
-        assert_eq!(stdout(&jailed), "hello from guest\n");
-        assert_eq!(stdout(&jailed), stdout(&free));
-        let err = stderr(&jailed);
+        assert_eq!(code, Some(0), "jailed: {err}");
+        assert_eq!(free_code, Some(0), "unjailed: {free_err}");
+        assert_eq!(out, "hello from guest\n");
+        assert_eq!(out, free_out);
         assert!(
             err.contains("jail: seccomp per thread (kill on violation)"),
             "{err}"
         );
         assert!(err.contains("clean shutdown"), "{err}");
-        assert!(stderr(&free).contains("jail off"), "{}", stderr(&free));
+        assert!(free_err.contains("jail off"), "{free_err}");
     }
 }
 
@@ -51,8 +49,8 @@ fn serial_to_a_file_works_in_the_jail() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("console.log");
     let serial = format!("file:{}", f.display());
-    let o = run_vmm(&["--kernel", g.to_str().unwrap(), "--serial", &serial], T);
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let (code, _, err) = boot(&g, &["--serial", &serial], T);
+    assert_eq!(code, Some(0), "stderr: {err}");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello from guest\n");
 }
 
@@ -62,25 +60,11 @@ fn seccomp_log_mode_and_config_switch() {
         return;
     }
     let g = guest("serial_hello");
-    let o = run_vmm(
-        &[
-            "--kernel",
-            g.to_str().unwrap(),
-            "--seccomp",
-            "log",
-            "--log-level",
-            "debug",
-        ],
-        T,
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("LOG ONLY on violation"),
-        "{}",
-        stderr(&o)
-    );
-    let bad = run_vmm(&["--kernel", g.to_str().unwrap(), "--seccomp", "trap"], T);
-    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let (code, _, err) = boot(&g, &["--seccomp", "log", "--log-level", "debug"], T);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("LOG ONLY on violation"), "{err}");
+    let (code, _, err) = boot(&g, &["--seccomp", "trap"], T);
+    assert_eq!(code, Some(2), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vm.toml");
     std::fs::write(
@@ -442,25 +426,15 @@ fn virtio_guests_are_the_same_jailed_and_unjailed() {
         "virtio_malformed",
     ] {
         let g = guest(name);
-        let base = [
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory-mib",
-            "32",
-            "--block",
-            img.to_str().unwrap(),
-        ];
-        let free = run_vmm(&[&base[..], &["--no-jail"]].concat(), T);
-        let jailed = run_vmm(&base, T);
+        let base = ["--memory-mib", "32", "--block", img.to_str().unwrap()];
+        let (free_code, free_out, free_err) = boot(&g, &[&base[..], &["--no-jail"]].concat(), T);
+        let (code, out, err) = boot(&g, &base, T);
         assert_eq!(
-            jailed.status.code(),
-            free.status.code(),
-            "{name}: jailed stderr:\n{}\nunjailed stderr:\n{}",
-            stderr(&jailed),
-            stderr(&free)
+            code, free_code,
+            "{name}: jailed stderr:\n{err}\nunjailed stderr:\n{free_err}"
         );
-        assert_eq!(jailed.status.code(), Some(0), "{name}: {}", stderr(&jailed));
-        assert_eq!(stdout(&jailed), stdout(&free), "{name}");
-        assert!(!stdout(&jailed).is_empty(), "{name}");
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert_eq!(out, free_out, "{name}");
+        assert!(!out.is_empty(), "{name}");
     }
 }

@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -104,16 +103,6 @@ fn start_virtiofsd(bin: &Path, dir: &Path) -> (Backend, PathBuf) {
     (b, sock)
 }
 
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.to_str().unwrap())
-}
-
-fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
-    out.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
-}
-
 #[test]
 fn fuse_init_through_the_vhost_user_fs_frontend() {
     let test = "fuse_init_through_the_vhost_user_fs_frontend";
@@ -170,28 +159,6 @@ fn fuse_init_through_the_vhost_user_fs_frontend() {
         !err.contains("panicked") && !err.contains("ax-vmm: warn"),
         "{ctx}"
     );
-}
-
-/// Spawns ax-vmm; stdout lines arrive on the channel.
-fn spawn_vmm(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(VMM)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ax-vmm");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
 }
 
 #[test]
@@ -276,12 +243,9 @@ fn missing_backend_and_bad_vhost_user_config_are_clear_errors() {
     let test = "missing_backend_and_bad_vhost_user_config_are_clear_errors";
     let g = guest("virtio_fs");
     let dir = tempfile::tempdir().unwrap();
-    let gs = g.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut a = vec!["--kernel", gs, "--memory-mib", "32"];
-        a.extend_from_slice(extra);
-        let o = run_vmm(&a, T);
-        (o.status.code(), stderr(&o))
+        let (code, _, err) = boot(&g, &[&["--memory-mib", "32"][..], extra].concat(), T);
+        (code, err)
     };
     // Usage/config errors (exit 2): no tag, a tag too long for virtio_fs_config, a socket
     // directory that does not exist.

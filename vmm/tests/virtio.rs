@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,6 @@ fn guest_hash(b: &[u8]) -> u32 {
         .fold(0u32, |h, &x| h.wrapping_mul(31).wrapping_add(u32::from(x)))
 }
 
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.to_str().unwrap())
-}
-
 /// Writes vm.toml for `guest` with extra TOML appended.
 fn config(dir: &Path, guest: &Path, extra: &str) -> PathBuf {
     let f = dir.join("vm.toml");
@@ -58,12 +54,6 @@ fn run(cfg: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
     args.extend_from_slice(extra);
     let o = run_vmm(&args, T);
     (o.status.code(), stdout(&o), stderr(&o))
-}
-
-fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
-    out.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
 }
 
 #[test]
@@ -258,28 +248,6 @@ fn used_buffer_notifications_arrive_as_interrupts() {
         !out.contains("UNEXPECTED") && !out.contains("TIMEOUT"),
         "{out}"
     );
-}
-
-/// Spawns ax-vmm; stdout lines arrive on the channel.
-fn spawn_vmm(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(VMM)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ax-vmm");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
 }
 
 fn wait_line(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The ax-vmm binary under test.
@@ -43,6 +45,36 @@ fn guests_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
 }
 
+/// Compiles and links tests/guests/<name>.S with linker script `script` into `out`,
+/// optionally with tests/guests on the include path. Panics with the compiler output on
+/// failure.
+fn link_guest(name: &str, script: &str, include: bool, out: &Path) {
+    let src = guests_src();
+    let mut gcc = Command::new("gcc");
+    gcc.args([
+        "-nostdlib",
+        "-static",
+        "-no-pie",
+        "-Wl,--build-id=none",
+        "-Wl,--no-warn-rwx-segments",
+    ])
+    .arg(format!("-Wl,-T,{}", src.join(script).display()));
+    if include {
+        gcc.arg("-I").arg(&src);
+    }
+    let o = gcc
+        .arg("-o")
+        .arg(out)
+        .arg(src.join(format!("{name}.S")))
+        .output()
+        .expect("run gcc (install gcc to build the test guests)");
+    assert!(
+        o.status.success(),
+        "building guest {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Builds test guest `name` (tests/guests/<name>.S) into an ELF with a PVH note; cached
 /// per test run in CARGO_TARGET_TMPDIR. Panics with the compiler output on failure.
 pub fn guest(name: &str) -> PathBuf {
@@ -55,28 +87,7 @@ pub fn guest(name: &str) -> PathBuf {
     }
     let tmp =
         out.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-    let src = guests_src();
-    let o = Command::new("gcc")
-        .args([
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
-        .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
-        .arg("-I")
-        .arg(&src)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(src.join(format!("{name}.S")))
-        .output()
-        .expect("run gcc (install gcc to build the test guests)");
-    assert!(
-        o.status.success(),
-        "building guest {name} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    link_guest(name, "guest.ld", true, &tmp);
     std::fs::rename(&tmp, &out).unwrap();
     out
 }
@@ -90,26 +101,7 @@ pub fn bzimage_guest(name: &str) -> PathBuf {
         format!("{}.{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "");
     let elf = out_dir.join(format!("{name}.{tag}.elf"));
     let bin = out_dir.join(format!("{name}.{tag}.bzImage"));
-    let src = guests_src();
-    let o = Command::new("gcc")
-        .args([
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
-        .arg(format!("-Wl,-T,{}", src.join("bzimage.ld").display()))
-        .arg("-o")
-        .arg(&elf)
-        .arg(src.join(format!("{name}.S")))
-        .output()
-        .expect("run gcc (install gcc to build the test guests)");
-    assert!(
-        o.status.success(),
-        "building guest {name} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    link_guest(name, "bzimage.ld", false, &elf);
     let o = Command::new("objcopy")
         .args(["-O", "binary"])
         .arg(&elf)
@@ -124,15 +116,36 @@ pub fn bzimage_guest(name: &str) -> PathBuf {
     bin
 }
 
-/// Runs ax-vmm with `args`, killing it after `timeout`.
-pub fn run_vmm(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(VMM)
+/// Spawns ax-vmm with `args`, stdin from /dev/null, stdout and stderr piped.
+fn spawn_piped(args: &[&str]) -> Child {
+    Command::new(VMM)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn ax-vmm");
+        .expect("spawn ax-vmm")
+}
+
+/// Spawns ax-vmm; stdout lines arrive on the channel.
+pub fn spawn_vmm(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = spawn_piped(args);
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Runs ax-vmm with `args`, killing it after `timeout`.
+pub fn run_vmm(args: &[&str], timeout: Duration) -> Output {
+    let mut child = spawn_piped(args);
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -155,4 +168,25 @@ pub fn stdout(o: &Output) -> String {
 /// stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Boots `kernel` under ax-vmm with `flags` after `--kernel`, killing it after `timeout`;
+/// returns (exit code, serial output on stdout, stderr).
+pub fn boot(kernel: &Path, flags: &[&str], timeout: Duration) -> (Option<i32>, String, String) {
+    let mut args = vec!["--kernel", kernel.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let o = run_vmm(&args, timeout);
+    (o.status.code(), stdout(&o), stderr(&o))
+}
+
+/// A path as a quoted TOML string.
+pub fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.to_str().unwrap())
+}
+
+/// The first line of `out` starting with `prefix`; panics showing `out` when none does.
+pub fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
 }

@@ -299,11 +299,8 @@ impl BlockWorker {
                     return (blk_status::IOERR, 0);
                 }
                 let off = sector * SECTOR_SIZE;
-                let r = if write {
-                    self.write_out(mem, &p.readable, off, len)
-                } else {
-                    self.read_in(mem, &p.writable, off, len)
-                };
+                let segs = if write { &p.readable } else { &p.writable };
+                let r = self.transfer(mem, segs, off, len, write);
                 match r {
                     Ok(()) => (blk_status::OK, if write { 0 } else { len }),
                     Err(e) => {
@@ -353,53 +350,39 @@ impl BlockWorker {
         }
     }
 
-    fn read_in(
+    /// Copies `len` bytes between the disk at byte `off` and the guest segments, in
+    /// CHUNK-sized pieces through the reused buffer. A write (`write`) reads the guest's
+    /// readable segments after the 16-byte request header and writes the file; a read reads
+    /// the file and fills the writable segments from their start.
+    fn transfer(
         &mut self,
         mem: &GuestMemoryMmap,
         segs: &[Seg],
         off: u64,
         len: u64,
+        write: bool,
     ) -> Result<(), String> {
         let mut buf = std::mem::take(&mut self.buf);
         let file = &self.file;
         let mut pos = off;
-        let r = for_each_range(segs, 0, len, |addr, n| {
+        let skip = if write { 16 } else { 0 };
+        let r = for_each_range(segs, skip, len, |addr, n| {
             let mut done = 0u64;
             while done < n {
                 let c = (n - done).min(CHUNK as u64) as usize;
                 buf.resize(c, 0);
-                file.read_exact_at(&mut buf[..c], pos)
-                    .map_err(|e| e.to_string())?;
-                mem.write_slice(&buf[..c], GuestAddress(addr.0 + done))
-                    .map_err(|e| e.to_string())?;
-                pos += c as u64;
-                done += c as u64;
-            }
-            Ok(())
-        });
-        self.buf = buf;
-        r
-    }
-
-    fn write_out(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        segs: &[Seg],
-        off: u64,
-        len: u64,
-    ) -> Result<(), String> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let file = &self.file;
-        let mut pos = off;
-        let r = for_each_range(segs, 16, len, |addr, n| {
-            let mut done = 0u64;
-            while done < n {
-                let c = (n - done).min(CHUNK as u64) as usize;
-                buf.resize(c, 0);
-                mem.read_slice(&mut buf[..c], GuestAddress(addr.0 + done))
-                    .map_err(|e| e.to_string())?;
-                file.write_all_at(&buf[..c], pos)
-                    .map_err(|e| e.to_string())?;
+                let guest = GuestAddress(addr.0 + done);
+                if write {
+                    mem.read_slice(&mut buf[..c], guest)
+                        .map_err(|e| e.to_string())?;
+                    file.write_all_at(&buf[..c], pos)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    file.read_exact_at(&mut buf[..c], pos)
+                        .map_err(|e| e.to_string())?;
+                    mem.write_slice(&buf[..c], guest)
+                        .map_err(|e| e.to_string())?;
+                }
                 pos += c as u64;
                 done += c as u64;
             }
