@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -183,42 +182,20 @@ fn backend_death_mid_run_needs_reset_and_the_vmm_survives() {
     ]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let hit = l == "fs: waiting for the backend to go";
-                seen.push(l);
-                if hit {
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("guest did not get to the wait ({e}):\n{}", seen.join("\n"));
-            }
-        }
+    if let Err(e) = recv_line(
+        &rx,
+        "fs: waiting for the backend to go",
+        &mut seen,
+        deadline,
+    ) {
+        let _ = child.kill();
+        panic!("guest did not get to the wait ({e}):\n{}", seen.join("\n"));
     }
     // The backend dies while the device is active.
     backend.kill();
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
-        seen.push(l);
-    }
-    let out = seen.join("\n") + "\n";
+    let (code, out, err) = finish(child, rx, seen, deadline);
     let ctx = format!("stdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(status.code(), Some(0), "{ctx}");
+    assert_eq!(code, Some(0), "{ctx}");
     assert!(
         out.contains("fs: reply len=00000050 error=00000000 unique=00000001\n"),
         "{ctx}"

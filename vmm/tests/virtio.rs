@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -251,49 +250,13 @@ fn used_buffer_notifications_arrive_as_interrupts() {
 }
 
 fn wait_line(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let hit = l == want;
-                seen.push(l);
-                if hit {
-                    return;
-                }
-            }
-            Err(e) => panic!(
-                "no {want:?} from the guest ({e}); got:\n{}",
-                seen.join("\n")
-            ),
-        }
+    if let Err(e) = recv_line(rx, want, seen, Instant::now() + T) {
+        panic!(
+            "no {want:?} from the guest ({e}); got:\n{}",
+            seen.join("\n")
+        );
     }
 }
-
-fn finish(
-    mut child: Child,
-    rx: mpsc::Receiver<String>,
-    mut seen: Vec<String>,
-) -> (Option<i32>, String, String) {
-    let deadline = Instant::now() + T;
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
-        seen.push(l);
-    }
-    (status.code(), seen.join("\n") + "\n", err)
-}
-
 #[test]
 fn vsock_guest_connects_out_and_host_connects_in() {
     if skip_without_kvm("vsock_guest_connects_out_and_host_connects_in") {
@@ -348,7 +311,7 @@ fn vsock_guest_connects_out_and_host_connects_in() {
     s.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"hello guest\n");
     drop(s);
-    let (code, out, err) = finish(child, rx, seen);
+    let (code, out, err) = finish(child, rx, seen, Instant::now() + T);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("vsock: status=0000000f guest_cid=00000007\n"),

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -189,4 +189,49 @@ pub fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
     out.lines()
         .find(|l| l.starts_with(prefix))
         .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
+}
+
+/// Collects stdout lines from `rx` into `seen` until one equals `want`; the error when
+/// `deadline` passes (or the channel closes) first.
+pub fn recv_line(
+    rx: &mpsc::Receiver<String>,
+    want: &str,
+    seen: &mut Vec<String>,
+    deadline: Instant,
+) -> Result<(), mpsc::RecvTimeoutError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = rx.recv_timeout(left)?;
+        let hit = l == want;
+        seen.push(l);
+        if hit {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until `deadline` for a `spawn_vmm` child to exit, kills it if still running, and
+/// returns (exit code, every stdout line including `seen`, stderr).
+pub fn finish(
+    mut child: Child,
+    rx: mpsc::Receiver<String>,
+    mut seen: Vec<String>,
+    deadline: Instant,
+) -> (Option<i32>, String, String) {
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
+        seen.push(l);
+    }
+    (status.code(), seen.join("\n") + "\n", err)
 }
