@@ -57,10 +57,12 @@ impl Env {
         }
     }
 
-    /// `axctl` with this env's XDG dirs.
+    /// `axctl` with this env's XDG dirs, run from the env's own directory (outside any git
+    /// repository, so agents get an empty /workspace unless a test says otherwise).
     pub fn axctl(&self) -> Command {
         let mut c = Command::new(bin_dir().join("axctl"));
-        c.env("XDG_STATE_HOME", self.state.path())
+        c.current_dir(self.state.path())
+            .env("XDG_STATE_HOME", self.state.path())
             .env("XDG_CACHE_HOME", cache_home())
             .env("XDG_CONFIG_HOME", self.state.path().join("config"))
             .stdin(Stdio::null());

@@ -262,9 +262,23 @@ fn diff_and_commit_while_running_and_after_a_vm_crash() {
     assert_eq!(names, "D\tgone.txt\nM\tkeep.txt\nA\tone.txt\n");
     assert_eq!(git(r, &["show", "ax/live:keep.txt"]), "keep\nmore\n");
 
-    // No repository: a usage error.
-    let o = env.run(&["run", "--name", "norepo", "--wait", "--prompt", "true"]);
+    // --no-repo inside a repository: an empty /workspace, and diff/commit are usage errors.
+    let o = env
+        .axctl()
+        .current_dir(r)
+        .args([
+            "run",
+            "--no-repo",
+            "--name",
+            "norepo",
+            "--wait",
+            "--prompt",
+            "ls -A /workspace | wc -l",
+        ])
+        .output()
+        .unwrap();
     assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n");
     assert_eq!(env.run(&["diff", "norepo"]).status.code(), Some(2));
     assert_eq!(env.run(&["commit", "norepo"]).status.code(), Some(2));
 }
@@ -276,7 +290,7 @@ fn git_in_the_guest_works_and_its_commits_land_on_the_branch() {
     }
     ensure_image();
     let env = Env::new();
-    let (repo, _) = repo_with(&[("a.txt", "a\n")]);
+    let (repo, _) = repo_with(&[("a.txt", "a\n"), ("sub/s.txt", "s\n")]);
     let r = repo.path();
     // An uncommitted host change: the agent starts where the user is.
     std::fs::write(r.join("wip.txt"), "work in progress\n").unwrap();
@@ -284,16 +298,13 @@ fn git_in_the_guest_works_and_its_commits_land_on_the_branch() {
         "set -e; git status --porcelain; echo status-done; git log --format=%s | head -3; \
                   echo b > b.txt; git add b.txt; git commit -q -m 'agent commit'; \
                   echo c > c.txt; git log --format=%s -1";
-    let o = env.run(&[
-        "run",
-        "--repo",
-        r.to_str().unwrap(),
-        "--name",
-        "gg",
-        "--wait",
-        "--prompt",
-        prompt,
-    ]);
+    // No --repo: like git, axctl uses the repository around the current directory.
+    let o = env
+        .axctl()
+        .current_dir(r.join("sub"))
+        .args(["run", "--name", "gg", "--wait", "--prompt", prompt])
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
         env.dump("gg");

@@ -37,11 +37,15 @@ pub struct RunArgs {
     /// Image id (or unique prefix) to boot; default: the newest built image.
     #[arg(long)]
     pub image: Option<String>,
-    /// Mount this git repository's work tree on the guest's /workspace (a snapshot of HEAD plus
-    /// the uncommitted changes, copy-on-write; the host tree is never written) and turn the
-    /// agent's changes into branch ax/<name> when it ends.
-    #[arg(long, value_name = "PATH")]
+    /// The git repository whose work tree the agent gets on /workspace (a snapshot of HEAD plus
+    /// the uncommitted changes, copy-on-write; the host tree is never written); its changes
+    /// become branch ax/<name> when it ends. Default: the repository around the current
+    /// directory, if there is one.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_repo")]
     pub repo: Option<std::path::PathBuf>,
+    /// Give the agent an empty /workspace even inside a git repository.
+    #[arg(long)]
+    pub no_repo: bool,
     /// Stay in the foreground: stream the agent's output, forward stdin, exit with its code.
     #[arg(short, long)]
     pub wait: bool,
@@ -105,7 +109,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
         },
     };
     let mut st = st;
-    if let Some(repo) = &args.repo {
+    let repo = match (&args.repo, args.no_repo) {
+        (Some(r), _) => Some(r.clone()),
+        (None, true) => None,
+        // Like git itself: the repository containing the current directory.
+        (None, false) => std::env::current_dir()
+            .ok()
+            .and_then(|cwd| gix::discover(cwd).ok())
+            .and_then(|r| r.workdir().map(|w| w.to_path_buf())),
+    };
+    if let Some(repo) = &repo {
         match snapshot_repo(repo, &dir) {
             Ok(root) => st.repo = Some(root),
             Err(e) => {
