@@ -57,6 +57,8 @@ enum Event {
     Frame(Frame),
     ConnLost(String),
     VmExited(ExitStatus),
+    /// An ax-fsd process (its share's tag) ended.
+    FsdExited(String, ExitStatus),
     Signal(NixSignal),
     Timeout,
 }
@@ -162,7 +164,7 @@ impl Supervisor {
         let uds = self.dir.join("vsock.sock");
         let accel = driver::accel_for(&self.st.vmm);
         let fs_shares = match self.st.repo.clone() {
-            Some(repo) => self.start_fsd(&repo)?,
+            Some(repo) => self.start_fsd(&repo, &tx)?,
             None => Vec::new(),
         };
         let spec = VmSpec {
@@ -395,6 +397,20 @@ impl Supervisor {
                     self.finish(Status::Failed, None, Some(reason));
                     return Ok(());
                 }
+                Event::FsdExited(tag, s) => {
+                    // In-flight FUSE requests would never be answered: end the VM now. The
+                    // upper layer keeps every finished write.
+                    let reason = format!(
+                        "ax-fsd ({tag} share) ended while the agent was running ({s}); see fsd-{tag}.log; \
+                         finished writes are kept (axctl commit {} builds the branch)",
+                        self.st.name
+                    );
+                    self.log.line(&reason);
+                    self.kill_vm();
+                    let _ = wait_vm(&vm_status, &rx, Duration::from_secs(5));
+                    self.finish(Status::Failed, None, Some(reason));
+                    return Ok(());
+                }
                 Event::VmExited(s) => {
                     let reason = vm_death_reason(&self.dir, s, "while the agent was running");
                     self.log.line(&reason);
@@ -463,7 +479,7 @@ impl Supervisor {
     /// `repo` from git objects as the lower layer, this agent's upper layer) and the read-only
     /// share of the host's object directory (the alternate of the agent's `.git`). Returns
     /// their (vhost-user socket, tag) once they listen.
-    fn start_fsd(&self, repo: &Path) -> Result<Vec<(PathBuf, String)>> {
+    fn start_fsd(&self, repo: &Path, tx: &Sender<Event>) -> Result<Vec<(PathBuf, String)>> {
         let snap: crate::git::Snapshot = serde_json::from_slice(
             &std::fs::read(self.dir.join("snapshot.json")).context("reading snapshot.json")?,
         )?;
@@ -496,18 +512,18 @@ impl Supervisor {
         ];
         Ok(vec![
             (
-                self.spawn_fsd(driver::WORKSPACE_TAG, &workspace)?,
+                self.spawn_fsd(driver::WORKSPACE_TAG, &workspace, tx)?,
                 driver::WORKSPACE_TAG.into(),
             ),
             (
-                self.spawn_fsd(driver::OBJECTS_TAG, &objects)?,
+                self.spawn_fsd(driver::OBJECTS_TAG, &objects, tx)?,
                 driver::OBJECTS_TAG.into(),
             ),
         ])
     }
 
     /// Runs one ax-fsd (`<tag>.sock`, `fsd-<tag>.log`) and waits until it listens.
-    fn spawn_fsd(&self, tag: &str, layer_args: &[OsString]) -> Result<PathBuf> {
+    fn spawn_fsd(&self, tag: &str, layer_args: &[OsString], tx: &Sender<Event>) -> Result<PathBuf> {
         let sock = self.dir.join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&sock);
         let bin = crate::paths::sibling_binary("ax-fsd")
@@ -537,7 +553,14 @@ impl Supervisor {
             std::thread::sleep(Duration::from_millis(5));
         }
         // Reap it when it exits (after the VMM disconnects).
-        std::thread::spawn(move || child.wait());
+        // Reap it when it exits, and tell the event loop: normally after the VMM disconnected
+        // at the end, but if it dies while the agent runs, the guest's file system is gone.
+        let (tx, tag) = (tx.clone(), tag.to_string());
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::FsdExited(tag, status));
+            }
+        });
         Ok(sock)
     }
 

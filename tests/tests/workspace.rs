@@ -334,3 +334,62 @@ fn git_in_the_guest_works_and_its_commits_land_on_the_branch() {
     // The host's own work tree still has its uncommitted file, untouched.
     assert_eq!(git(r, &["status", "--porcelain"]), "?? wip.txt\n");
 }
+
+#[test]
+fn an_ax_fsd_crash_fails_the_agent_and_loses_no_finished_write() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let (repo, _) = repo_with(&[("a.txt", "a\n")]);
+    let r = repo.path();
+    let o = env.run(&[
+        "run",
+        "--repo",
+        r.to_str().unwrap(),
+        "--name",
+        "fsdcrash",
+        "--prompt",
+        "echo saved > saved.txt && sync && touch /tmp/ready && sleep 600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.wait_for("fsdcrash", std::time::Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
+    assert_eq!(st["status"], "running");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env
+        .run(&["exec", "fsdcrash", "--", "test", "-e", "/tmp/ready"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < end, "agent never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Kill the workspace's ax-fsd (found by its socket in the agent's state dir).
+    let sock = env.agent_dir("fsdcrash").join("workspace.sock");
+    let pids = Command::new("pgrep")
+        .arg("-f")
+        .arg(sock.to_str().unwrap())
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .next()
+        .expect("ax-fsd pid")
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let st = env.wait_for("fsdcrash", std::time::Duration::from_secs(30), |v| {
+        v["status"] != "running"
+    });
+    assert_eq!(st["status"], "failed", "{st}");
+    let reason = st["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("ax-fsd (workspace share) ended"), "{reason}");
+    // The finished write survives: commit builds the branch from the upper layer.
+    let o = env.run(&["commit", "fsdcrash"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(git(r, &["show", "ax/fsdcrash:saved.txt"]), "saved\n");
+}
