@@ -37,6 +37,17 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
+/// A fresh tmpfs on `/tmp` (mode 1777), in the initramfs and again in the new root.
+fn mount_tmp() -> Result<(), String> {
+    mnt(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+}
+
 /// Mounts the virtio-fs share `tag` on `/workspace` (virtio 1.2 §5.11; the kernel's
 /// `virtiofs` file system, whose source is the tag).
 pub fn workspace(tag: &str) -> Result<(), String> {
@@ -48,7 +59,13 @@ pub const HOST_OBJECTS: &str = "/run/ax/objects";
 
 /// Mounts the virtio-fs share `tag` read-only on [`HOST_OBJECTS`].
 pub fn host_objects(tag: &str) -> Result<(), String> {
-    mnt(tag, HOST_OBJECTS, "virtiofs", MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC, None)
+    mnt(
+        tag,
+        HOST_OBJECTS,
+        "virtiofs",
+        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+        None,
+    )
 }
 
 /// Mounts the API file systems in the initramfs: `/proc`, `/sys`, `/dev` (devtmpfs),
@@ -84,13 +101,7 @@ pub fn early() -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    mnt(
-        "tmpfs",
-        "/tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    mount_tmp()?;
     Ok(())
 }
 
@@ -155,13 +166,7 @@ pub fn switch_root(dev: &str) -> Result<(), String> {
         .map_err(|e| err("move /newroot to /", e))?;
     nix::unistd::chroot(".").map_err(|e| err("chroot", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    mnt(
-        "tmpfs",
-        "/tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    mount_tmp()?;
     std::fs::create_dir_all("/workspace").map_err(|e| err("mkdir /workspace", e))?;
     Ok(())
 }

@@ -47,6 +47,35 @@ fn repo_with(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
     (repo, head)
 }
 
+/// Starts agent `name` in the background on `repo` with `prompt` (which must end by touching
+/// /tmp/ready and then sleeping), and waits until it runs and the file exists.
+fn start_until_ready(env: &Env, repo: &Path, name: &str, prompt: &str) {
+    let o = env.run(&[
+        "run",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--name",
+        name,
+        "--prompt",
+        prompt,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.wait_for(name, std::time::Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
+    assert_eq!(st["status"], "running");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env
+        .run(&["exec", name, "--", "test", "-e", "/tmp/ready"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < end, "agent never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Every file under `root` (relative path → mode and sha256 of its bytes or link target).
 fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
     use std::os::unix::fs::MetadataExt;
@@ -218,26 +247,7 @@ fn diff_and_commit_while_running_and_after_a_vm_crash() {
     let env = Env::new();
     let (repo, _) = repo_with(&[("keep.txt", "keep\n"), ("gone.txt", "gone\n")]);
     let r = repo.path();
-    let o = env.run(&[
-        "run", "--repo", r.to_str().unwrap(), "--name", "live", "--prompt",
-        "echo one > one.txt && rm gone.txt && echo more >> keep.txt && sync && touch /tmp/ready && sleep 600",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st = env.wait_for("live", std::time::Duration::from_secs(90), |v| {
-        v["status"] != "starting"
-    });
-    assert_eq!(st["status"], "running");
-    // Wait until the agent has made its changes.
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while env
-        .run(&["exec", "live", "--", "test", "-e", "/tmp/ready"])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(std::time::Instant::now() < end, "agent never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    start_until_ready(&env, r, "live", "echo one > one.txt && rm gone.txt && echo more >> keep.txt && sync && touch /tmp/ready && sleep 600");
     let o = env.run(&["diff", "live"]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
@@ -344,30 +354,12 @@ fn an_ax_fsd_crash_fails_the_agent_and_loses_no_finished_write() {
     let env = Env::new();
     let (repo, _) = repo_with(&[("a.txt", "a\n")]);
     let r = repo.path();
-    let o = env.run(&[
-        "run",
-        "--repo",
-        r.to_str().unwrap(),
-        "--name",
+    start_until_ready(
+        &env,
+        r,
         "fsdcrash",
-        "--prompt",
         "echo saved > saved.txt && sync && touch /tmp/ready && sleep 600",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st = env.wait_for("fsdcrash", std::time::Duration::from_secs(90), |v| {
-        v["status"] != "starting"
-    });
-    assert_eq!(st["status"], "running");
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while env
-        .run(&["exec", "fsdcrash", "--", "test", "-e", "/tmp/ready"])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(std::time::Instant::now() < end, "agent never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    );
     // Kill the workspace's ax-fsd (found by its socket in the agent's state dir).
     let sock = env.agent_dir("fsdcrash").join("workspace.sock");
     let pids = Command::new("pgrep")
@@ -387,7 +379,10 @@ fn an_ax_fsd_crash_fails_the_agent_and_loses_no_finished_write() {
     });
     assert_eq!(st["status"], "failed", "{st}");
     let reason = st["reason"].as_str().unwrap_or("");
-    assert!(reason.contains("ax-fsd (workspace share) ended"), "{reason}");
+    assert!(
+        reason.contains("ax-fsd (workspace share) ended"),
+        "{reason}"
+    );
     // The finished write survives: commit builds the branch from the upper layer.
     let o = env.run(&["commit", "fsdcrash"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
