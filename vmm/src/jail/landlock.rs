@@ -22,8 +22,8 @@
 use std::path::PathBuf;
 
 use ::landlock::{
-    Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, PathFd, RestrictSelfAttr,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, PathBeneath, PathFd, RestrictSelfAttr, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
 use super::JailError;
@@ -31,30 +31,7 @@ use super::JailError;
 /// The newest ABI this module asks for; older kernels get what they support.
 const TARGET_ABI: ABI = ABI::V9;
 
-/// What was enforced, for the log line and `docs/jail.md`'s "how to check".
-#[derive(Debug)]
-pub struct LandlockOutcome {
-    /// Fully, partially (older ABI) or not enforced.
-    pub status: RulesetStatus,
-    /// The kernel's Landlock ABI as the crate sees it (None: not available).
-    pub abi: Option<i32>,
-}
-
-impl std::fmt::Display for LandlockOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.status {
-            RulesetStatus::FullyEnforced => "fully enforced",
-            RulesetStatus::PartiallyEnforced => {
-                "enforced up to this kernel's ABI (newer rights unavailable)"
-            }
-            RulesetStatus::NotEnforced => "NOT enforced (kernel without Landlock)",
-        };
-        match self.abi {
-            Some(abi) => write!(f, "landlock ABI {abi}: {what}"),
-            None => write!(f, "landlock unavailable: {what}"),
-        }
-    }
-}
+pub use ax_jail::landlock::LandlockOutcome;
 
 fn err(e: impl std::fmt::Display) -> JailError {
     JailError::Landlock(e.to_string())
@@ -80,16 +57,5 @@ pub fn restrict(unix_connect_dirs: &[PathBuf]) -> Result<LandlockOutcome, JailEr
             .map_err(err)?;
     }
     let created = created.all_threads(true).map_err(err)?;
-    let st = created.restrict_self().map_err(err)?;
-    let abi = match st.landlock {
-        LandlockStatus::Available {
-            effective_abi,
-            kernel_abi,
-        } => Some(kernel_abi.unwrap_or(effective_abi as i32)),
-        _ => None,
-    };
-    Ok(LandlockOutcome {
-        status: st.ruleset,
-        abi,
-    })
+    Ok(created.restrict_self().map_err(err)?.into())
 }

@@ -36,42 +36,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{Builder, JoinHandle};
 
-use serde::{Deserialize, Serialize};
-
-/// What a syscall outside a thread's allowlist does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SeccompMode {
-    /// SECCOMP_RET_KILL_PROCESS: the whole VMM dies with SIGSYS (the default).
-    #[default]
-    Kill,
-    /// SECCOMP_RET_LOG: the kernel logs the syscall (dmesg / audit, `type=1326`) and lets
-    /// it through. For finding missing syscalls; never for production.
-    Log,
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kill" => Ok(SeccompMode::Kill),
-            "log" => Ok(SeccompMode::Log),
-            _ => Err(format!(
-                "invalid seccomp mode {s:?}; use \"kill\" (default) or \"log\" (debugging)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for SeccompMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SeccompMode::Kill => "kill",
-            SeccompMode::Log => "log",
-        })
-    }
-}
+/// What a syscall outside a thread's allowlist does (`kill`, the default, or `log`).
+pub use ax_jail::SeccompMode;
 
 /// The kinds of thread, each with its own seccomp allowlist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +98,16 @@ pub enum JailError {
     /// The spawner thread could not start.
     #[error("jail: cannot start the spawner thread: {0}")]
     Spawn(io::Error),
+}
+
+impl From<ax_jail::Error> for JailError {
+    fn from(e: ax_jail::Error) -> Self {
+        match e {
+            ax_jail::Error::Seccomp(m) => JailError::Seccomp(m),
+            ax_jail::Error::Landlock(m) => JailError::Landlock(m),
+            ax_jail::Error::Privs(m) => JailError::Privs(m),
+        }
+    }
 }
 
 /// What to enforce.
@@ -346,14 +322,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seccomp_mode_parses() {
-        assert_eq!("kill".parse::<SeccompMode>().unwrap(), SeccompMode::Kill);
-        assert_eq!("log".parse::<SeccompMode>().unwrap(), SeccompMode::Log);
-        assert!("trap".parse::<SeccompMode>().unwrap_err().contains("kill"));
-        assert_eq!(SeccompMode::Log.to_string(), "log");
-    }
 
     #[test]
     fn without_the_jail_spawn_and_enter_are_plain() {

@@ -17,16 +17,12 @@
 //! why device threads come from the [`super::ThreadKind::Spawner`] thread (device ∪ thread
 //! creation) and never from a vCPU thread.
 
-use std::collections::BTreeMap;
-
+use ax_jail::seccomp::{allow, allow_arg_in, allow_arg_without, allow_tgkill_self, Rules};
 use kvm_bindings::{
     kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs,
     kvm_userspace_memory_region,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
 
 use super::{JailError, SeccompMode, ThreadKind};
 
@@ -72,40 +68,6 @@ pub mod kvm_ioctl {
         0x46,
         std::mem::size_of::<kvm_userspace_memory_region>(),
     );
-}
-
-/// A rule set under construction: syscall number → alternative rules (empty = always).
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
-
-fn cond(arg: u8, len: Len, op: Op, v: u64) -> SeccompCondition {
-    // Only fails for arg > 5, which the tables below never use.
-    SeccompCondition::new(arg, len, op, v).expect("seccomp condition")
-}
-
-fn rule(conds: Vec<SeccompCondition>) -> SeccompRule {
-    SeccompRule::new(conds).expect("seccomp rule")
-}
-
-/// Allows `nr` unconditionally.
-fn allow(r: &mut Rules, nrs: &[i64]) {
-    for &nr in nrs {
-        r.insert(nr, Vec::new());
-    }
-}
-
-/// Allows `nr` when argument `arg` (32-bit) equals one of `values`.
-fn allow_arg_in(r: &mut Rules, nr: i64, arg: u8, values: &[u64]) {
-    let e = r.entry(nr).or_default();
-    for &v in values {
-        e.push(rule(vec![cond(arg, Len::Dword, Op::Eq, v)]));
-    }
-}
-
-/// Allows `nr` when the 32-bit argument `arg` has none of the bits in `mask`.
-fn allow_arg_without(r: &mut Rules, nr: i64, arg: u8, mask: u64) {
-    r.entry(nr)
-        .or_default()
-        .push(rule(vec![cond(arg, Len::Dword, Op::MaskedEq(mask), 0)]));
 }
 
 /// Every thread: memory, futexes, signals, time, writing logs and serial output to fds
@@ -160,38 +122,7 @@ fn base(r: &mut Rules) {
         ],
     );
     // pthread_kill / abort: only threads of this process.
-    let pid = std::process::id() as u64;
-    r.entry(SYS_tgkill)
-        .or_default()
-        .push(rule(vec![cond(0, Len::Dword, Op::Eq, pid)]));
-}
-
-/// What a thread needs to create a thread (std::thread::Builder::spawn) and what the new
-/// thread does before its own filter is in place.
-fn thread_creation(r: &mut Rules) {
-    use libc::*;
-    // clone(2) only for threads: CLONE_THREAD set and no CLONE_NEW* namespace flag.
-    let ns = (CLONE_NEWNS
-        | CLONE_NEWUSER
-        | CLONE_NEWNET
-        | CLONE_NEWPID
-        | CLONE_NEWIPC
-        | CLONE_NEWUTS
-        | CLONE_NEWCGROUP) as u64;
-    let thread = CLONE_THREAD as u64;
-    r.entry(SYS_clone).or_default().push(rule(vec![cond(
-        0,
-        Len::Qword,
-        Op::MaskedEq(thread | ns),
-        thread,
-    )]));
-    // clone3: ENOSYS through [`soft_deny`], so glibc falls back to clone(2).
-    allow(r, &[SYS_clone3]);
-    allow(r, &[SYS_set_robust_list, SYS_rseq, SYS_sched_getaffinity]);
-    allow_arg_in(r, SYS_prctl, 0, &[PR_SET_NAME as u64]);
-    // The new thread installs its own filter (only ever narrowing what it inherited).
-    allow_arg_in(r, SYS_prctl, 0, &[PR_SET_NO_NEW_PRIVS as u64]);
-    allow_arg_in(r, SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER as u64]);
+    allow_tgkill_self(r);
 }
 
 /// vCPU threads: KVM_RUN and the ioctls of the exit path, plus what a virtio device
@@ -305,30 +236,15 @@ pub fn rules(kind: ThreadKind) -> Rules {
         ThreadKind::Device => device(&mut r),
         ThreadKind::Spawner => {
             device(&mut r);
-            thread_creation(&mut r);
+            ax_jail::seccomp::thread_creation(&mut r);
         }
     }
     r
 }
 
-fn compile(
-    rules: Rules,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, JailError> {
-    let f = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
-        .map_err(|e| JailError::Seccomp(format!("build filter: {e}")))?;
-    f.try_into()
-        .map_err(|e: seccompiler::BackendError| JailError::Seccomp(format!("compile filter: {e}")))
-}
-
 /// The BPF program for `kind`: allow the table, else kill the process (or log).
 pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, JailError> {
-    let mismatch = match mode {
-        SeccompMode::Kill => SeccompAction::KillProcess,
-        SeccompMode::Log => SeccompAction::Log,
-    };
-    compile(rules(kind), mismatch, SeccompAction::Allow)
+    Ok(ax_jail::seccomp::allowlist(rules(kind), mode)?)
 }
 
 /// The second filter every jailed thread carries: a few calls fail softly with ENOSYS
@@ -338,21 +254,16 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, JailErr
 /// the VMM cleans those up). Filters stack and the strictest verdict wins, so for a kind
 /// whose allowlist lacks one of these it still kills.
 pub fn soft_deny() -> Result<BpfProgram, JailError> {
-    let mut r = Rules::new();
-    allow(
-        &mut r,
-        &[libc::SYS_clone3, libc::SYS_unlink, libc::SYS_unlinkat],
-    );
-    compile(
-        r,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )
+    Ok(ax_jail::seccomp::soft_deny(&[
+        libc::SYS_clone3,
+        libc::SYS_unlink,
+        libc::SYS_unlinkat,
+    ])?)
 }
 
 /// Installs `prog` on the calling thread (sets PR_SET_NO_NEW_PRIVS first).
 pub fn install(prog: &BpfProgram) -> Result<(), JailError> {
-    seccompiler::apply_filter(prog).map_err(|e| JailError::Seccomp(format!("install filter: {e}")))
+    Ok(ax_jail::seccomp::install(prog)?)
 }
 
 #[cfg(test)]
