@@ -1,0 +1,293 @@
+//! The per-agent [`Meter`] (prices, running totals, spend cap, ledger) and the per-call
+//! [`CallMeter`] the TLS proxy feeds with the response as it streams by.
+
+use super::ledger::{CallRow, Ledger};
+use super::prices::PriceTable;
+use super::usage::{Parser, Usage};
+use super::{now_ms, Provider};
+use crate::config::Config;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How a metered call ended (the ledger's `outcome` column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole response was relayed to the guest.
+    Complete,
+    /// The call ended early (guest went away, upstream reset, proxy error); the reason is logged
+    /// and recorded. Usage seen so far is still recorded and counted.
+    Aborted(String),
+}
+
+/// The agent's spend cap is reached: further LLM requests are answered with HTTP 429 and this
+/// error's `Display` as the body (one sentence saying what to change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapExceeded {
+    /// The agent's name.
+    pub agent: String,
+    /// Which cap: `max_usd` or `max_tokens`.
+    pub limit: &'static str,
+    /// The cap (USD or tokens).
+    pub cap: f64,
+    /// What has been spent so far (USD or tokens).
+    pub spent: f64,
+}
+
+impl std::fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.limit == "max_usd" {
+            write!(
+                f,
+                "ax: spend cap of ${:.2} for agent {} reached (${:.2} spent); raise [limits] max_usd in the agent's config to continue",
+                self.cap, self.agent, self.spent
+            )
+        } else {
+            write!(
+                f,
+                "ax: token cap of {} tokens for agent {} reached ({} tokens used); raise [limits] max_tokens in the agent's config to continue",
+                self.cap as u64, self.agent, self.spent as u64
+            )
+        }
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+/// Running totals of one agent (all its calls in the ledger, plus this process's).
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    micro_usd: i64,
+    tokens: u64,
+}
+
+struct Shared {
+    agent: String,
+    prices: PriceTable,
+    max_usd: Option<f64>,
+    max_tokens: Option<u64>,
+    totals: Mutex<Totals>,
+    ledger: Option<Mutex<Ledger>>,
+}
+
+/// Usage metering and the spend cap of one agent. Cheap to share (`&Meter` from the
+/// [`Context`](crate::context::Context)); calls may run concurrently.
+pub struct Meter {
+    shared: Arc<Shared>,
+}
+
+impl Meter {
+    /// Loads the price table (shipped, plus `[meter] prices` overrides) and opens the ledger
+    /// (`[meter] ledger`; creates it, `docs/ledger.md`), then loads the agent's spent totals
+    /// from it so a restarted agent keeps its spend.
+    ///
+    /// Errors: invalid price override file, ledger not openable or of a newer schema.
+    pub fn open(config: &Config) -> anyhow::Result<Meter> {
+        let prices = PriceTable::load(config.meter.prices.as_deref())?;
+        let (ledger, totals) = match &config.meter.ledger {
+            Some(path) => {
+                let ledger = Ledger::open(path, true)?;
+                let (micro_usd, tokens) = ledger.agent_totals(&config.agent)?;
+                (Some(Mutex::new(ledger)), Totals { micro_usd, tokens })
+            }
+            None => {
+                log::info!("meter: no [meter] ledger configured; LLM calls are only logged");
+                (None, Totals::default())
+            }
+        };
+        Ok(Meter {
+            shared: Arc::new(Shared {
+                agent: config.agent.clone(),
+                prices,
+                max_usd: config.limits.max_usd,
+                max_tokens: config.limits.max_tokens,
+                totals: Mutex::new(totals),
+                ledger,
+            }),
+        })
+    }
+
+    /// Which LLM API a request is (`path` without or with query string), `None` when it is not
+    /// a metered LLM call. See [`Provider::detect`].
+    pub fn provider_for(&self, host: &str, path: &str) -> Option<Provider> {
+        Provider::detect(host, path)
+    }
+
+    /// `Err` once the agent's spend (`[limits] max_usd`) or token (`max_tokens`) cap is reached:
+    /// checked before each LLM request is forwarded (the boundary: a call already under way
+    /// completes and is counted).
+    pub fn check_cap(&self) -> Result<(), CapExceeded> {
+        let s = &self.shared;
+        let t = *s.totals.lock().unwrap();
+        if let Some(cap) = s.max_usd {
+            let spent = t.micro_usd as f64 / 1e6;
+            // Compared in micro-dollars so that $5.00 spent of a $5.00 cap counts as reached.
+            if t.micro_usd >= (cap * 1e6).round() as i64 {
+                let e = CapExceeded {
+                    agent: s.agent.clone(),
+                    limit: "max_usd",
+                    cap,
+                    spent,
+                };
+                log::warn!("meter: {e}");
+                return Err(e);
+            }
+        }
+        if let Some(cap) = s.max_tokens {
+            if t.tokens >= cap {
+                let e = CapExceeded {
+                    agent: s.agent.clone(),
+                    limit: "max_tokens",
+                    cap: cap as f64,
+                    spent: t.tokens as f64,
+                };
+                log::warn!("meter: {e}");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts metering one call: `req` gives the method, path (the model for Gemini) and the
+    /// request's start time for latencies.
+    pub fn begin(&self, provider: Provider, req: &http::request::Parts) -> CallMeter {
+        CallMeter {
+            shared: self.shared.clone(),
+            provider,
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+            request_model: super::usage::model_from_path(provider, req.uri.path()),
+            started_ms: now_ms(),
+            started: Instant::now(),
+            first_byte_ms: None,
+            status: None,
+            parser: None,
+        }
+    }
+
+    /// The agent's spend so far: (micro-dollars, tokens).
+    pub fn totals(&self) -> (i64, u64) {
+        let t = *self.shared.totals.lock().unwrap();
+        (t.micro_usd, t.tokens)
+    }
+}
+
+/// Metering of one LLM call, fed by the proxy as the response passes through.
+pub struct CallMeter {
+    shared: Arc<Shared>,
+    provider: Provider,
+    method: String,
+    path: String,
+    request_model: Option<String>,
+    started_ms: i64,
+    started: Instant,
+    first_byte_ms: Option<i64>,
+    status: Option<u16>,
+    parser: Option<Parser>,
+}
+
+impl CallMeter {
+    /// The response status and headers arrived (time to first byte is measured here); the
+    /// `content-type` decides between the SSE and the JSON parser.
+    pub fn response_head(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
+        self.first_byte_ms = Some(self.started.elapsed().as_millis() as i64);
+        self.status = Some(status.as_u16());
+        let sse = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        self.parser = Some(Parser::new(self.provider, sse));
+    }
+
+    /// The next decoded (uncompressed) response body bytes, in order, split anywhere.
+    /// Parsed on the side: never blocks and never holds the bytes back; a non-streaming body is
+    /// kept only up to [`usage::MAX_JSON_BODY`](super::usage::MAX_JSON_BODY).
+    pub fn body_chunk(&mut self, chunk: &[u8]) {
+        if self.parser.is_none() {
+            // No head seen (proxy bug): treat as JSON so the bytes are not lost to metering.
+            self.parser = Some(Parser::new(self.provider, false));
+        }
+        if let Some(p) = &mut self.parser {
+            p.feed(chunk);
+        }
+    }
+
+    /// Ends the call: prices the usage, adds it to the agent's totals and writes the ledger row
+    /// (committed durably before this returns — WAL + `synchronous=FULL`). Failures to write
+    /// are logged, never panicked on.
+    pub fn finish(self, outcome: Outcome) {
+        let total_ms = self.started.elapsed().as_millis() as i64;
+        let (usage, note) = match self.parser {
+            Some(p) => p.finish(),
+            None => (Usage::default(), Some("no response".to_string())),
+        };
+        let model = usage
+            .model
+            .clone()
+            .or_else(|| self.request_model.clone())
+            .unwrap_or_default();
+        let price = self.shared.prices.lookup(&model);
+        let (cost, priced) = match price {
+            Some(p) => (p.cost_micro_usd(&usage), true),
+            None => (0, false),
+        };
+        if !priced && usage.total() > 0 {
+            log::warn!(
+                "meter: no price for model {model:?} ({} call); cost recorded as 0 with priced = false — add it to [meter] prices",
+                self.provider.vendor()
+            );
+        }
+        if let Some(n) = &note {
+            log::warn!("meter: {} {}: usage not fully metered: {n}", self.method, self.path);
+        }
+        {
+            let mut t = self.shared.totals.lock().unwrap();
+            t.micro_usd += cost;
+            t.tokens += usage.total();
+        }
+        let outcome_text = match &outcome {
+            Outcome::Complete => match &note {
+                None => "complete".to_string(),
+                Some(n) => format!("complete (unmetered: {n})"),
+            },
+            Outcome::Aborted(r) => format!("aborted: {r}"),
+        };
+        let row = CallRow {
+            time_ms: self.started_ms,
+            agent: self.shared.agent.clone(),
+            provider: self.provider.vendor().to_string(),
+            model,
+            input_tokens: usage.input,
+            output_tokens: usage.output,
+            cache_read_tokens: usage.cache_read,
+            cache_write_tokens: usage.cache_write,
+            cost_micro_usd: cost,
+            priced,
+            status: self.status.unwrap_or(0),
+            outcome: outcome_text,
+            first_byte_ms: self.first_byte_ms,
+            total_ms,
+            method: self.method,
+            path: self.path,
+        };
+        log::info!(
+            "meter: {} {} model={} in={} out={} cache_read={} cache_write={} cost=${:.6} status={} {} ttfb={:?}ms total={}ms",
+            row.agent,
+            row.provider,
+            row.model,
+            row.input_tokens,
+            row.output_tokens,
+            row.cache_read_tokens,
+            row.cache_write_tokens,
+            row.cost_micro_usd as f64 / 1e6,
+            row.status,
+            row.outcome,
+            row.first_byte_ms,
+            row.total_ms
+        );
+        if let Some(ledger) = &self.shared.ledger {
+            if let Err(e) = ledger.lock().unwrap().insert_call(&row) {
+                log::error!("meter: ledger write failed, call recorded in this log only: {e:#}");
+            }
+        }
+    }
+}
