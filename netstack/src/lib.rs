@@ -17,6 +17,7 @@
 //! - [`tls`]: per-agent CA, leaf certificates per SNI, the intercepting HTTP proxy.
 //! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses.
 //! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
+//! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
 
 pub mod config;
 pub mod context;
@@ -26,6 +27,7 @@ pub mod secrets;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
+pub mod vhost_user;
 
 use std::net::{SocketAddr, SocketAddrV4};
 
