@@ -13,12 +13,12 @@
 
 mod audit;
 pub mod ledger;
-mod meter;
+mod calls;
 pub mod prices;
 pub mod usage;
 
 pub use audit::{Audit, ConnRecord, RequestRecord};
-pub use meter::{CallMeter, CapExceeded, Meter, Outcome};
+pub use calls::{CallMeter, CapExceeded, Meter, Outcome};
 
 /// The API format of an LLM call, decided from the host and path of the request
 /// ([`Meter::provider_for`]). It selects the usage parser; [`Provider::vendor`] is the
@@ -71,8 +71,9 @@ impl Provider {
                 "/v1/responses" => Some(Provider::OpenAiResponses),
                 _ => None,
             },
-            "chatgpt.com" => (path == "/backend-api/codex/responses")
-                .then_some(Provider::OpenAiResponses),
+            "chatgpt.com" => {
+                (path == "/backend-api/codex/responses").then_some(Provider::OpenAiResponses)
+            }
             "generativelanguage.googleapis.com" => {
                 let last = path.rsplit('/').next().unwrap_or("");
                 (path.contains("/models/")
@@ -102,13 +103,21 @@ mod tests {
         use Provider::*;
         for (host, path, want) in [
             ("api.anthropic.com", "/v1/messages", Some(AnthropicMessages)),
-            ("API.Anthropic.com.", "/v1/messages?beta=true", Some(AnthropicMessages)),
+            (
+                "API.Anthropic.com.",
+                "/v1/messages?beta=true",
+                Some(AnthropicMessages),
+            ),
             ("api.anthropic.com", "/v1/messages/count_tokens", None),
             ("api.anthropic.com", "/v1/models", None),
             ("api.openai.com", "/v1/chat/completions", Some(OpenAiChat)),
             ("api.openai.com", "/v1/responses", Some(OpenAiResponses)),
             ("api.openai.com", "/v1/embeddings", None),
-            ("chatgpt.com", "/backend-api/codex/responses", Some(OpenAiResponses)),
+            (
+                "chatgpt.com",
+                "/backend-api/codex/responses",
+                Some(OpenAiResponses),
+            ),
             (
                 "generativelanguage.googleapis.com",
                 "/v1beta/models/gemini-2.5-flash:streamGenerateContent",

@@ -87,7 +87,10 @@ impl PriceTable {
         let mut t = PriceTable::parse(SHIPPED, "netstack/prices.toml (shipped)")?;
         if let Some(p) = overrides {
             let text = std::fs::read_to_string(p).with_context(|| {
-                format!("cannot read [meter] prices file {}; fix the path or remove the setting", p.display())
+                format!(
+                    "cannot read [meter] prices file {}; fix the path or remove the setting",
+                    p.display()
+                )
             })?;
             let o = PriceTable::parse(&text, &p.display().to_string())?;
             t.models.extend(o.models);
@@ -138,7 +141,10 @@ mod tests {
         // Longest prefix: gpt-5-mini is not priced as gpt-5.
         assert_ne!(t.lookup("gpt-5-mini-2025-08-07"), t.lookup("gpt-5"));
         assert_eq!(t.lookup("gpt-5-mini-2025-08-07"), t.lookup("gpt-5-mini"));
-        assert_eq!(t.lookup("models/gemini-2.5-flash"), t.lookup("gemini-2.5-flash"));
+        assert_eq!(
+            t.lookup("models/gemini-2.5-flash"),
+            t.lookup("gemini-2.5-flash")
+        );
         assert!(t.lookup("llama-3-70b").is_none());
         assert!(t.lookup("").is_none());
     }
@@ -175,8 +181,11 @@ mod tests {
         let t = PriceTable::load(Some(&f)).unwrap();
         assert_eq!(t.lookup("claude-sonnet-4-5-20250929").unwrap().input, 1.0);
         assert_eq!(t.lookup("my-local-model").unwrap().output, 0.5);
-        std::fs::write(&f, "[models.x]\ninput = -1\noutput = 0\ncache_read = 0\ncache_write = 0\n")
-            .unwrap();
+        std::fs::write(
+            &f,
+            "[models.x]\ninput = -1\noutput = 0\ncache_read = 0\ncache_write = 0\n",
+        )
+        .unwrap();
         let e = format!("{:#}", PriceTable::load(Some(&f)).unwrap_err());
         assert!(e.contains("non-negative"), "{e}");
     }

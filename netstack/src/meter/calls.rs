@@ -216,10 +216,14 @@ impl CallMeter {
     /// are logged, never panicked on.
     pub fn finish(self, outcome: Outcome) {
         let total_ms = self.started.elapsed().as_millis() as i64;
-        let (usage, note) = match self.parser {
+        let (usage, mut note) = match self.parser {
             Some(p) => p.finish(),
             None => (Usage::default(), Some("no response".to_string())),
         };
+        // An error response (4xx/5xx) carries no usage by design: not worth a note.
+        if self.status.is_some_and(|s| !(200..300).contains(&s)) && usage.total() == 0 {
+            note = None;
+        }
         let model = usage
             .model
             .clone()
@@ -237,7 +241,11 @@ impl CallMeter {
             );
         }
         if let Some(n) = &note {
-            log::warn!("meter: {} {}: usage not fully metered: {n}", self.method, self.path);
+            log::warn!(
+                "meter: {} {}: usage not fully metered: {n}",
+                self.method,
+                self.path
+            );
         }
         {
             let mut t = self.shared.totals.lock().unwrap();
