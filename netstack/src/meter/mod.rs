@@ -12,8 +12,8 @@
 //! Ledger and audit schema: `docs/ledger.md`.
 
 mod audit;
-pub mod ledger;
 mod calls;
+pub mod ledger;
 pub mod prices;
 pub mod usage;
 
