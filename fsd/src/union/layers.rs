@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
+use super::cache::ResolveCache;
 use super::lower::{Lower, LowerFile, LowerNode};
 use super::sys;
 
@@ -69,14 +71,15 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A path as seen through the union.
 pub struct Layered {
     /// The node in the upper layer (an `O_PATH` fd), if it is there.
-    pub upper: Option<OwnedFd>,
+    pub upper: Option<Arc<OwnedFd>>,
     /// The node in the lower layer, if it is visible: no upper node hides it (an upper non-dir,
     /// a whiteout, an opaque upper dir, or an opaque ancestor).
     pub lower: Option<LowerNode>,
     /// The lower layer has an entry at this path under a visible lower parent, even if the upper
     /// layer hides it: removing or renaming the path then needs a whiteout.
     pub lower_exists: bool,
-    /// Attributes of the top-most node.
+    /// Attributes of the top-most node when resolved: the file type is always right, the rest
+    /// only for a lower-only node (use [`Layers::attr`] for current attributes).
     pub st: libc::stat64,
 }
 
@@ -98,6 +101,8 @@ pub struct Layers {
     pub opaque_xattr: &'static [u8],
     /// We may chown (CAP_CHOWN): copy-up keeps owners, new nodes get the caller's uid/gid.
     pub can_chown: bool,
+    /// Resolved nodes by path (see [`ResolveCache`]).
+    pub cache: ResolveCache,
 }
 
 /// Opens `name` in `dir` as `O_PATH | O_NOFOLLOW`; `Ok(None)` when absent.
@@ -115,6 +120,11 @@ impl Layers {
         matches!(sys::getxattr_fd(fd, self.opaque_xattr), Ok(Some(v)) if v == b"y")
     }
 
+    /// Is this upper node a whiteout (overlayfs.rst "whiteouts and opaque directories")?
+    pub fn is_whiteout(&self, _fd: &impl AsRawFd, st: &libc::stat64) -> bool {
+        sys::is_whiteout(st)
+    }
+
     /// Marks an upper directory opaque.
     pub fn set_opaque(&self, fd: &impl AsRawFd) -> io::Result<()> {
         sys::setxattr_fd(fd, self.opaque_xattr, b"y", 0)
@@ -126,65 +136,125 @@ impl Layers {
     }
 
     /// Resolves a share-relative path through both layers (ENOENT when absent or whited out,
-    /// ENOTDIR when a non-directory is used as a directory).
-    pub fn resolve(&self, path: &[u8]) -> io::Result<Layered> {
-        let mut upper = Some(sys::openat(&self.upper, b".", libc::O_PATH, 0)?);
-        let mut lower = Some(self.lower.root()?.0);
-        let mut st = sys::fstat(upper.as_ref().unwrap_or_else(|| unreachable!()))?;
-        let mut lower_exists = true;
-        if let Some(u) = &upper {
-            if self.is_opaque(u) {
-                lower = None;
+    /// ENOTDIR when a non-directory is used as a directory). Served from the resolution cache
+    /// ([`ResolveCache`]) when possible; otherwise walks down from the nearest cached ancestor
+    /// (iteratively: guest-made paths may be very deep) and caches every node on the way.
+    pub fn resolve(&self, path: &[u8]) -> io::Result<Arc<Layered>> {
+        let gen = match self.cache.get(path) {
+            Ok(v) => return Ok(v),
+            Err(g) => g,
+        };
+        // Find the deepest cached ancestor.
+        let mut cut = path.len();
+        let mut base = None;
+        while cut > 0 {
+            cut = path[..cut].iter().rposition(|&b| b == b'/').unwrap_or(0);
+            if let Ok(v) = self.cache.get(&path[..cut]) {
+                base = Some(v);
+                break;
             }
         }
-        let comps: Vec<&[u8]> = components(path).collect();
-        for (i, comp) in comps.iter().enumerate() {
-            let last = i + 1 == comps.len();
-            if !sys::is_dir(&st) {
-                return Err(err(libc::ENOTDIR));
+        let mut cur = match base {
+            Some(v) => v,
+            None => {
+                let r = Arc::new(self.resolve_root()?);
+                self.cache.insert(b"", r.clone(), gen);
+                r
             }
-            let u = match &upper {
-                Some(d) => open_opt(d, comp)?,
-                None => None,
+        };
+        let mut end = cut;
+        for comp in components(&path[cut..]) {
+            end = if end == 0 {
+                comp.len()
+            } else {
+                end + 1 + comp.len()
             };
-            let ust = match &u {
-                Some(fd) => Some(sys::fstat(fd)?),
-                None => None,
-            };
-            let (l, lst) = match &lower {
-                Some(d) => match self.lower.lookup(d, comp)? {
-                    Some((n, s)) => (Some(n), Some(s)),
-                    None => (None, None),
-                },
-                None => (None, None),
-            };
-            lower_exists = l.is_some();
-            // Which lower node stays visible under this upper node?
-            let l_visible = match (&u, &ust) {
-                (Some(ufd), Some(s)) => {
-                    if sys::is_whiteout(s) {
-                        return Err(err(libc::ENOENT));
-                    }
-                    sys::is_dir(s) && lst.as_ref().is_some_and(sys::is_dir) && !self.is_opaque(ufd)
-                }
-                _ => l.is_some(),
-            };
-            let l = if l_visible { l } else { None };
-            st = match (ust, &l) {
-                (Some(s), _) => s,
-                (None, Some(_)) => lst.unwrap_or_else(|| unreachable!()),
-                (None, None) => return Err(err(libc::ENOENT)),
-            };
-            let _ = last;
-            upper = u;
-            lower = l;
+            cur = Arc::new(self.step(&cur, comp)?);
+            self.cache.insert(&path[..end], cur.clone(), gen);
         }
+        Ok(cur)
+    }
+
+    /// The root in both layers.
+    fn resolve_root(&self) -> io::Result<Layered> {
+        let upper = sys::openat(&self.upper, b".", libc::O_PATH, 0)?;
+        let st = sys::fstat(&upper)?;
+        let lower = if self.is_opaque(&upper) {
+            None
+        } else {
+            Some(self.lower.root()?.0)
+        };
         Ok(Layered {
-            upper,
+            upper: Some(Arc::new(upper)),
             lower,
-            lower_exists: !path.is_empty() && lower_exists,
+            lower_exists: false,
             st,
         })
+    }
+
+    /// One component down from `parent` (overlayfs.rst "directories", "whiteouts and opaque
+    /// directories").
+    fn step(&self, parent: &Layered, name: &[u8]) -> io::Result<Layered> {
+        if !parent.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let u = match &parent.upper {
+            Some(d) => open_opt(d, name)?,
+            None => None,
+        };
+        let ust = match &u {
+            Some(fd) => Some(sys::fstat(fd)?),
+            None => None,
+        };
+        let (l, lst) = match &parent.lower {
+            Some(d) => match self.lower.lookup(d, name)? {
+                Some((n, s)) => (Some(n), Some(s)),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        let lower_exists = l.is_some();
+        // Which lower node stays visible under this upper node?
+        let l_visible = match (&u, &ust) {
+            (Some(ufd), Some(s)) => {
+                if self.is_whiteout(ufd, s) {
+                    return Err(err(libc::ENOENT));
+                }
+                sys::is_dir(s) && lst.as_ref().is_some_and(sys::is_dir) && !self.is_opaque(ufd)
+            }
+            _ => l.is_some(),
+        };
+        let l = if l_visible { l } else { None };
+        let st = match (ust, &l) {
+            (Some(s), _) => s,
+            (None, Some(_)) => lst.unwrap_or_else(|| unreachable!()),
+            (None, None) => return Err(err(libc::ENOENT)),
+        };
+        Ok(Layered {
+            upper: u.map(Arc::new),
+            lower: l,
+            lower_exists,
+            st,
+        })
+    }
+
+    /// Current attributes of a resolved node: `fstat` of the upper copy (writes change it), or
+    /// the lower attributes (the lower layer never changes).
+    pub fn attr(&self, r: &Layered) -> io::Result<libc::stat64> {
+        match &r.upper {
+            Some(u) => sys::fstat(u),
+            None => Ok(r.st),
+        }
+    }
+
+    /// Forgets the cached state of `path` (after changing that node only).
+    pub fn invalidate(&self, path: &[u8]) {
+        self.cache.invalidate(path);
+    }
+
+    /// Forgets the cached state of `path` and everything below it.
+    pub fn invalidate_tree(&self, path: &[u8]) {
+        self.cache.invalidate_tree(path);
     }
 
     /// The names in a merged directory with their `DT_*` types: upper entries shadow lower ones,
@@ -224,30 +294,34 @@ impl Layers {
 
     /// The upper directory for `path`, copying up the directory chain from the lower layer as
     /// needed (overlayfs.rst "copy up": parents first). Returns an `O_PATH` fd.
-    pub fn upper_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
+    pub fn upper_dir(&self, path: &[u8]) -> io::Result<Arc<OwnedFd>> {
         let r = self.resolve(path)?;
         if !r.is_dir() {
             return Err(err(libc::ENOTDIR));
         }
-        if let Some(u) = r.upper {
-            return Ok(u);
+        if let Some(u) = &r.upper {
+            return Ok(u.clone());
         }
         let (parent, name) = split(path).ok_or_else(|| err(libc::EIO))?;
         let pdir = self.upper_dir(parent)?;
         let lower = r.lower.as_ref().ok_or_else(|| err(libc::EIO))?;
         sys::mkdirat(&pdir, name, r.st.st_mode & 0o7777)?;
-        let fd = sys::openat(&pdir, name, libc::O_PATH, 0)?;
+        let fd = sys::openat(&pdir, name, libc::O_PATH, 0);
+        // The node changed (it has an upper copy now), even if copying the metadata fails;
+        // its children did not (the new upper directory is empty and not opaque).
+        self.invalidate(path);
+        let fd = fd?;
         self.copy_meta(lower, &fd, &r.st, false)?;
-        Ok(fd)
+        Ok(Arc::new(fd))
     }
 
     /// Copies a non-directory up (full copy; holes preserved) and returns its upper `O_PATH`
     /// fd. A node already in the upper layer is returned as is. Directories: see
     /// [`Self::upper_dir`] / [`Self::copy_up_tree`].
-    pub fn copy_up(&self, path: &[u8]) -> io::Result<OwnedFd> {
+    pub fn copy_up(&self, path: &[u8]) -> io::Result<Arc<OwnedFd>> {
         let r = self.resolve(path)?;
-        if let Some(u) = r.upper {
-            return Ok(u);
+        if let Some(u) = &r.upper {
+            return Ok(u.clone());
         }
         if r.is_dir() {
             return self.upper_dir(path);
@@ -255,8 +329,10 @@ impl Layers {
         let (parent, name) = split(path).ok_or_else(|| err(libc::EIO))?;
         let pdir = self.upper_dir(parent)?;
         let lower = r.lower.as_ref().ok_or_else(|| err(libc::EIO))?;
-        self.copy_node(lower, &r.st, &pdir, name)?;
-        sys::openat(&pdir, name, libc::O_PATH, 0)
+        let res = self.copy_node(lower, &r.st, &pdir, name);
+        self.invalidate(path);
+        res?;
+        Ok(Arc::new(sys::openat(&pdir, name, libc::O_PATH, 0)?))
     }
 
     /// Copies a whole merged subtree into the upper layer (used before a directory rename: the

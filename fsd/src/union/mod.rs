@@ -7,6 +7,7 @@
 //! the id with the path; an unlinked path's id is retired). The guest kernel resolves symlinks
 //! itself: the host only ever opens names with `O_NOFOLLOW` relative to a layer root.
 
+mod cache;
 pub mod git;
 mod inodes;
 pub mod layers;
@@ -125,6 +126,29 @@ fn sanitize_open_flags(flags: u32) -> i32 {
         | libc::O_NOATIME)
 }
 
+/// How many resolved nodes to keep (each may hold two `O_PATH` fds): raises the soft
+/// `RLIMIT_NOFILE` to the hard limit and leaves half of it to the cache, at most 100 000 nodes.
+fn cache_capacity() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+    }
+    let fds = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    (fds.saturating_sub(512) / 4).clamp(64, 100_000)
+}
+
 impl UnionFs {
     /// Opens the two layer roots. The upper directory must exist; the lower is never written.
     pub fn new(
@@ -154,6 +178,7 @@ impl UnionFs {
                 b"user.overlay.opaque"
             },
             can_chown: root,
+            cache: cache::ResolveCache::new(cache_capacity()),
         };
         Ok(Self {
             layers,
@@ -197,23 +222,23 @@ impl UnionFs {
         }
     }
 
-    fn entry_for(&self, path: &[u8], r: &Layered) -> Entry {
+    fn entry_for(&self, path: &[u8], r: &Layered) -> io::Result<Entry> {
+        let mut st = self.layers.attr(r)?;
         let ino = lock(&self.inodes).ino_for(path);
-        let mut st = r.st;
         st.st_ino = ino;
         let t = self.timeout(r);
-        Entry {
+        Ok(Entry {
             ino,
             generation: 0,
             attr: st,
             attr_timeout: t,
             entry_timeout: t,
-        }
+        })
     }
 
     fn lookup_path(&self, path: &[u8]) -> io::Result<Entry> {
         let r = self.layers.resolve(path)?;
-        Ok(self.entry_for(path, &r))
+        self.entry_for(path, &r)
     }
 
     fn new_fh(&self) -> u64 {
@@ -244,7 +269,11 @@ impl UnionFs {
     /// Common start of every create-like op: the new path must not exist; returns its path, the
     /// upper parent (copied up) and whether a whiteout was removed to make room (then a new
     /// directory must be opaque).
-    fn prepare_create(&self, parent: u64, name: &[u8]) -> io::Result<(Vec<u8>, OwnedFd, bool)> {
+    fn prepare_create(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> io::Result<(Vec<u8>, Arc<OwnedFd>, bool)> {
         let path = self.child(parent, name)?;
         match self.layers.resolve(&path) {
             Ok(_) => return Err(err(libc::EEXIST)),
@@ -287,14 +316,24 @@ impl UnionFs {
     ) -> io::Result<Entry> {
         let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
         self.own(ctx, pdir, &fd)?;
+        // Whatever a concurrent reader cached while the node was being made is dropped.
+        self.layers.invalidate(path);
         let r = self.layers.resolve(path)?;
         self.journal.created(path, kind_of(&r.st));
-        Ok(self.entry_for(path, &r))
+        self.entry_for(path, &r)
     }
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
         let _g = lock(&self.meta);
         let path = self.child(parent, name)?;
+        let res = self.remove_path(&path, name, dir);
+        // The node and its subtree are gone (or half gone after an error): forget them.
+        self.layers.invalidate_tree(&path);
+        res
+    }
+
+    fn remove_path(&self, path: &[u8], name: &[u8], dir: bool) -> io::Result<()> {
+        let path = path.to_vec();
         let r = self.layers.resolve(&path)?;
         match (dir, r.is_dir()) {
             (true, false) => return Err(err(libc::ENOTDIR)),
@@ -327,9 +366,84 @@ impl UnionFs {
     fn stat_timeout(&self, ino: u64) -> io::Result<(Stat, Duration)> {
         let path = self.path(ino)?;
         let r = self.layers.resolve(&path)?;
-        let mut st = r.st;
+        let mut st = self.layers.attr(&r)?;
         st.st_ino = ino;
         Ok((st, self.timeout(&r)))
+    }
+    fn rename_paths(
+        &self,
+        opath: &[u8],
+        oldname: &[u8],
+        npath: &[u8],
+        newname: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let (opath, npath) = (opath.to_vec(), npath.to_vec());
+        if npath.starts_with(&opath) && npath.get(opath.len()) == Some(&b'/') {
+            return Err(err(libc::EINVAL));
+        }
+        let src = self.layers.resolve(&opath)?;
+        let dst = match self.layers.resolve(&npath) {
+            Ok(d) => Some(d),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(err(libc::EEXIST));
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(err(libc::ENOTDIR)),
+                (false, true) => return Err(err(libc::EISDIR)),
+                (true, true) if !self.layers.list_merged(d)?.is_empty() => {
+                    return Err(err(libc::ENOTEMPTY))
+                }
+                _ => {}
+            }
+        }
+        // Make the source complete in the upper layer (a directory with its whole merged
+        // subtree: the simple alternative to overlayfs's redirect_dir).
+        if src.is_dir() {
+            self.layers.copy_up_tree(&opath)?;
+        } else {
+            self.layers.copy_up(&opath)?;
+        }
+        let (op, _) = split(&opath).ok_or_else(|| err(libc::EBUSY))?;
+        let (np, _) = split(&npath).ok_or_else(|| err(libc::EBUSY))?;
+        let oup = self.layers.upper_dir(op)?;
+        let nup = self.layers.upper_dir(np)?;
+        // Make room at the destination in the upper layer: a whiteout or an (empty in the
+        // merged view) upper directory holding only whiteouts.
+        match sys::statat(&nup, newname) {
+            Ok(st) if sys::is_whiteout(&st) => sys::unlinkat(&nup, newname, false)?,
+            Ok(st) if sys::is_dir(&st) && src.is_dir() => {
+                let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
+                self.layers.clear_whiteouts(&d)?;
+            }
+            _ => {}
+        }
+        sys::renameat2(&oup, oldname, &nup, newname, 0)?;
+        if src.is_dir() {
+            // The moved directory is complete: nothing below the new name may merge in.
+            let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
+            self.layers.set_opaque(&d)?;
+        }
+        if src.lower_exists {
+            self.layers.whiteout(&oup, oldname)?;
+        }
+        {
+            let mut ino = lock(&self.inodes);
+            ino.remove_tree(&npath);
+            ino.rename_tree(&opath, &npath);
+        }
+        let kind = kind_of(&src.st);
+        self.journal.deleted(&opath, kind);
+        if dst.is_some() {
+            self.journal.modified(&npath, kind);
+        } else {
+            self.journal.created(&npath, kind);
+        }
+        Ok(())
     }
 }
 
@@ -478,71 +592,11 @@ impl FileSystem for UnionFs {
         if opath == npath {
             return Ok(());
         }
-        if npath.starts_with(&opath) && npath.get(opath.len()) == Some(&b'/') {
-            return Err(err(libc::EINVAL));
-        }
-        let src = self.layers.resolve(&opath)?;
-        let dst = match self.layers.resolve(&npath) {
-            Ok(d) => Some(d),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(d) = &dst {
-            if flags & libc::RENAME_NOREPLACE != 0 {
-                return Err(err(libc::EEXIST));
-            }
-            match (src.is_dir(), d.is_dir()) {
-                (true, false) => return Err(err(libc::ENOTDIR)),
-                (false, true) => return Err(err(libc::EISDIR)),
-                (true, true) if !self.layers.list_merged(d)?.is_empty() => {
-                    return Err(err(libc::ENOTEMPTY))
-                }
-                _ => {}
-            }
-        }
-        // Make the source complete in the upper layer (a directory with its whole merged
-        // subtree: the simple alternative to overlayfs's redirect_dir).
-        if src.is_dir() {
-            self.layers.copy_up_tree(&opath)?;
-        } else {
-            self.layers.copy_up(&opath)?;
-        }
-        let (op, _) = split(&opath).ok_or_else(|| err(libc::EBUSY))?;
-        let (np, _) = split(&npath).ok_or_else(|| err(libc::EBUSY))?;
-        let oup = self.layers.upper_dir(op)?;
-        let nup = self.layers.upper_dir(np)?;
-        // Make room at the destination in the upper layer: a whiteout or an (empty in the
-        // merged view) upper directory holding only whiteouts.
-        match sys::statat(&nup, newname) {
-            Ok(st) if sys::is_whiteout(&st) => sys::unlinkat(&nup, newname, false)?,
-            Ok(st) if sys::is_dir(&st) && src.is_dir() => {
-                let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
-                self.layers.clear_whiteouts(&d)?;
-            }
-            _ => {}
-        }
-        sys::renameat2(&oup, oldname, &nup, newname, 0)?;
-        if src.is_dir() {
-            // The moved directory is complete: nothing below the new name may merge in.
-            let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
-            self.layers.set_opaque(&d)?;
-        }
-        if src.lower_exists {
-            self.layers.whiteout(&oup, oldname)?;
-        }
-        {
-            let mut ino = lock(&self.inodes);
-            ino.remove_tree(&npath);
-            ino.rename_tree(&opath, &npath);
-        }
-        let kind = kind_of(&src.st);
-        self.journal.deleted(&opath, kind);
-        if dst.is_some() {
-            self.journal.modified(&npath, kind);
-        } else {
-            self.journal.created(&npath, kind);
-        }
-        Ok(())
+        let res = self.rename_paths(&opath, oldname, &npath, newname, flags);
+        // Both subtrees changed (moved, made opaque, whited out), even after an error halfway.
+        self.layers.invalidate_tree(&opath);
+        self.layers.invalidate_tree(&npath);
+        res
     }
 
     fn link(&self, ctx: Context, ino: u64, newparent: u64, newname: &[u8]) -> io::Result<Entry> {
@@ -572,9 +626,10 @@ impl FileSystem for UnionFs {
             return Err(io::Error::last_os_error());
         }
         let _ = ctx;
+        self.layers.invalidate(&path);
         let r = self.layers.resolve(&path)?;
         self.journal.created(&path, Kind::File);
-        Ok(self.entry_for(&path, &r))
+        self.entry_for(&path, &r)
     }
 
     fn open(&self, _ctx: Context, ino: u64, flags: u32) -> io::Result<(u64, u32)> {
@@ -895,6 +950,8 @@ impl FileSystem for UnionFs {
     }
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod git_tests;
 #[cfg(test)]

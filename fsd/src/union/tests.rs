@@ -8,7 +8,7 @@ use super::*;
 
 const ROOT: u64 = ROOT_ID;
 
-fn ctx() -> Context {
+pub(super) fn ctx() -> Context {
     Context {
         uid: 0,
         gid: 0,
@@ -16,14 +16,14 @@ fn ctx() -> Context {
     }
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    lower: std::path::PathBuf,
-    upper: std::path::PathBuf,
-    fs: UnionFs,
+pub(super) struct Fixture {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) lower: std::path::PathBuf,
+    pub(super) upper: std::path::PathBuf,
+    pub(super) fs: UnionFs,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let lower = dir.path().join("lower");
     let upper = dir.path().join("upper");
@@ -50,7 +50,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn is_whiteout(p: &Path) -> bool {
+pub(super) fn is_whiteout(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(p) {
         Ok(m) => m.file_type().is_char_device() && m.rdev() == 0,
@@ -58,7 +58,7 @@ fn is_whiteout(p: &Path) -> bool {
     }
 }
 
-fn names(fs: &UnionFs, ino: u64) -> Vec<String> {
+pub(super) fn names(fs: &UnionFs, ino: u64) -> Vec<String> {
     let (fh, _) = fs.opendir(ctx(), ino, 0).unwrap();
     let mut v: Vec<String> = fs
         .readdir(ctx(), ino, fh, 0)
@@ -72,7 +72,7 @@ fn names(fs: &UnionFs, ino: u64) -> Vec<String> {
     v
 }
 
-fn read_all(fs: &UnionFs, ino: u64) -> Vec<u8> {
+pub(super) fn read_all(fs: &UnionFs, ino: u64) -> Vec<u8> {
     let (fh, _) = fs.open(ctx(), ino, libc::O_RDONLY as u32).unwrap();
     let d = fs.read(ctx(), ino, fh, 0, 1 << 20).unwrap();
     fs.release(ctx(), ino, fh).unwrap();
