@@ -3,9 +3,11 @@
 //! ```text
 //! ax-fsd --socket PATH (--lower DIR | --lower-git GIT_DIR --tree OID [--objects DIR]
 //!        [--mtime SECS]) --upper DIR [--tag workspace] [--journal FILE]
+//!        [--no-jail] [--seccomp kill|log]
 //! ```
 //! Serves one vhost-user frontend (QEMU `-device vhost-user-fs-device,chardev=…,tag=workspace`
 //! or ax-vmm) and exits when it disconnects. Logs go to stderr (`AX_FSD_LOG=debug`).
+//! Once the frontend has connected, the process jails itself (`ax_fsd::jail`, docs/jail.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ax_fsd::fuse::server::Server;
+use ax_fsd::jail;
 use ax_fsd::journal::Journal;
 use ax_fsd::union::git::{GitLower, GitOptions};
 use ax_fsd::union::lower::Lower;
@@ -72,6 +75,14 @@ struct Args {
     /// How long the guest may cache names and attributes, in seconds.
     #[arg(long, default_value_t = 1.0)]
     cache_timeout: f64,
+    /// Do not jail the process (Landlock, seccomp, capabilities, namespaces); for debugging
+    /// only (docs/jail.md).
+    #[arg(long)]
+    no_jail: bool,
+    /// What a syscall outside the jail's allowlist does: kill (default) or log (the kernel
+    /// logs it, `dmesg | grep type=1326`, and lets it through; for debugging).
+    #[arg(long, value_name = "MODE", default_value = "kill")]
+    seccomp: ax_jail::SeccompMode,
 }
 
 struct StderrLogger(log::LevelFilter);
@@ -182,6 +193,29 @@ fn open_lower(args: &Args) -> Result<(Lower, String), String> {
     }
 }
 
+/// Waits for the frontend to connect, removes the socket file (nobody else may connect, and
+/// the jail could not remove it later), then jails the process (docs/jail.md).
+fn enter_jail(args: &Args, listener: &impl std::os::fd::AsRawFd) -> anyhow::Result<()> {
+    use anyhow::Context;
+    jail::wait_for_frontend(listener).context("waiting for the vhost-user frontend")?;
+    let _ = std::fs::remove_file(&args.socket);
+    let read_only = match (&args.lower, &args.lower_git) {
+        (Some(dir), _) => vec![dir.clone()],
+        (None, Some(git)) => jail::git_object_dirs(git, args.objects.as_deref()),
+        (None, None) => Vec::new(),
+    };
+    let policy = jail::Policy {
+        read_only,
+        read_write: vec![args.upper.clone()],
+        files: args.journal.iter().cloned().collect(),
+        seccomp: args.seccomp,
+    };
+    let t0 = std::time::Instant::now();
+    let report = jail::apply(&policy)?;
+    log::debug!("{report} ({} µs)", t0.elapsed().as_micros());
+    Ok(())
+}
+
 fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
     use anyhow::Context;
     let journal = match &args.journal {
@@ -201,6 +235,11 @@ fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
     )
     .context("cannot open the layers")?;
     let listener = listen(&args.socket)?;
+    if args.no_jail {
+        log::warn!("running WITHOUT the jail (--no-jail): a guest exploit reaches the host");
+    } else {
+        enter_jail(&args, &listener)?;
+    }
     log::info!(
         "serving {} (lower) + {} (upper) as tag {:?} on {}",
         lower_desc,

@@ -248,6 +248,13 @@ pub struct VhostUserListener {
     inner: Listener,
 }
 
+impl std::os::fd::AsRawFd for VhostUserListener {
+    /// The listening socket (e.g. to poll for a pending frontend connection).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+    }
+}
+
 /// Binds the vhost-user socket (replacing a stale socket file).
 pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
     let inner = Listener::new(socket, true).map_err(|e| {
