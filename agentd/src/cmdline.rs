@@ -1,5 +1,6 @@
 //! The `ax.*` parameters agentd reads from the kernel command line (`/proc/cmdline`).
 
+use crate::net::NetConfig;
 use std::time::Duration;
 
 /// Settings from the kernel command line. Unknown parameters are ignored.
@@ -21,6 +22,9 @@ pub struct Cmdline {
     /// `ax.objects=<tag>`: mount the virtio-fs share with this tag read-only on
     /// `/run/ax/objects` (the host repository's objects, the alternate of the agent's `.git`).
     pub objects: Option<String>,
+    /// `ax.net=ADDR/PREFIX,GATEWAY[,MTU]`: configure eth0 (address, default route through
+    /// the gateway, DNS server = gateway, MTU). Default: none (no network; eth0 stays down).
+    pub net: Option<NetConfig>,
 }
 
 impl Default for Cmdline {
@@ -32,6 +36,7 @@ impl Default for Cmdline {
             debug: false,
             workspace: None,
             objects: None,
+            net: None,
         }
     }
 }
@@ -64,6 +69,10 @@ impl Cmdline {
                 ("ax.debug", None) | ("ax.debug", Some("1")) => c.debug = true,
                 ("ax.workspace", Some(v)) if !v.is_empty() => c.workspace = Some(v.to_string()),
                 ("ax.objects", Some(v)) if !v.is_empty() => c.objects = Some(v.to_string()),
+                ("ax.net", Some(v)) => match NetConfig::parse(v) {
+                    Ok(n) => c.net = Some(n),
+                    Err(e) => log::warn!("ignoring {e}"),
+                },
                 _ => {}
             }
         }
@@ -111,5 +120,37 @@ mod tests {
             Cmdline::parse("ax.root=/dev/vdb").root.as_deref(),
             Some("/dev/vdb")
         );
+    }
+
+    #[test]
+    fn parses_ax_net() {
+        let c = Cmdline::parse("console=ttyS0 ax.net=100.96.0.2/30,100.96.0.1,1400");
+        assert_eq!(
+            c.net,
+            Some(NetConfig {
+                addr: "100.96.0.2".parse().unwrap(),
+                prefix: 30,
+                gateway: "100.96.0.1".parse().unwrap(),
+                mtu: Some(1400),
+            })
+        );
+        assert_eq!(
+            Cmdline::parse("ax.net=10.0.0.2/24,10.0.0.1")
+                .net
+                .unwrap()
+                .mtu,
+            None
+        );
+        assert_eq!(Cmdline::default().net, None);
+        for bad in [
+            "ax.net=100.96.0.2,100.96.0.1",
+            "ax.net=100.96.0.2/31,100.96.0.1",
+            "ax.net=100.96.0.2/30",
+            "ax.net=100.96.0.2/30,gw",
+            "ax.net=100.96.0.2/30,100.96.0.1,100",
+            "ax.net=100.96.0.2/30,100.96.0.1,1500,x",
+        ] {
+            assert_eq!(Cmdline::parse(bad).net, None, "{bad}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! PID 1: boot duties, then serve the control port and wait for the reason to power off.
 
 use crate::cmdline::Cmdline;
-use crate::{console, modules, mounts, net, power, vsock};
+use crate::{console, modules, mounts, net, power, trust, vsock};
 use agentd::proto::CONTROL_PORT;
 use agentd::server::{boottime_ms, Config, Event, Server};
 use std::sync::mpsc;
@@ -75,6 +75,20 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
     if let Err(e) = net::link_up("lo") {
         log::warn!("lo up: {e}");
     }
+    if let Some(n) = &cmd.net {
+        // Not fatal: the agent runs without a network and the console says why.
+        match net::configure("eth0", n, Duration::from_secs(5)) {
+            Ok(()) => log::info!(
+                "eth0: {}/{} via {} (DNS {}), MTU {}",
+                n.addr,
+                n.prefix,
+                n.gateway,
+                n.gateway,
+                n.mtu.map_or("default".to_string(), |m| m.to_string())
+            ),
+            Err(e) => log::error!("eth0: {e}; the guest has no network"),
+        }
+    }
 
     let listener = bind_control()?;
     let (tx, rx) = mpsc::channel();
@@ -83,6 +97,7 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
         Config {
             ready_ms: ready,
             init_ms,
+            setup_hook: Some(trust::setup_hook),
             ..Config::default()
         },
         tx,

@@ -19,6 +19,8 @@ mod net;
 #[cfg(target_os = "linux")]
 mod power;
 #[cfg(target_os = "linux")]
+mod trust;
+#[cfg(target_os = "linux")]
 mod vsock;
 
 #[cfg(target_os = "linux")]

@@ -43,6 +43,10 @@ pub enum Event {
     PrimaryExited(proto::Exit),
 }
 
+/// Applies a SETUP's guest-wide part (in the guest: the CA into the trust store) and returns
+/// environment variables to add for every later session; `Err` is sent as `setup_failed`.
+pub type SetupHook = fn(&proto::Setup) -> Result<BTreeMap<String, String>, String>;
+
 /// Server settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -54,6 +58,9 @@ pub struct Config {
     pub outbox_budget: usize,
     /// Session tunables.
     pub limits: Limits,
+    /// What SETUP does beyond storing its `env` (PID 1 installs the CA); `None`: SETUP only
+    /// stores the environment (host tests).
+    pub setup_hook: Option<SetupHook>,
 }
 
 impl Default for Config {
@@ -63,6 +70,7 @@ impl Default for Config {
             init_ms: 0,
             outbox_budget: DEFAULT_BUDGET,
             limits: Limits::default(),
+            setup_hook: None,
         }
     }
 }
@@ -76,6 +84,8 @@ struct Registry {
 
 struct Inner {
     reg: Mutex<Registry>,
+    /// Environment from the last SETUP, under every later session's EXEC `env`.
+    setup_env: Mutex<BTreeMap<String, String>>,
     events: Mutex<Sender<Event>>,
     cfg: Config,
     next_conn: AtomicU64,
@@ -136,6 +146,7 @@ impl Server {
                     next_id: 1,
                     ..Default::default()
                 }),
+                setup_env: Mutex::new(BTreeMap::new()),
                 events: Mutex::new(events),
                 cfg,
                 next_conn: AtomicU64::new(1),
@@ -314,9 +325,35 @@ impl Conn<'_> {
                 self.outbox.push_final(Frame::Ok);
                 let _ = lock(&self.inner.events).send(Event::Shutdown { reboot: sd.reboot });
             }
+            Ok(Frame::Setup(setup)) => {
+                let hook_env = match self.inner.cfg.setup_hook {
+                    Some(hook) => match hook(&setup) {
+                        Ok(env) => env,
+                        Err(e) => return self.fail("setup_failed", e),
+                    },
+                    None => BTreeMap::new(),
+                };
+                let mut env = hook_env;
+                env.extend(setup.env);
+                log::info!(
+                    "conn {}: SETUP: CA {}, {} environment variables for later sessions",
+                    self.id,
+                    if setup.ca_pem.is_some() {
+                        "installed"
+                    } else {
+                        "none"
+                    },
+                    env.len()
+                );
+                *lock(&self.inner.setup_env) = env;
+                self.outbox.push_final(Frame::Ok);
+            }
             Ok(f) => self.fail(
                 "unexpected",
-                format!("{:?} before EXEC, ATTACH, WAIT or SHUTDOWN", f.kind()),
+                format!(
+                    "{:?} before EXEC, ATTACH, WAIT, SHUTDOWN or SETUP",
+                    f.kind()
+                ),
             ),
             Err(e) => self.proto_fail(e),
         }
@@ -357,6 +394,12 @@ impl Conn<'_> {
                 let _ = events.send(Event::PrimaryExited(exit));
             }
         });
+        // SETUP's environment under EXEC's own.
+        let mut req = req.clone();
+        let mut env = lock(&self.inner.setup_env).clone();
+        env.append(&mut req.env);
+        req.env = env;
+        let req = &req;
         let s = Session::spawn(id, req, self.inner.cfg.limits, on_finish)?;
         log::info!(
             "conn {}: session {id} pid {} {:?} tty={} role={:?}",

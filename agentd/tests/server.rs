@@ -385,6 +385,72 @@ fn shutdown_is_acknowledged_and_reported() {
 }
 
 #[test]
+fn setup_env_reaches_later_sessions_under_exec_env() {
+    let (srv, _rx) = server();
+    let mut c = Client::new(&srv);
+    c.send(Frame::Setup(Setup {
+        ca_pem: None,
+        env: [("KEY", "placeholder"), ("FOO", "from-setup")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }));
+    assert_eq!(c.recv(), Frame::Ok);
+    assert!(matches!(read_frame(&mut c.s), Err(ProtoError::Closed)));
+    let mut e = sh("echo \"$KEY|$FOO|$HOME\"");
+    e.env.insert("FOO".into(), "from-exec".into());
+    let (mut c, _) = Client::exec(&srv, e);
+    let (out, _, _) = c.drain();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "placeholder|from-exec|/root\n"
+    );
+}
+
+fn failing_hook(s: &Setup) -> Result<std::collections::BTreeMap<String, String>, String> {
+    match &s.ca_pem {
+        Some(p) if p.starts_with("-----BEGIN CERTIFICATE-----") => Ok([(
+            "SSL_CERT_FILE".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        )]
+        .into()),
+        _ => Err("not a PEM certificate".into()),
+    }
+}
+
+#[test]
+fn setup_hook_adds_env_or_fails_the_request() {
+    let (tx, _rx) = mpsc::channel();
+    let srv = Server::new(
+        Config {
+            setup_hook: Some(failing_hook),
+            ..Config::default()
+        },
+        tx,
+    );
+    let mut c = Client::new(&srv);
+    c.send(Frame::Setup(Setup {
+        ca_pem: Some("garbage".into()),
+        env: Default::default(),
+    }));
+    match c.recv() {
+        Frame::Error(e) => {
+            assert_eq!(e.code, "setup_failed");
+            assert_eq!(e.message, "not a PEM certificate");
+        }
+        f => panic!("expected ERROR, got {f:?}"),
+    }
+    let mut c = Client::new(&srv);
+    c.send(Frame::Setup(Setup {
+        ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+        env: Default::default(),
+    }));
+    assert_eq!(c.recv(), Frame::Ok);
+    let (mut c, _) = Client::exec(&srv, sh("echo \"$SSL_CERT_FILE\""));
+    assert_eq!(c.drain().0, b"/etc/ssl/certs/ca-certificates.crt\n");
+}
+
+#[test]
 fn slow_client_is_dropped_and_never_blocks_the_child() {
     let (tx, _rx) = mpsc::channel();
     let srv = Server::new(

@@ -150,12 +150,28 @@ pub struct Shutdown {
     pub reboot: bool,
 }
 
+/// `SETUP` (client → agentd): guest-wide settings for every later session, sent by the
+/// supervisor before it starts the agent. agentd answers OK, or ERROR `setup_failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Setup {
+    /// A CA certificate (PEM) to trust: agentd adds it to the guest's trust store and sets
+    /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CODEX_CA_CERTIFICATE` (the bundle) and
+    /// `NODE_EXTRA_CA_CERTS` (the CA alone) for later sessions (`docs/network.md`).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Environment added to the base environment of every later session (EXEC's own `env`
+    /// still wins), e.g. the secrets' placeholders. Replaces what an earlier SETUP gave.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
 /// `ERROR` (agentd → client, also client → agentd): why a request failed; the sender closes
 /// the connection after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMsg {
     /// Stable machine-readable code: `bad_frame`, `unknown_kind`, `bad_json`,
-    /// `unsupported_version`, `unexpected`, `no_session`, `exec_failed`, `busy`, `internal`.
+    /// `unsupported_version`, `unexpected`, `no_session`, `exec_failed`, `busy`,
+    /// `setup_failed`, `internal`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

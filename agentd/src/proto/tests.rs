@@ -45,6 +45,11 @@ fn every_kind_roundtrips() {
         Frame::Wait(Wait { session: Some(3) }),
         Frame::Shutdown(Shutdown { reboot: false }),
         Frame::Ok,
+        Frame::Setup(Setup {
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+            env: BTreeMap::from([("K".to_string(), "ph".to_string())]),
+        }),
+        Frame::Setup(Setup::default()),
         Frame::Stdin(vec![]),
         Frame::Stdin(b"in".to_vec()),
         Frame::Stdout(vec![0, 255, 10]),
@@ -69,6 +74,12 @@ fn wire_layout_is_len_kind_payload() {
     let b = Frame::Stdout(b"hi".to_vec()).encode();
     assert_eq!(b, vec![3, 0, 0, 0, 0x11, b'h', b'i']);
     assert_eq!(Frame::Ok.encode(), vec![1, 0, 0, 0, 0x08]);
+    assert_eq!(Frame::Setup(Setup::default()).encode()[4], 0x09);
+    // Both fields are optional on the wire.
+    assert_eq!(
+        Frame::decode(0x09, b"{}").unwrap(),
+        Frame::Setup(Setup::default())
+    );
 }
 
 #[test]
