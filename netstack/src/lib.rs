@@ -15,12 +15,15 @@
 //! - [`upstream`]: connecting to the real destination (route overrides, blocked ranges,
 //!   optional HTTP CONNECT proxy).
 //! - [`tls`]: per-agent CA, leaf certificates per SNI, the intercepting HTTP proxy.
+//! - [`http`]: the HTTP proxy inside intercepted TLS (hyper both sides, streaming bodies,
+//!   content decoding, the streaming search-and-replace under secrets).
 //! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses.
 //! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
 //! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
 
 pub mod config;
 pub mod context;
+pub mod http;
 pub mod meter;
 pub mod policy;
 pub mod secrets;

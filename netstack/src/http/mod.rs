@@ -1,0 +1,413 @@
+//! The HTTP proxy inside an intercepted TLS connection: hyper serves the guest (HTTP/1.1 or
+//! HTTP/2, RFC 9112 / RFC 9113, as negotiated by ALPN) and forwards each request over a hyper
+//! client connection to the upstream (HTTP/2 if the upstream negotiated `h2`, else HTTP/1.1).
+//! Per request: placeholders substituted or the request blocked (403), spend cap (429),
+//! metering, response scrubbing, an audit record. Bodies stream both ways chunk by chunk.
+
+pub mod body;
+pub mod decode;
+pub mod rewrite;
+
+use crate::context::Context;
+use crate::meter::RequestRecord;
+use crate::Flow;
+use body::{full, BlockSlot, Pipe, ProxyBody};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as c1, http2 as c2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The upstream side of one intercepted connection.
+pub enum Upstream {
+    /// HTTP/1.1: one request at a time; re-connected when the server closed it.
+    H1(tokio::sync::Mutex<Option<c1::SendRequest<ProxyBody>>>),
+    /// HTTP/2: requests multiplexed.
+    H2(c2::SendRequest<ProxyBody>),
+    /// The upstream could not be reached or verified: every request gets 502 with this text.
+    Failed(String),
+}
+
+impl Upstream {
+    /// Runs the HTTP client handshake on a connected (TLS) stream.
+    pub async fn handshake<S: crate::IoStream>(io: S, h2: bool) -> anyhow::Result<Upstream> {
+        let io = TokioIo::new(io);
+        if h2 {
+            let (send, conn) = c2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    log::debug!("upstream h2 connection ended: {e}");
+                }
+            });
+            Ok(Upstream::H2(send))
+        } else {
+            Ok(Upstream::H1(tokio::sync::Mutex::new(Some(
+                h1_handshake(io).await?,
+            ))))
+        }
+    }
+}
+
+async fn h1_handshake<S: crate::IoStream>(
+    io: TokioIo<S>,
+) -> anyhow::Result<c1::SendRequest<ProxyBody>> {
+    let (send, conn) = c1::handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("upstream http/1.1 connection ended: {e}");
+        }
+    });
+    Ok(send)
+}
+
+/// One intercepted connection's proxy state.
+pub struct Proxy {
+    /// The agent's shared state.
+    pub ctx: Arc<Context>,
+    /// The guest connection.
+    pub flow: Flow,
+    /// The verified upstream name (the guest's SNI, else the resolved host, else the IP):
+    /// secrets, metering and audit go by this name, never by the `Host` header.
+    pub name: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+}
+
+/// Serves the guest side of `io` (already TLS-terminated) until it closes.
+pub async fn serve<S: crate::IoStream>(proxy: Arc<Proxy>, io: S, h2: bool) -> anyhow::Result<()> {
+    let svc = hyper::service::service_fn(move |req| {
+        let p = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(p.handle(req).await) }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await?;
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A plain-text response made by the proxy itself.
+fn answer(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(format!("{text}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those HTTP/2 forbids (RFC 9113 §8.2.2).
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    ] {
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// A copy of a request head without extensions (for the meter, before substitution).
+fn copy_head(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+impl Proxy {
+    fn audit(
+        &self,
+        method: &Method,
+        path: &str,
+        status: u16,
+        up: u64,
+        down: u64,
+        blocked: Option<String>,
+    ) {
+        self.ctx.audit.request(RequestRecord {
+            flow_id: self.flow.id,
+            host: self.name.clone(),
+            method: method.to_string(),
+            path: path.to_string(),
+            status,
+            bytes_up: up,
+            bytes_down: down,
+            blocked,
+        });
+    }
+
+    /// Answers `status` with `why` and audits it as blocked.
+    fn refuse(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        why: String,
+    ) -> Response<ProxyBody> {
+        log::warn!(
+            "flow {} {} {method} {path}: {} {why}",
+            self.flow.id,
+            self.name,
+            status.as_u16()
+        );
+        self.audit(method, path, status.as_u16(), 0, 0, Some(why.clone()));
+        answer(status, &why)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        if let Upstream::Failed(why) = &self.upstream {
+            return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why.clone());
+        }
+        let ctx = self.ctx.clone();
+        let meter_head = copy_head(&parts);
+        if let Err(b) = ctx
+            .secrets
+            .rewrite_request_head(&self.name, &parts.uri, &mut parts.headers)
+        {
+            return self.refuse(&method, &path, StatusCode::FORBIDDEN, b.0);
+        }
+        let provider = ctx.meter.provider_for(&self.name, &path);
+        if provider.is_some() {
+            if let Err(e) = ctx.meter.check_cap() {
+                return self.refuse(&method, &path, StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            }
+        }
+        let process = !ctx.secrets.is_empty() || provider.is_some();
+
+        // The request head as the upstream protocol wants it.
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| self.name.clone());
+        strip_hop_by_hop(&mut parts.headers);
+        if process {
+            match parts
+                .headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(v) => match decode::filter_accept_encoding(v) {
+                    Some(f) => {
+                        parts
+                            .headers
+                            .insert(header::ACCEPT_ENCODING, HeaderValue::from_str(&f).unwrap());
+                    }
+                    None => {
+                        parts.headers.remove(header::ACCEPT_ENCODING);
+                    }
+                },
+                None => {}
+            }
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let h2 = matches!(self.upstream, Upstream::H2(_));
+        if h2 {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+            parts.uri = match Uri::builder()
+                .scheme("https")
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    return self.refuse(
+                        &method,
+                        &path,
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid request target: {e}"),
+                    )
+                }
+            };
+        } else {
+            parts.version = Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(header::HOST, v);
+            }
+            parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        }
+
+        let blocked = BlockSlot::default();
+        let up_bytes = Arc::new(AtomicU64::new(0));
+        let rewrite = ctx.secrets.request_body(&self.name, provider.is_some());
+        let exact = rewrite.as_ref().is_none_or(|r| r.preserves_length());
+        if !exact {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let req_body = Pipe::new(body)
+            .with_rewrite(rewrite, exact)
+            .block_slot(blocked.clone())
+            .count_into(up_bytes.clone())
+            .boxed_unsync();
+        let mut call = provider.map(|p| ctx.meter.begin(p, &meter_head));
+        let sent = self.send(Request::from_parts(parts, req_body)).await;
+        if let Some(why) = blocked.lock().unwrap().take() {
+            if let Some(c) = call.take() {
+                c.finish(crate::meter::Outcome::Aborted(
+                    "blocked by ax-netstack".into(),
+                ));
+            }
+            return self.refuse(&method, &path, StatusCode::FORBIDDEN, why);
+        }
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!(
+                    "ax-netstack: the upstream request to {} failed: {e}",
+                    self.name
+                );
+                if let Some(c) = call.take() {
+                    c.finish(crate::meter::Outcome::Aborted(why.clone()));
+                }
+                return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why);
+            }
+        };
+
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        ctx.secrets.scrub_headers(&mut rparts.headers);
+        if let Some(c) = &mut call {
+            c.response_head(rparts.status, &rparts.headers);
+        }
+        let status = rparts.status;
+        let bodyless = method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let mut decoder = None;
+        let scrubber = if bodyless {
+            None
+        } else {
+            ctx.secrets.scrubber()
+        };
+        if process && !bodyless {
+            let coding = rparts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .map(str::to_string);
+            match coding.as_deref() {
+                None | Some("") | Some("identity") => {}
+                Some(c) => match decode::Decoder::new(c) {
+                    Some(d) => {
+                        decoder = Some(d);
+                        rparts.headers.remove(header::CONTENT_ENCODING);
+                    }
+                    None => {
+                        let why = format!(
+                            "ax-netstack: {} answered with Content-Encoding {c:?}, which it cannot inspect (it asked for {} only)",
+                            self.name,
+                            decode::SUPPORTED
+                        );
+                        if let Some(c) = call.take() {
+                            c.finish(crate::meter::Outcome::Aborted(why.clone()));
+                        }
+                        return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why);
+                    }
+                },
+            }
+            rparts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let me = self.clone();
+        let on_end = Box::new(move |down: u64, err: Option<String>| {
+            if let Some(e) = &err {
+                log::info!(
+                    "flow {} {} {method} {path}: response ended early: {e}",
+                    me.flow.id,
+                    me.name
+                );
+            }
+            me.audit(
+                &method,
+                &path,
+                status.as_u16(),
+                up_bytes.load(Ordering::Relaxed),
+                down,
+                None,
+            );
+        });
+        let body = Pipe::new(rbody)
+            .with_decoder(decoder)
+            .with_rewrite(scrubber, false)
+            .with_meter(if bodyless { None } else { call.take() })
+            .on_end(on_end)
+            .boxed_unsync();
+        if let Some(c) = call.take() {
+            c.finish(crate::meter::Outcome::Complete);
+        }
+        Response::from_parts(rparts, body)
+    }
+
+    /// Sends one request upstream; HTTP/1.1 connections the server closed are re-opened once.
+    async fn send(&self, req: Request<ProxyBody>) -> anyhow::Result<Response<Incoming>> {
+        match &self.upstream {
+            Upstream::H2(s) => {
+                let mut s = s.clone();
+                s.ready().await?;
+                Ok(s.send_request(req).await?)
+            }
+            Upstream::H1(m) => {
+                let mut guard = m.lock().await;
+                let usable = match guard.as_mut() {
+                    Some(s) => s.ready().await.is_ok(),
+                    None => false,
+                };
+                if !usable {
+                    *guard = None;
+                    let io = crate::tls::reconnect(&self.ctx, &self.flow, &self.name).await?;
+                    *guard = Some(h1_handshake(TokioIo::new(io)).await?);
+                }
+                let fut = guard.as_mut().unwrap().send_request(req);
+                drop(guard);
+                Ok(fut.await?)
+            }
+            Upstream::Failed(why) => anyhow::bail!("{why}"),
+        }
+    }
+}
