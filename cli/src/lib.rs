@@ -80,6 +80,10 @@ enum Cmd {
     },
     /// Build (or move forward) branch ax/<name> from the agent's work now.
     Commit { name: String },
+    /// What the agents' LLM calls cost (tokens and USD, from the ledger).
+    Cost(cmd::cost::CostArgs),
+    /// An agent's audit log: its connections and HTTP requests.
+    Audit(cmd::audit::AuditArgs),
     /// Build and list guest images.
     Image {
         #[command(subcommand)]
@@ -135,6 +139,8 @@ pub fn main() -> ! {
         Cmd::Inspect { name, json } => cmd::ps::inspect(&name, json),
         Cmd::Diff { name, json } => cmd::branch::diff(&name, json),
         Cmd::Commit { name } => cmd::branch::commit(&name),
+        Cmd::Cost(a) => cmd::cost::cost(a),
+        Cmd::Audit(a) => cmd::audit::audit(a),
         Cmd::Image { cmd } => image::run(cmd),
         Cmd::Git { cmd } => git::run_cmd(cmd),
         Cmd::Supervise { name, attached } => supervisor::run(&name, attached),

@@ -39,6 +39,13 @@ pub fn agents_dir() -> PathBuf {
     state_dir().join("agents")
 }
 
+/// `$XDG_STATE_HOME/ax/ledger.sqlite`: the metering ledger and audit log shared by every
+/// agent's netstack (its `[meter] ledger`), read by `axctl cost` and `axctl audit`
+/// (docs/ledger.md).
+pub fn ledger_path() -> PathBuf {
+    state_dir().join("ledger.sqlite")
+}
+
 /// `$XDG_CONFIG_HOME/ax`.
 pub fn config_dir() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config").join("ax")

@@ -1,7 +1,9 @@
 //! One module per `axctl` command family.
 
 pub mod attach;
+pub mod audit;
 pub mod branch;
+pub mod cost;
 pub mod lifecycle;
 pub mod logs;
 pub mod ps;
