@@ -12,6 +12,7 @@
 //! - [`stack`]: Ethernet frames ↔ smoltcp; ARP, DNS responder, TCP flows, SYN held until the
 //!   upstream connect succeeded.
 //! - [`policy`]: allow / deny / intercept per host name, port and address.
+//! - [`proxy`]: flow dispatch — policy, upstream connect, then splice or intercept.
 //! - [`upstream`]: connecting to the real destination (route overrides, blocked ranges,
 //!   optional HTTP CONNECT proxy).
 //! - [`tls`]: per-agent CA, leaf certificates per SNI, the intercepting HTTP proxy.
@@ -26,6 +27,7 @@ pub mod context;
 pub mod http;
 pub mod meter;
 pub mod policy;
+pub mod proxy;
 pub mod secrets;
 pub mod stack;
 pub mod tls;
