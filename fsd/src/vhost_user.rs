@@ -9,7 +9,8 @@
 //! (`VHOST_USER_PROTOCOL_F_CONFIG`) for frontends that ask the backend (QEMU takes the tag from
 //! its own `tag=` property instead).
 
-use std::io::{self, Read, Write};
+use std::io;
+use std::mem::size_of;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -22,15 +23,19 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+mod chain;
+
+use crate::fuse::abi::{opcode, read_struct, InHeader, OutHeader, WriteIn};
 use crate::fuse::filesystem::FileSystem;
 use crate::fuse::server::{Server, MAX_REQUEST};
+use chain::Bufs;
 
 /// Length of `virtio_fs_config.tag` (virtio 1.2 §5.11.4).
 pub const TAG_LEN: usize = 36;
@@ -136,7 +141,9 @@ impl<F: FileSystem> FsBackend<F> {
         Ok(())
     }
 
-    /// One FUSE request: returns the number of bytes written to the writable part.
+    /// One FUSE request: returns the number of bytes written to the writable part. READ data
+    /// is read from the file straight into the writable buffers and a WRITE payload written
+    /// straight from the readable ones ([`chain::Bufs`]); other requests are copied out whole.
     fn process_chain<T>(
         &self,
         mem: &GuestMemoryMmap,
@@ -147,35 +154,68 @@ impl<F: FileSystem> FsBackend<F> {
         T::Target: vm_memory::GuestMemory + Sized,
     {
         let (mut reader, mut writer) = match (
-            Reader::<()>::new(mem, chain.clone()),
-            Writer::<()>::new(mem, chain),
+            Bufs::from_chain(mem, chain.clone(), false),
+            Bufs::from_chain(mem, chain, true),
         ) {
             (Ok(r), Ok(w)) => (r, w),
-            _ => {
-                debug!("virtio-fs: malformed descriptor chain");
+            (Err(e), _) | (_, Err(e)) => {
+                debug!("virtio-fs: malformed descriptor chain: {e}");
                 return 0;
             }
         };
-        // A request longer than MAX_REQUEST is cut: its header then disagrees with the bytes
-        // and the server answers EINVAL.
-        let mut buf = vec![0u8; reader.available_bytes().min(MAX_REQUEST)];
-        if reader.read_exact(&mut buf).is_err() {
+        let cap = writer.len();
+        let hl = size_of::<OutHeader>();
+        // The header and, for WRITE, fuse_write_in: enough to route the request.
+        let mut head = [0u8; size_of::<InHeader>() + size_of::<WriteIn>()];
+        let n = reader.len().min(head.len());
+        if reader.read_exact(&mut head[..n]).is_err() {
             return 0;
         }
-        let cap = writer.available_bytes();
-        match self.server.handle(&buf, cap) {
-            Some(reply) if reply.len() <= cap => match writer.write_all(&reply) {
-                Ok(()) => reply.len() as u32,
+        let op = read_struct::<InHeader>(&head[..n]).map(|(h, _)| h.opcode);
+        if op == Some(opcode::WRITE) && n == head.len() {
+            return match self.server.handle_write(&head, &mut reader, cap) {
+                Some(reply) => self.reply(&mut writer, &reply),
+                None => 0,
+            };
+        }
+        // A request longer than MAX_REQUEST is cut: its header then disagrees with the bytes
+        // and the server answers EINVAL.
+        let mut buf = vec![0u8; (n + reader.len()).min(MAX_REQUEST)];
+        buf[..n].copy_from_slice(&head[..n]);
+        if reader.read_exact(&mut buf[n..]).is_err() {
+            return 0;
+        }
+        if op == Some(opcode::READ) && cap >= hl {
+            let mut data = writer.split_off(hl);
+            let Some(h) = self.server.handle_read(&buf, &mut data) else {
+                return 0;
+            };
+            return match writer.write_all(h.as_slice()) {
+                Ok(()) => h.len,
                 Err(e) => {
-                    debug!("virtio-fs: cannot write reply: {e}");
+                    debug!("virtio-fs: cannot write reply header: {e}");
                     0
                 }
-            },
-            Some(_) => {
-                debug!("virtio-fs: writable part ({cap} bytes) too small for a reply header");
+            };
+        }
+        match self.server.handle(&buf, cap) {
+            Some(reply) => self.reply(&mut writer, &reply),
+            None => 0,
+        }
+    }
+
+    /// Writes a whole reply into the writable part; returns its length (0 when it does not
+    /// fit: the server never makes one longer than the part, so only a header can miss).
+    fn reply(&self, writer: &mut Bufs<'_>, reply: &[u8]) -> u32 {
+        match writer.write_all(reply) {
+            Ok(()) => reply.len() as u32,
+            Err(e) => {
+                debug!(
+                    "virtio-fs: writable part ({} bytes) too small for the reply: {e}",
+                    writer.len()
+                );
                 0
             }
-            None => 0,
         }
     }
 }

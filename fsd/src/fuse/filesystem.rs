@@ -6,6 +6,8 @@
 use std::io;
 use std::time::Duration;
 
+use super::io::{ReadSink, WriteSource};
+
 /// Who sent the request (`fuse_in_header.uid/gid/pid`, already mapped by the guest kernel).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Context {
@@ -170,6 +172,34 @@ pub trait FileSystem: Send + Sync {
     /// FUSE_READ: at most `size` bytes at `offset`.
     fn read(&self, ctx: Context, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         nosys()
+    }
+    /// FUSE_READ into `out` (the transport's zero-copy path; at most `size` bytes and at most
+    /// `out.room()`). Returns the bytes produced. Default: [`Self::read`], then a copy.
+    fn read_into(
+        &self,
+        ctx: Context,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut dyn ReadSink,
+    ) -> io::Result<usize> {
+        let d = self.read(ctx, ino, fh, offset, size)?;
+        out.put(&d)
+    }
+    /// FUSE_WRITE from `data` (the transport's zero-copy path). Returns bytes written.
+    /// Default: copy the payload, then [`Self::write`].
+    fn write_from(
+        &self,
+        ctx: Context,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &mut dyn WriteSource,
+        flags: u32,
+    ) -> io::Result<usize> {
+        let v = data.to_vec()?;
+        self.write(ctx, ino, fh, offset, &v, flags)
     }
     /// FUSE_WRITE: returns bytes written.
     fn write(

@@ -4,4 +4,5 @@
 
 pub mod abi;
 pub mod filesystem;
+pub mod io;
 pub mod server;

@@ -18,6 +18,7 @@ use vm_memory::ByteValued;
 
 use super::abi::{self, opcode, read_cstr, read_struct, InHeader, OutHeader};
 use super::filesystem::{Context, Entry, FileSystem, SetAttr, Stat, TimeSpec};
+use super::io::{ReadSink, VecSink, WriteSource};
 
 /// Largest WRITE payload we accept (`fuse_init_out.max_write`).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -182,6 +183,98 @@ impl<F: FileSystem> Server<F> {
         Some(encode(h.unique, result, out_cap))
     }
 
+    /// The checks every request passes before dispatch: `len` = the bytes received
+    /// (`received`), and INIT done.
+    fn precheck(&self, h: &InHeader, received: usize) -> Result<(), i32> {
+        if h.len as usize != received {
+            debug!(
+                "fuse: {} len {} != {} bytes received",
+                abi::opcode_name(h.opcode),
+                h.len,
+                received
+            );
+            return Err(libc::EINVAL);
+        }
+        if !self.initialized.load(Ordering::Acquire) {
+            return Err(libc::EIO);
+        }
+        Ok(())
+    }
+
+    /// Zero-copy READ (the vhost-user transport): `req` is the whole request (`fuse_in_header`
+    /// + `fuse_read_in`); the data is read straight into `data`, the writable part after the
+    /// out header. Returns the `fuse_out_header` to write in front of it (its `len` counts the
+    /// data), or `None` when `req` has no header (nothing is written then).
+    pub fn handle_read(&self, req: &[u8], data: &mut dyn ReadSink) -> Option<OutHeader> {
+        let (h, rest) = read_struct::<InHeader>(req)?;
+        let hl = size_of::<OutHeader>();
+        let result = self.precheck(&h, req.len()).and_then(|()| {
+            if h.opcode != opcode::READ {
+                return Err(libc::EINVAL);
+            }
+            let (r, _) = parse::<abi::ReadIn>(rest)?;
+            let ctx = Context {
+                uid: h.uid,
+                gid: h.gid,
+                pid: h.pid,
+            };
+            let size = (r.size as usize).min(data.room()).min(MAX_REQUEST);
+            self.fs
+                .read_into(ctx, h.nodeid, r.fh, r.offset, size as u32, data)
+                .map_err(errno)
+        });
+        Some(match result {
+            Ok(n) => OutHeader {
+                len: (hl + n) as u32,
+                error: 0,
+                unique: h.unique,
+            },
+            Err(e) => OutHeader {
+                len: hl as u32,
+                error: -e.abs(),
+                unique: h.unique,
+            },
+        })
+    }
+
+    /// Zero-copy WRITE (the vhost-user transport): `head` is `fuse_in_header` +
+    /// `fuse_write_in`, `payload` the rest of the device-readable part, written straight to the
+    /// file. Returns the reply (≤ `out_cap` bytes), `None` when `head` has no header.
+    pub fn handle_write(
+        &self,
+        head: &[u8],
+        payload: &mut dyn WriteSource,
+        out_cap: usize,
+    ) -> Option<Vec<u8>> {
+        let (h, rest) = read_struct::<InHeader>(head)?;
+        let result = self
+            .precheck(&h, head.len() + payload.len())
+            .and_then(|()| {
+                let (w, extra) = parse::<abi::WriteIn>(rest)?;
+                if h.opcode != opcode::WRITE
+                    || !extra.is_empty()
+                    || w.size as usize != payload.len()
+                    || w.size > MAX_WRITE
+                {
+                    return einval();
+                }
+                let ctx = Context {
+                    uid: h.uid,
+                    gid: h.gid,
+                    pid: h.pid,
+                };
+                let n = self
+                    .fs
+                    .write_from(ctx, h.nodeid, w.fh, w.offset, payload, w.flags)
+                    .map_err(errno)?;
+                Ok(body(abi::WriteOut {
+                    size: n as u32,
+                    padding: 0,
+                }))
+            });
+        Some(encode(h.unique, result, out_cap))
+    }
+
     fn batch_forget(&self, rest: &[u8]) {
         let Some((b, mut rest)) = read_struct::<abi::BatchForgetIn>(rest) else {
             return;
@@ -338,7 +431,10 @@ impl<F: FileSystem> Server<F> {
                 let (r, _) = parse::<abi::ReadIn>(rest)?;
                 let room = out_cap.saturating_sub(size_of::<OutHeader>());
                 let size = (r.size as usize).min(room).min(MAX_REQUEST) as u32;
-                fs.read(ctx, ino, r.fh, r.offset, size).map_err(errno)
+                let mut sink = VecSink::new(size as usize);
+                fs.read_into(ctx, ino, r.fh, r.offset, size, &mut sink)
+                    .map_err(errno)?;
+                Ok(sink.buf)
             }
             opcode::WRITE => {
                 let (w, data) = parse::<abi::WriteIn>(rest)?;
@@ -346,7 +442,7 @@ impl<F: FileSystem> Server<F> {
                     return einval();
                 }
                 let n = fs
-                    .write(ctx, ino, w.fh, w.offset, data, w.flags)
+                    .write_from(ctx, ino, w.fh, w.offset, &mut { data }, w.flags)
                     .map_err(errno)?;
                 Ok(body(abi::WriteOut {
                     size: n as u32,

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::fuse::abi::{fopen, ROOT_ID};
 use crate::fuse::filesystem::{Context, DirEntry, Entry, FileSystem, SetAttr, Stat, TimeSpec};
+use crate::fuse::io::{ReadSink, VecSink, WriteSource};
 use crate::journal::{Journal, Kind};
 use inodes::Inodes;
 use layers::{err, join, split, validate_name, Layered, Layers};
@@ -693,42 +694,56 @@ impl FileSystem for UnionFs {
         Ok((entry, self.add_file(fd), 0))
     }
 
-    fn read(
+    fn read(&self, ctx: Context, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let mut sink = VecSink::new(size as usize);
+        self.read_into(ctx, ino, fh, offset, size, &mut sink)?;
+        Ok(sink.buf)
+    }
+
+    fn read_into(
         &self,
         _ctx: Context,
         _ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> io::Result<Vec<u8>> {
+        out: &mut dyn ReadSink,
+    ) -> io::Result<usize> {
         let h = self.file(fh)?;
+        let size = (size as usize).min(out.room());
         match &*h {
-            Handle::File(file) => {
-                let mut buf = vec![0u8; size as usize];
-                let n = sys::pread(file, &mut buf, offset)?;
-                buf.truncate(n);
-                Ok(buf)
-            }
+            Handle::File(file) => out.read_from(file.as_raw_fd(), offset, size),
             Handle::Mem(m) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(m.len());
-                let end = start.saturating_add(size as usize).min(m.len());
-                Ok(m[start..end].to_vec())
+                let end = start.saturating_add(size).min(m.len());
+                out.put(&m[start..end])
             }
         }
     }
 
     fn write(
         &self,
+        ctx: Context,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.write_from(ctx, ino, fh, offset, &mut { data }, flags)
+    }
+
+    fn write_from(
+        &self,
         _ctx: Context,
         _ino: u64,
         fh: u64,
         offset: u64,
-        data: &[u8],
+        data: &mut dyn WriteSource,
         _flags: u32,
     ) -> io::Result<usize> {
         let h = self.file(fh)?;
-        sys::pwrite_all(h.file()?, data, offset)?;
-        Ok(data.len())
+        data.write_to(h.file()?.as_raw_fd(), offset)
     }
 
     fn statfs(&self, _ctx: Context, _ino: u64) -> io::Result<libc::statvfs64> {
