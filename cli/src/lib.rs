@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod client;
 pub mod cmd;
+pub mod config;
 pub mod driver;
 pub mod error;
 pub mod git;

@@ -89,6 +89,11 @@ pub struct AgentState {
     /// The branch `ax/<name>` built when the agent ended.
     #[serde(default)]
     pub branch: Option<crate::git::BranchResult>,
+    /// Author and committer of ax's commits on `ax/<name>` (also `user.name`/`user.email` of
+    /// the agent's `.git`), fixed at `run` from the config's `[branch]` and `--author`, so a
+    /// later `axctl commit` uses the same. `None` (agents from before): the current config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::git::Identity>,
     pub status: Status,
     /// Set when status is `exited`: the shell-style exit code (128+N for signal N).
     pub exit_code: Option<i32>,
@@ -357,6 +362,7 @@ mod tests {
             tty: false,
             repo: None,
             branch: None,
+            identity: None,
             status: Status::Exited,
             exit_code: Some(7),
             reason: None,

@@ -66,7 +66,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
         bytes_down: down,
     };
     let refuse = |decision: &'static str, reason: String| {
-        log::info!(
+        log::debug!(
             "flow {id} {} -> {target}:{}: refused: {reason}",
             flow.guest,
             dst.port()
@@ -151,8 +151,11 @@ pub async fn splice(guest: GuestStream, upstream: TcpStream) -> io::Result<()> {
     match r {
         Ok(_) => Ok(()),
         Err(Side::Guest(e)) => {
-            // The guest reset or vanished: reset the upstream too (zero linger, then close).
-            let _ = ur.as_ref().set_zero_linger();
+            // The guest reset or vanished: reset the upstream too (zero linger, then close;
+            // reunited first, since dropping a lone write half would send a FIN).
+            if let Ok(s) = ur.reunite(uw) {
+                let _ = s.set_zero_linger();
+            }
             Err(e)
         }
         Err(Side::Upstream(e)) => {

@@ -136,3 +136,158 @@ async fn upstream_close_reaches_the_guest_as_fin() {
     );
     assert_eq!(server.await.unwrap(), b"bye");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_propagate_both_ways() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_ns, gp) = start(&format!(
+        "[[route]]\nhost = \"rst.test\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("rst.test").await;
+
+    // Guest RST → the upstream sees a reset, not a clean EOF.
+    let h = g.connect(ip, 80, 40100);
+    let (acc, est) = tokio::join!(l.accept(), established(&mut g, h));
+    let (mut up, _) = acc.unwrap();
+    assert!(est);
+    g.tcp(h).send_slice(b"x").unwrap();
+    let rd = tokio::spawn(async move {
+        let mut b = [0u8; 1];
+        up.read_exact(&mut b).await.unwrap();
+        up
+    });
+    assert!(
+        g.until(10, |_| rd.is_finished()).await,
+        "the byte reached the upstream"
+    );
+    let mut up = rd.await.unwrap();
+    let mut b = [0u8; 1];
+    g.tcp(h).abort();
+    g.pump();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), up.read(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+
+    // Upstream RST → the guest's connection is reset (Closed without passing CLOSE-WAIT).
+    let h = g.connect(ip, 80, 40101);
+    let (acc, est) = tokio::join!(l.accept(), established(&mut g, h));
+    let (up, _) = acc.unwrap();
+    assert!(est);
+    up.set_zero_linger().unwrap();
+    drop(up);
+    let mut saw_close_wait = false;
+    assert!(
+        g.until(10, |g| {
+            saw_close_wait |= g.tcp(h).state() == State::CloseWait;
+            g.tcp(h).state() == State::Closed
+        })
+        .await
+    );
+    assert!(!saw_close_wait, "a reset, not a FIN");
+}
+
+/// A CONNECT proxy on loopback that holds each tunnel until told, then echoes.
+async fn holding_proxy(
+    status: &'static str,
+) -> (
+    u16,
+    tokio::sync::mpsc::Receiver<String>,
+    tokio::sync::mpsc::Sender<()>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(4);
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        req_tx.send(String::from_utf8(head).unwrap()).await.unwrap();
+        go_rx.recv().await;
+        s.write_all(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    (port, req_rx, go_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syn_answered_only_after_the_upstream_connect_via_connect_proxy() {
+    let (pport, mut reqs, go) = holding_proxy("200 Connection established").await;
+    let (_ns, gp) = start(&format!(
+        "[network]\nupstream_proxy = \"http://127.0.0.1:{pport}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    // With a proxy, names the host cannot resolve still get an address (the proxy resolves).
+    let ip = g.resolve("held.example").await;
+    let h = g.connect(ip, 443, 40200);
+    let mut req = None;
+    assert!(
+        g.until(10, |_| {
+            req = reqs.try_recv().ok();
+            req.is_some()
+        })
+        .await,
+        "CONNECT reached the proxy"
+    );
+    let req = req.unwrap();
+    assert!(
+        req.starts_with("CONNECT held.example:443 HTTP/1.1\r\n"),
+        "{req:?}"
+    );
+    assert!(req.contains("\r\nHost: held.example:443\r\n"), "{req:?}");
+    // The proxy has not answered: the guest's SYN is still unanswered.
+    g.until(1, |_| false).await;
+    assert_eq!(
+        g.tcp(h).state(),
+        State::SynSent,
+        "SYN-ACK before the upstream connect finished"
+    );
+    go.send(()).await.unwrap();
+    assert!(
+        established(&mut g, h).await,
+        "SYN-ACK once the tunnel is up"
+    );
+    g.tcp(h).send_slice(b"through the tunnel").unwrap();
+    let mut got = Vec::new();
+    assert!(
+        g.until(10, |g| {
+            let s = g.tcp(h);
+            while s.can_recv() {
+                s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            got.len() >= 18
+        })
+        .await
+    );
+    assert_eq!(got, b"through the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refusing_connect_is_rst() {
+    let (pport, _reqs, go) = holding_proxy("403 Forbidden").await;
+    go.send(()).await.unwrap();
+    let (_ns, gp) = start(&format!(
+        "[network]\nupstream_proxy = \"http://127.0.0.1:{pport}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("forbidden.example").await;
+    let h = g.connect(ip, 443, 40300);
+    assert!(
+        !established(&mut g, h).await,
+        "RST when the proxy refuses CONNECT"
+    );
+}

@@ -1,7 +1,8 @@
 //! Snapshot and branch extraction (issue #4) against real git repositories. The `git` CLI sets
 //! repositories up and checks results; the work itself is done by `ax_cli::git` (gix).
 //! Upper layers are built by hand in overlayfs's format (whiteouts are `mknod c 0 0`, which
-//! needs CAP_MKNOD: those tests print SKIP without it).
+//! needs CAP_MKNOD: those tests print SKIP without it). The identity tests drive the real `axctl`
+//! (`commit` on agent state dirs as `run` leaves them; one `run --author` with a real guest).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -601,4 +602,245 @@ fn bad_names_are_refused() {
             "{bad:?} accepted"
         );
     }
+}
+
+/// Writes an agent's state dir as `axctl run` leaves it for a repository run: `state.json`
+/// (exited), `snapshot.json` + `objects/` (the snapshot), `upper/` with one new file.
+fn crafted_agent(env: &ax_tests::Env, f: &Fixture, name: &str, identity: Option<Identity>) {
+    use ax_cli::state::{AgentState, Status, Timings};
+    let dir = env.agent_dir(name);
+    std::fs::create_dir_all(dir.join("upper")).unwrap();
+    let snap = snapshot(&f.repo, &dir.join("objects")).unwrap();
+    std::fs::write(
+        dir.join("snapshot.json"),
+        serde_json::to_vec_pretty(&snap).unwrap(),
+    )
+    .unwrap();
+    write(&dir.join("upper/notes.txt"), &format!("from {name}\n"));
+    let st = AgentState {
+        name: name.into(),
+        agent: "shell".into(),
+        prompt: "p".into(),
+        argv: vec![],
+        image_id: "i".into(),
+        vmm: "qemu".into(),
+        kernel_cmdline: None,
+        accel: "tcg".into(),
+        cpus: 1,
+        memory_mib: 512,
+        timeout_secs: None,
+        tty: false,
+        repo: Some(f.repo.clone()),
+        branch: None,
+        identity,
+        status: Status::Exited,
+        exit_code: Some(0),
+        reason: None,
+        created_ms: 0,
+        finished_ms: Some(1),
+        supervisor_pid: None,
+        vmm_pid: None,
+        timings: Timings::default(),
+    };
+    std::fs::write(dir.join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+}
+
+/// `%an <%ae>|%cn <%ce>` of the tip of `ax/<name>`.
+fn who(f: &Fixture, name: &str) -> String {
+    git(
+        &f.repo,
+        &[
+            "log",
+            "-1",
+            "--format=%an <%ae>|%cn <%ce>",
+            &format!("ax/{name}"),
+        ],
+    )
+}
+
+#[test]
+fn configured_identity_and_recorded_author_land_on_the_branch() {
+    // The real axctl (`axctl commit`) on agent state dirs as `run` leaves them; no VM needed.
+    let env = ax_tests::Env::new();
+    let f = Fixture::new();
+    let cfg = env.state.path().join("config/ax/config.toml");
+    write(
+        &cfg,
+        "# ax config\n[branch]\nauthor_name = \"Robot {name}\"\nauthor_email = \"{name}@bots.example\"\n\
+         committer_name = \"CI\"\ncommitter_email = \"ci@example.com\"\n",
+    );
+    // No identity recorded (an agent from before it was): the config's, templated.
+    crafted_agent(&env, &f, "cfg", None);
+    // Recorded at run (`--author`, or the config of that moment): used as is.
+    let ada = Identity {
+        name: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+        committer: None,
+        time: None,
+    };
+    crafted_agent(&env, &f, "pinned", Some(ada));
+    for name in ["cfg", "pinned"] {
+        let o = env.run(&["commit", name]);
+        assert!(
+            o.status.success(),
+            "commit {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("ax/{name} ")));
+        assert_eq!(
+            git(&f.repo, &["show", &format!("ax/{name}:notes.txt")]),
+            format!("from {name}")
+        );
+    }
+    assert_eq!(
+        who(&f, "cfg"),
+        "Robot cfg <cfg@bots.example>|CI <ci@example.com>"
+    );
+    assert_eq!(
+        who(&f, "pinned"),
+        "Ada Lovelace <ada@example.com>|Ada Lovelace <ada@example.com>"
+    );
+    // The host's own identity is never read: not in the commit, whatever git config says.
+    git(&f.repo, &["config", "user.name", "Host User"]);
+    git(&f.repo, &["config", "user.email", "host@example.com"]);
+    write(&env.agent_dir("cfg").join("upper/more.txt"), "more\n");
+    assert!(env.run(&["commit", "cfg"]).status.success());
+    assert_eq!(
+        who(&f, "cfg"),
+        "Robot cfg <cfg@bots.example>|CI <ci@example.com>"
+    );
+
+    // A typo in the config: exit 2, file and line named, nothing written.
+    let before = git(&f.repo, &["rev-parse", "ax/cfg"]);
+    write(&cfg, "[branch]\nauthor_name = \"x\"\nauthor_mail = \"y\"\n");
+    write(&env.agent_dir("cfg").join("upper/third.txt"), "3\n");
+    let o = env.run(&["commit", "cfg"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:3:1: unknown field `author_mail`",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(git(&f.repo, &["rev-parse", "ax/cfg"]), before);
+    // The recorded identity needs no config.
+    write(&env.agent_dir("pinned").join("upper/third.txt"), "3\n");
+    assert!(env.run(&["commit", "pinned"]).status.success());
+}
+
+#[test]
+fn run_refuses_bad_author_and_config_before_starting_anything() {
+    let env = ax_tests::Env::new();
+    for (args, want) in [
+        (vec!["--author", "Ada"], "is not of the form"),
+        (vec!["--author", "Ada <a\tb@x>"], "--author"),
+    ] {
+        let mut a = vec!["run", "--no-repo", "--name", "x", "--prompt", "true"];
+        a.extend(args);
+        let o = env.run(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+    write(
+        &env.state.path().join("config/ax/config.toml"),
+        "[branch]\nauthor_email = \"{user}@x\"\n",
+    );
+    let o = env.run(&["run", "--no-repo", "--name", "x", "--prompt", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown placeholder {user}"), "{err}");
+    assert!(!env.agent_dir("x").exists(), "no agent was created");
+}
+
+#[test]
+fn guest_git_config_holds_any_identity() {
+    // The agent's .git gets the author as user.name/user.email, quoted so git reads it back
+    // exactly (real git parses the file).
+    let f = Fixture::new();
+    let snap = f.snap();
+    let gitdir = f.root.join("guest/.git");
+    let odd = Identity {
+        name: "Dr. \"Q\" O'Neil #1; x\\y".into(),
+        email: "q+{tag}@example.com".into(),
+        committer: None,
+        time: None,
+    };
+    ax_cli::git::prepare_guest_git(&f.repo, &snap, &gitdir, "t1", &odd, "/run/ax/objects").unwrap();
+    let cfg = gitdir.join("config");
+    let get = |key: &str| {
+        git(
+            &f.root,
+            &["config", "--file", cfg.to_str().unwrap(), "--get", key],
+        )
+    };
+    assert_eq!(get("user.name"), odd.name);
+    assert_eq!(get("user.email"), odd.email);
+}
+
+#[test]
+fn run_author_is_recorded_and_used_in_the_guest_and_on_the_branch() {
+    if !ax_tests::require_qemu() {
+        return;
+    }
+    ax_tests::ensure_image();
+    let env = ax_tests::Env::new();
+    let f = Fixture::new();
+    let base = f.head();
+    write(
+        &env.state.path().join("config/ax/config.toml"),
+        "[branch]\ncommitter_name = \"CI\"\ncommitter_email = \"ci@example.com\"\n",
+    );
+    let prompt = "set -e; echo a > a.txt; git add a.txt; git commit -q -m 'agent commit'; \
+                  echo b > b.txt";
+    let o = env.run(&[
+        "run",
+        "--repo",
+        f.repo.to_str().unwrap(),
+        "--name",
+        "au",
+        "--author",
+        "Ada Lovelace <ada@example.com>",
+        "--wait",
+        "--prompt",
+        prompt,
+    ]);
+    if !o.status.success() {
+        env.dump("au");
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.inspect("au");
+    assert_eq!(st["identity"]["name"], "Ada Lovelace", "{st}");
+    assert_eq!(
+        st["identity"]["committer"]["email"], "ci@example.com",
+        "{st}"
+    );
+    // The guest's commit: its .git has the author as user.name/email (git commits with it as
+    // both author and committer); ax's commit on top: the author, committed by the config's CI.
+    let log = git(
+        &f.repo,
+        &[
+            "log",
+            "--format=%an <%ae>|%cn <%ce>|%s",
+            &format!("{base}..ax/au"),
+        ],
+    );
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "Ada Lovelace <ada@example.com>|CI <ci@example.com>|ax: uncommitted changes of agent au",
+            "Ada Lovelace <ada@example.com>|Ada Lovelace <ada@example.com>|agent commit",
+        ]
+    );
+    // A later `axctl commit` keeps the recorded identity even if the config changed.
+    std::fs::remove_file(env.state.path().join("config/ax/config.toml")).unwrap();
+    write(&env.agent_dir("au").join("upper/late.txt"), "late\n");
+    assert!(env.run(&["commit", "au"]).status.success());
+    assert_eq!(
+        who(&f, "au"),
+        "Ada Lovelace <ada@example.com>|CI <ci@example.com>"
+    );
 }

@@ -17,13 +17,18 @@ pub fn build(dir: &Path, st: &AgentState) -> Result<BranchResult> {
     .context("parsing snapshot.json")?;
     let upper = dir.join("upper");
     let guest_git = upper.join(".git");
+    // The identity fixed at `run`; agents from before it was recorded get the current config's.
+    let identity = match &st.identity {
+        Some(id) => id.clone(),
+        None => crate::config::load()?.branch.identity(&st.name)?,
+    };
     git::build_branch(
         repo,
         &snap,
         &upper,
         guest_git.is_dir().then_some(guest_git.as_path()),
         &st.name,
-        &git::Identity::agent(&st.name),
+        &identity,
     )
 }
 

@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// Give the agent an empty /workspace even inside a git repository.
     #[arg(long)]
     pub no_repo: bool,
+    /// Author (and, unless `[branch] committer_*` is configured, committer) of the commits on
+    /// ax/<name> and of the agent's own commits, instead of the config's `[branch]` identity
+    /// (docs/config.md); kept in the agent's state for later `axctl commit`.
+    #[arg(long, value_name = "NAME <EMAIL>")]
+    pub author: Option<String>,
     /// Stay in the foreground: stream the agent's output, forward stdin, exit with its code.
     #[arg(short, long)]
     pub wait: bool,
@@ -65,6 +70,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
             "the prompt is empty",
             "say what the agent should do: --prompt '…'",
         ));
+    }
+    // The identity's config and --author are checked before anything is built or started.
+    let branch_cfg = crate::config::load()?.branch;
+    let author = match &args.author {
+        Some(a) => Some(crate::config::parse_person(a)?),
+        None => None,
+    };
+    if let Some(a) = &author {
+        branch_cfg
+            .identity_with_author("agent", Some(a))
+            .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
     let vmm = driver::resolve(args.vmm)?;
     let img = match image::resolve(args.image.as_deref())? {
@@ -96,6 +112,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         tty: !args.wait,
         repo: None,
         branch: None,
+        identity: None,
         status: Status::Starting,
         exit_code: None,
         reason: None,
@@ -109,6 +126,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         },
     };
     let mut st = st;
+    match branch_cfg.identity_with_author(&name, author.as_ref()) {
+        Ok(id) => st.identity = Some(id),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    }
     let repo = match (&args.repo, args.no_repo) {
         (Some(r), _) => Some(r.clone()),
         (None, true) => None,
@@ -119,7 +143,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .and_then(|r| r.workdir().map(|w| w.to_path_buf())),
     };
     if let Some(repo) = &repo {
-        match snapshot_repo(repo, &dir) {
+        match snapshot_repo(repo, &dir, st.identity.as_ref().expect("set above")) {
             Ok(root) => st.repo = Some(root),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -194,7 +218,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 /// Snapshots `repo` (HEAD + uncommitted changes) into `<dir>/snapshot.json` and
 /// `<dir>/objects`; returns the work tree's absolute path.
-fn snapshot_repo(repo: &std::path::Path, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+fn snapshot_repo(
+    repo: &std::path::Path,
+    dir: &std::path::Path,
+    identity: &crate::git::Identity,
+) -> Result<std::path::PathBuf> {
     let root = std::fs::canonicalize(repo).map_err(|e| {
         usage(
             format!("--repo {}: {e}", repo.display()),
@@ -215,7 +243,7 @@ fn snapshot_repo(repo: &std::path::Path, dir: &std::path::Path) -> Result<std::p
         &snap,
         &dir.join("upper/.git"),
         name,
-        &crate::git::Identity::agent(name),
+        identity,
         "/run/ax/objects",
     )
     .context("preparing the agent's .git")?;

@@ -175,12 +175,11 @@ pub fn build_branch_with(
         None => ObjectId::empty_tree(hash),
     };
     let (tip, uncommitted_commit) = if final_tree != parent_tree {
-        let sig = identity.signature();
         let commit = gix::objs::Commit {
             tree: final_tree,
             parents: parent.into_iter().collect(),
-            author: sig.clone(),
-            committer: sig,
+            author: identity.signature(),
+            committer: identity.committer_signature(),
             encoding: None,
             message: format!("{UNCOMMITTED_PREFIX}{name}\n").into(),
             extra_headers: Vec::new(),
@@ -215,7 +214,7 @@ pub fn build_branch_with(
             name: gx(refname.as_str().try_into())?,
             deref: false,
         };
-        let sig = identity.signature();
+        let sig = identity.committer_signature();
         let mut tbuf = Default::default();
         gx(host.edit_references_as([edit], Some(sig.to_ref(&mut tbuf))))
             .with_context(|| format!("updating {refname} (did it change meanwhile? retry)"))?;

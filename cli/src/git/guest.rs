@@ -44,7 +44,8 @@ pub fn prepare_guest_git(
         format!(
             "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
              \tlogallrefupdates = true\n[user]\n\tname = {}\n\temail = {}\n",
-            identity.name, identity.email
+            config_value(&identity.name),
+            config_value(&identity.email)
         ),
     )?;
     w(
@@ -61,6 +62,13 @@ pub fn prepare_guest_git(
         .write(Default::default())
         .map_err(|e| anyhow::anyhow!("writing the guest index: {e}"))?;
     Ok(())
+}
+
+/// A git config value (git-config(1), "Syntax"): in double quotes, with `\` and `"` escaped,
+/// so names with `#`, `;` or leading spaces survive. Control characters are refused earlier
+/// ([`Identity::validate`]).
+fn config_value(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Copies the loose objects (`xx/yyyy…`) of `from` into `to`.

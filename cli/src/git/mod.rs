@@ -72,11 +72,25 @@ impl Snapshot {
     }
 }
 
-/// Author and committer of the commits ax makes. Never taken from the user's git config.
+/// A name and an email, as in a commit's author or committer line (`Name <email>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub struct Person {
     pub name: String,
     pub email: String,
+}
+
+/// Author and committer of the commits ax makes on `ax/<name>`, and the `user.name` /
+/// `user.email` of the agent's own `.git`. Never taken from the user's git config: from axctl's
+/// config (`[branch]`, docs/config.md), `axctl run --author`, or [`Identity::agent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Author name.
+    pub name: String,
+    /// Author email.
+    pub email: String,
+    /// Committer, when it differs from the author (`None`: the author commits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Person>,
     /// Commit time in seconds since the epoch (UTC); `None` = now. For reproducible tests.
     #[serde(default)]
     pub time: Option<i64>,
@@ -88,24 +102,59 @@ impl Identity {
         Self::agent_with_domain(name, "ax.invalid")
     }
 
-    /// `ax agent <name> <<name>@<domain>>` (`[branch] email_domain` in the config, later).
+    /// `ax agent <name> <<name>@<domain>>`.
     pub fn agent_with_domain(name: &str, domain: &str) -> Self {
         Identity {
             name: format!("ax agent {name}"),
             email: format!("{name}@{domain}"),
+            committer: None,
             time: None,
         }
     }
 
-    pub(crate) fn signature(&self) -> gix::actor::Signature {
+    /// Checks that every name and email can be written into a commit header (and the agent's
+    /// git config): not empty (names), no `<`, `>` or control characters (newlines would end
+    /// the header line). Errors say which field.
+    pub fn validate(&self) -> Result<()> {
+        let mut fields = vec![("author name", &self.name), ("author email", &self.email)];
+        if let Some(c) = &self.committer {
+            fields.push(("committer name", &c.name));
+            fields.push(("committer email", &c.email));
+        }
+        for (what, v) in fields {
+            if v.trim().is_empty() && what.ends_with("name") {
+                bail!("the {what} is empty");
+            }
+            if let Some(c) = v.chars().find(|c| matches!(c, '<' | '>') || c.is_control()) {
+                bail!("the {what} {v:?} contains {c:?}, which a commit header cannot hold");
+            }
+        }
+        Ok(())
+    }
+
+    fn sig(&self, name: &str, email: &str) -> gix::actor::Signature {
         let time = match self.time {
             Some(t) => gix::date::Time::new(t, 0),
             None => gix::date::Time::now_utc(),
         };
         gix::actor::Signature {
-            name: self.name.as_str().into(),
-            email: self.email.as_str().into(),
+            name: name.into(),
+            email: email.into(),
             time,
+        }
+    }
+
+    /// The author line.
+    pub(crate) fn signature(&self) -> gix::actor::Signature {
+        self.sig(&self.name, &self.email)
+    }
+
+    /// The committer line (the author's unless a committer is set); also the identity of
+    /// reflog entries, as in git.
+    pub(crate) fn committer_signature(&self) -> gix::actor::Signature {
+        match &self.committer {
+            Some(c) => self.sig(&c.name, &c.email),
+            None => self.signature(),
         }
     }
 }
@@ -265,7 +314,9 @@ mod tests {
         for ok in ["t1", "fix-login", "agent_7", "a.b"] {
             validate_branch_name(ok).unwrap();
         }
-        for bad in ["", "a/b", "..", "x..y", "a b", "x.lock", "a~1", "a^", "a:b", "@{x}"] {
+        for bad in [
+            "", "a/b", "..", "x..y", "a b", "x.lock", "a~1", "a^", "a:b", "@{x}",
+        ] {
             assert!(validate_branch_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -275,9 +326,66 @@ mod tests {
         let id = Identity::agent("t1");
         assert_eq!(id.name, "ax agent t1");
         assert_eq!(id.email, "t1@ax.invalid");
-        let sig = Identity { time: Some(42), ..id }.signature();
+        let sig = Identity {
+            time: Some(42),
+            ..id.clone()
+        }
+        .signature();
         assert_eq!(sig.time.seconds, 42);
-        assert_eq!(Identity::agent_with_domain("x", "corp.example").email, "x@corp.example");
+        assert_eq!(id.committer_signature(), id.signature());
+        let c = Identity {
+            committer: Some(Person {
+                name: "CI".into(),
+                email: "ci@example.com".into(),
+            }),
+            time: Some(1),
+            ..id
+        };
+        assert_eq!(c.committer_signature().name, "CI");
+        assert_eq!(c.signature().name, "ax agent t1");
+        c.validate().unwrap();
+        // JSON: the committer is omitted when it is the author (older state files parse).
+        let j = serde_json::to_string(&Identity::agent("x")).unwrap();
+        assert!(!j.contains("committer"), "{j}");
+        assert_eq!(
+            serde_json::from_str::<Identity>(&j).unwrap(),
+            Identity::agent("x")
+        );
+        let back: Identity = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(
+            Identity::agent_with_domain("x", "corp.example").email,
+            "x@corp.example"
+        );
+    }
+
+    #[test]
+    fn identities_that_cannot_be_written_are_refused() {
+        for (name, email) in [
+            ("", "a@b"),
+            ("  ", "a@b"),
+            ("A <x>", "a@b"),
+            ("A", "a@b>"),
+            ("A\nB", "a@b"),
+            ("A", "a\tb"),
+        ] {
+            let id = Identity {
+                name: name.into(),
+                email: email.into(),
+                committer: None,
+                time: None,
+            };
+            assert!(id.validate().is_err(), "{name:?} {email:?} accepted");
+        }
+        let bad_committer = Identity {
+            committer: Some(Person {
+                name: "C".into(),
+                email: "<c>".into(),
+            }),
+            ..Identity::agent("t")
+        };
+        let e = bad_committer.validate().unwrap_err().to_string();
+        assert!(e.contains("committer email"), "{e}");
     }
 
     #[test]
@@ -292,7 +400,10 @@ mod tests {
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"base_commit\":null"), "{j}");
-        assert!(j.contains("4b825dc642cb6eb9a060e54bf8d69288fbee4904"), "{j}");
+        assert!(
+            j.contains("4b825dc642cb6eb9a060e54bf8d69288fbee4904"),
+            "{j}"
+        );
         assert_eq!(serde_json::from_str::<Snapshot>(&j).unwrap(), s);
         assert_eq!(s.start_commit(), Some(id));
         assert!(s.is_dirty());

@@ -112,6 +112,7 @@ pub fn snapshot(repo: &Path, objects_out: &Path) -> Result<Snapshot> {
         let sig = super::Identity {
             name: "ax".into(),
             email: "ax@ax.invalid".into(),
+            committer: None,
             time: None,
         }
         .signature();

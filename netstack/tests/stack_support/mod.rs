@@ -303,3 +303,45 @@ pub async fn collect(port: &GuestPort, ms: u64) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Starts a netstack whose audit records go to a ledger in a temporary directory.
+pub fn start_audited(toml: &str) -> (Netstack, GuestPort, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite");
+    let (ns, port) = start(&format!(
+        "{toml}\n[meter]\nledger = {:?}\n",
+        ledger.to_str().unwrap()
+    ));
+    (ns, port, dir)
+}
+
+/// The audit's connection records once there are at least `n` (waits up to 10 s).
+pub async fn connections(
+    dir: &tempfile::TempDir,
+    n: usize,
+) -> Vec<ax_netstack::meter::ledger::ConnRow> {
+    let path = dir.path().join("ledger.sqlite");
+    for _ in 0..1000 {
+        if let Some(l) = ax_netstack::meter::ledger::Ledger::open_read(&path).unwrap() {
+            let rows = l.connections("t").unwrap();
+            if rows.len() >= n {
+                return rows;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} audit records");
+}
+
+/// Pumps until the connection `h` is established (true) or was refused/reset (false).
+pub async fn established(g: &mut Guest, h: SocketHandle) -> bool {
+    assert!(
+        g.until(20, |g| matches!(
+            g.tcp(h).state(),
+            tcp::State::Established | tcp::State::Closed
+        ))
+        .await,
+        "connection neither established nor refused"
+    );
+    g.tcp(h).state() == tcp::State::Established
+}
