@@ -228,3 +228,55 @@ fn without_a_ledger_calls_are_only_counted() {
         blocked: None,
     });
 }
+
+#[test]
+fn a_dropped_call_is_recorded_as_aborted_and_finish_works_inside_tokio() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite");
+    let meter = Meter::open(&config("drop", &db)).unwrap();
+    let p = meter
+        .provider_for("api.anthropic.com", "/v1/messages")
+        .unwrap();
+    {
+        let mut m = meter.begin(p, &parts());
+        m.response_head(http::StatusCode::OK, &http::HeaderMap::new());
+        m.body_chunk(
+            br#"{"model":"claude-haiku-4-5","usage":{"input_tokens":7,"output_tokens":3}}"#,
+        );
+        // dropped here, as a cancelled proxy task would
+    }
+    // finish() from async tasks on both runtime flavours (the proxy's context).
+    let meter = std::sync::Arc::new(meter);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let m = meter.clone();
+            rt.spawn(async move { haiku_call(&m, 10) })
+        })
+        .collect();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let m = meter.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async move { haiku_call(&m, 10) });
+    let rows = Ledger::open_read(&db)
+        .unwrap()
+        .unwrap()
+        .calls(&Filter::default())
+        .unwrap();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        rows[0].outcome,
+        "aborted: dropped before the response ended"
+    );
+    assert_eq!((rows[0].input_tokens, rows[0].output_tokens), (7, 3));
+    assert_eq!(meter.totals().1, 10 + 5 * 10);
+}

@@ -161,6 +161,7 @@ impl Meter {
             first_byte_ms: None,
             status: None,
             parser: None,
+            done: false,
         }
     }
 
@@ -183,6 +184,8 @@ pub struct CallMeter {
     first_byte_ms: Option<i64>,
     status: Option<u16>,
     parser: Option<Parser>,
+    /// The row was written (by `finish`, or by `drop`).
+    done: bool,
 }
 
 impl CallMeter {
@@ -214,9 +217,17 @@ impl CallMeter {
     /// Ends the call: prices the usage, adds it to the agent's totals and writes the ledger row
     /// (committed durably before this returns — WAL + `synchronous=FULL`). Failures to write
     /// are logged, never panicked on.
-    pub fn finish(self, outcome: Outcome) {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
         let total_ms = self.started.elapsed().as_millis() as i64;
-        let (usage, mut note) = match self.parser {
+        let (usage, mut note) = match self.parser.take() {
             Some(p) => p.finish(),
             None => (Usage::default(), Some("no response".to_string())),
         };
@@ -274,8 +285,8 @@ impl CallMeter {
             outcome: outcome_text,
             first_byte_ms: self.first_byte_ms,
             total_ms,
-            method: self.method,
-            path: self.path,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
         };
         log::info!(
             "meter: {} {} model={} in={} out={} cache_read={} cache_write={} cost=${:.6} status={} {} ttfb={:?}ms total={}ms",
@@ -293,9 +304,28 @@ impl CallMeter {
             row.total_ms
         );
         if let Some(ledger) = &self.shared.ledger {
-            if let Err(e) = ledger.lock().unwrap().insert_call(&row) {
+            let write = || ledger.lock().unwrap().insert_call(&row);
+            // The commit waits for an fsync: on a multi-threaded tokio runtime, let the other
+            // tasks of this worker move elsewhere meanwhile.
+            let res = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(write)
+                }
+                _ => write(),
+            };
+            if let Err(e) = res {
                 log::error!("meter: ledger write failed, call recorded in this log only: {e:#}");
             }
+        }
+    }
+}
+
+impl Drop for CallMeter {
+    /// A call dropped without [`CallMeter::finish`] (a cancelled proxy task) is still recorded,
+    /// as aborted, so that no spend goes uncounted.
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(Outcome::Aborted("dropped before the response ended".into()));
         }
     }
 }
