@@ -109,7 +109,14 @@ impl Harness {
                 },
             )
         });
-        let mut frontend = Frontend::connect(&sock, 2).expect("connect");
+        let mut h = Harness::connect(&sock, mrg, dir);
+        h.server = Some(server);
+        h
+    }
+
+    /// Connects to a backend listening on `sock` and negotiates.
+    fn connect(sock: &Path, mrg: bool, dir: tempfile::TempDir) -> Harness {
+        let mut frontend = Frontend::connect(sock, 2).expect("connect");
         // SAFETY: valid C string; the fd is owned at once.
         let fd = unsafe { libc::memfd_create(c"net-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
@@ -186,7 +193,7 @@ impl Harness {
             mem,
             _memfd: memfd,
             vqs,
-            server: Some(server),
+            server: None,
             _dir: dir,
         }
     }
@@ -462,4 +469,109 @@ fn listen_fails_clearly_on_a_missing_directory() {
         .expect("error")
         .to_string();
     assert!(e.contains("/nonexistent/dir/net.sock"), "{e}");
+}
+
+/// An ARP request (RFC 826) from the guest for `target`.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc, 100, 96, 0, 2]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn the_binary_serves_the_stack_and_exits_on_disconnect() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("net.sock");
+    let ca = dir.path().join("ca.pem");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ax-netstack"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--config", "-", "--ca-out"])
+        .arg(&ca)
+        .args(["--mac", "52:54:00:aa:bb:cc"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"agent = \"vhost-test\"\n")
+        .unwrap();
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ax-netstack exited early"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let mut h = Harness::connect(&sock, true, tempfile::tempdir().unwrap());
+    let (_, c) = h
+        .frontend
+        .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0u8; 12])
+        .unwrap();
+    assert_eq!(
+        &c[..6],
+        &[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+        "--mac is the config MAC"
+    );
+    h.post_rx(8, 2048);
+    // Who has 100.96.0.1 (the gateway)? The stack answers with its MAC.
+    h.transmit_with([0; HDR_LEN], &arp_request([100, 96, 0, 1]));
+    let rx = h.used(RXQ, 1);
+    let reply = &rx[0].2[HDR_LEN..];
+    assert_eq!(&reply[12..14], &[0x08, 0x06], "ARP");
+    assert_eq!(&reply[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&reply[28..32], &[100, 96, 0, 1], "for the gateway");
+    assert_eq!(
+        &reply[0..6],
+        &[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+        "to the guest"
+    );
+    drop(h);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(
+        err.contains("frontend disconnected: 1 frames from the guest"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_binary_refuses_a_bad_config_with_one_line() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ax-netstack"))
+        .args(["--socket", "/tmp/never.sock", "--config", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"agent = \"a\"\n[network]\nmtu = 20\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("ax-netstack: stdin: ") && err.contains("mtu"),
+        "{err}"
+    );
 }

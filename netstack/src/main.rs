@@ -1,0 +1,174 @@
+//! `ax-netstack`: the network of one agent (issue #5).
+//!
+//! ```text
+//! ax-netstack --socket PATH --config - [--ca-out FILE] [--print-ca] [--mac MAC]
+//! ```
+//! Reads the per-agent config (TOML, `config::Config`; it holds secret values, so the
+//! supervisor pipes it on stdin and it never touches the disk), generates the agent's CA,
+//! writes its certificate to `--ca-out` (the supervisor hands it to the guest), starts the
+//! stack, binds the vhost-user socket (its existence means "ready") and serves one vhost-user
+//! frontend (QEMU `-netdev vhost-user`, or ax-vmm) until it disconnects. Logs go to stderr
+//! (`AX_NETSTACK_LOG=error|warn|info|debug|trace`, default info). Exit status: 0 when the
+//! frontend disconnected, 1 on a runtime failure, 2 on a usage or config error (one line
+//! naming the origin, line and column).
+//!
+//! Not yet: the process is not jailed (namespaces, Landlock, seccomp) after setup.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ax_netstack::config::Config;
+use ax_netstack::context::Context;
+use ax_netstack::stack::{GuestPort, Netstack};
+use ax_netstack::vhost_user::{self, FramePort, NetConfig};
+use clap::Parser;
+
+/// vhost-user-net backend with a userspace TCP/IP stack: DNS, egress policy, TLS
+/// interception with a per-agent CA, secret substitution, LLM usage metering.
+#[derive(Parser, Debug)]
+#[command(name = "ax-netstack", version)]
+struct Args {
+    /// vhost-user socket to listen on (QEMU: -chardev socket,id=net0,path=PATH).
+    #[arg(long)]
+    socket: PathBuf,
+    /// The config (TOML, docs/network.md): `-` for stdin, or a file.
+    #[arg(long, value_name = "FILE|-")]
+    config: String,
+    /// Write the agent's CA certificate (PEM) to this file before listening.
+    #[arg(long, value_name = "FILE")]
+    ca_out: Option<PathBuf>,
+    /// Print the agent's CA certificate (PEM) on stdout before listening.
+    #[arg(long)]
+    print_ca: bool,
+    /// The guest's MAC address in the device's configuration space.
+    #[arg(long, default_value = "52:54:00:12:34:56")]
+    mac: String,
+}
+
+/// The stack's guest port as the backend's [`FramePort`].
+struct Port(GuestPort);
+
+impl FramePort for Port {
+    fn send(&self, frame: Vec<u8>) {
+        self.0.send(frame)
+    }
+    fn try_recv(&self) -> Option<Vec<u8>> {
+        self.0.try_recv()
+    }
+    fn rx_eventfd(&self) -> std::os::fd::RawFd {
+        self.0.rx_eventfd()
+    }
+}
+
+struct StderrLogger(log::LevelFilter);
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.0
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("ax-netstack: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let level = match std::env::var("AX_NETSTACK_LOG").as_deref() {
+        Ok("error") => log::LevelFilter::Error,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Info,
+    };
+    let _ = log::set_logger(Box::leak(Box::new(StderrLogger(level))));
+    log::set_max_level(level);
+    let args = Args::parse();
+    let mac = match vhost_user::parse_mac(&args.mac) {
+        Ok(m) => m,
+        Err(e) => return usage(&format!("--mac: {e}")),
+    };
+    let config = match read_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    match run(&args, config, mac) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ax-netstack: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("ax-netstack: {msg}");
+    ExitCode::from(2)
+}
+
+/// The config from stdin (`-`) or a file; errors are one line with origin, line and column.
+fn read_config(arg: &str) -> Result<Config, String> {
+    if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("stdin: cannot read the config: {e}"))?;
+        Config::parse(&text, "stdin").map_err(|e| e.to_string())
+    } else {
+        Config::load(Path::new(arg)).map_err(|e| e.to_string())
+    }
+}
+
+fn run(args: &Args, config: Config, mac: [u8; 6]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let agent = config.agent.clone();
+    let net = NetConfig {
+        mac,
+        mtu: config.network.mtu,
+    };
+    let (guest, gateway, prefix) = (
+        config.network.guest,
+        config.network.gateway,
+        config.network.prefix_len,
+    );
+    let ctx = Context::new(config).context("cannot set up the netstack")?;
+    let pem = ctx.ca.cert_pem().to_string();
+    if let Some(path) = &args.ca_out {
+        write_atomic(path, pem.as_bytes())
+            .with_context(|| format!("cannot write the CA certificate to {}", path.display()))?;
+    }
+    if args.print_ca {
+        print!("{pem}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+    let (stack, port) = Netstack::start(ctx).context("cannot start the stack")?;
+    let listener = vhost_user::listen(&args.socket)?;
+    log::info!(
+        "agent {agent}: guest {guest}/{prefix}, gateway and DNS {gateway}, MTU {}; serving vhost-user-net on {}",
+        net.mtu,
+        args.socket.display()
+    );
+    let stats = vhost_user::serve(listener, Port(port), net);
+    drop(stack);
+    let _ = std::fs::remove_file(&args.socket);
+    let stats = stats?;
+    log::info!(
+        "frontend disconnected: {} frames from the guest ({} dropped), {} to the guest ({} dropped)",
+        stats.tx_frames,
+        stats.tx_dropped,
+        stats.rx_frames,
+        stats.rx_dropped
+    );
+    Ok(())
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a reader never sees a
+/// partial certificate.
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
