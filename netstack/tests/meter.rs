@@ -57,12 +57,14 @@ struct Case {
     output: u64,
     cache_read: u64,
     cache_write: u64,
+    cache_write_1h: u64,
     /// Worked out by hand from netstack/prices.toml (USD per 1e6 tokens = µ$ per token).
     cost_micro_usd: i64,
 }
 
 const CASES: &[Case] = &[
-    // sonnet-4-5: 25×3 + 342×15 + 30000×0.30 + 1200×3.75 = 75 + 5130 + 9000 + 4500
+    // sonnet-4-5: 25×3 + 342×15 + 30000×0.30 + 1000×3.75 + 200×6 (1-hour writes)
+    //   = 75 + 5130 + 9000 + 3750 + 1200
     Case {
         file: "anthropic_messages.sse",
         host: "api.anthropic.com",
@@ -73,7 +75,8 @@ const CASES: &[Case] = &[
         output: 342,
         cache_read: 30000,
         cache_write: 1200,
-        cost_micro_usd: 18705,
+        cache_write_1h: 200,
+        cost_micro_usd: 19155,
     },
     // haiku-4-5: 2095×1 + 503×5 + 500×0.10 = 2095 + 2515 + 50
     Case {
@@ -86,6 +89,7 @@ const CASES: &[Case] = &[
         output: 503,
         cache_read: 500,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 4660,
     },
     // gpt-4.1: (3000−2048)×2 + 250×8 + 2048×0.50 = 1904 + 2000 + 1024
@@ -99,6 +103,7 @@ const CASES: &[Case] = &[
         output: 250,
         cache_read: 2048,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 4928,
     },
     // o4-mini: 19×1.10 + 1010×4.40 = 20.9 + 4444 = 4464.9
@@ -112,6 +117,7 @@ const CASES: &[Case] = &[
         output: 1010,
         cache_read: 0,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 4465,
     },
     // gpt-5-codex: (12000−8192)×1.25 + 900×10 + 8192×0.125 = 4760 + 9000 + 1024
@@ -125,6 +131,7 @@ const CASES: &[Case] = &[
         output: 900,
         cache_read: 8192,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 14784,
     },
     // gpt-5-mini: 200×0.25 + 52×2 + 128×0.025 = 50 + 104 + 3.2
@@ -138,6 +145,7 @@ const CASES: &[Case] = &[
         output: 52,
         cache_read: 128,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 157,
     },
     // gemini-2.5-flash: (9000−4000)×0.30 + (150+400)×2.50 + 4000×0.03 = 1500 + 1375 + 120
@@ -151,6 +159,7 @@ const CASES: &[Case] = &[
         output: 550,
         cache_read: 4000,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 2995,
     },
     // gemini-2.5-pro: 1500×1.25 + (300+1200)×10 = 1875 + 15000
@@ -164,6 +173,7 @@ const CASES: &[Case] = &[
         output: 1500,
         cache_read: 0,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 16875,
     },
     // gemini-2.5-flash-lite: 700×0.10 + 40×0.40 = 70 + 16
@@ -177,6 +187,7 @@ const CASES: &[Case] = &[
         output: 40,
         cache_read: 0,
         cache_write: 0,
+        cache_write_1h: 0,
         cost_micro_usd: 86,
     },
 ];
@@ -234,6 +245,7 @@ fn every_fixture_in_random_splits_gives_the_documented_usage() {
             output: c.output,
             cache_read: c.cache_read,
             cache_write: c.cache_write,
+            cache_write_1h: c.cache_write_1h,
         };
         // Whole, byte by byte, then 300 random split patterns.
         let mut patterns: Vec<Vec<&[u8]>> = vec![vec![&body[..]], body.chunks(1).collect()];
@@ -367,8 +379,8 @@ fn aborted_stream_records_usage_seen_so_far() {
         (25, 120, 30000, 1200)
     );
     assert_eq!(r.outcome, "aborted: guest closed the connection");
-    // 75 + 1800 + 9000 + 4500
-    assert_eq!(r.cost_micro_usd, 15375);
+    // 75 + 1800 + 9000 + 3750 + 1200
+    assert_eq!(r.cost_micro_usd, 15825);
 }
 
 #[test]
@@ -420,7 +432,7 @@ fn pathbuf(p: &Path) -> PathBuf {
 fn usd_cap_reached_mid_run_fails_check_cap_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = pathbuf(&dir.path().join("ledger.sqlite"));
-    // Each Sonnet call of the first fixture costs $0.018705.
+    // Each Sonnet call of the first fixture costs $0.019155.
     let cfg = config("capped", Some(&db), "[limits]\nmax_usd = 0.05\n");
     let meter = Meter::open(&cfg).unwrap();
     let body = fixture(CASES[0].file);
@@ -430,7 +442,7 @@ fn usd_cap_reached_mid_run_fails_check_cap_and_survives_a_restart() {
         calls += 1;
         assert!(calls < 10, "cap never reached");
     }
-    // 2 calls = $0.03741 < $0.05; the 3rd (under way when the cap was crossed) completes.
+    // 2 calls = $0.03831 < $0.05; the 3rd (under way when the cap was crossed) completes.
     assert_eq!(calls, 3);
     let e = meter.check_cap().unwrap_err();
     assert_eq!(

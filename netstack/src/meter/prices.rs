@@ -28,20 +28,96 @@ pub const SHIPPED: &str = include_str!("../../prices.toml");
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
+    /// Uncached input.
+    pub input: f64,
+    /// Output, incl. reasoning / thinking.
+    pub output: f64,
+    /// Input read from the prompt cache.
+    pub cache_read: f64,
+    /// Input written to the prompt cache (Anthropic: 5-minute writes).
+    pub cache_write: f64,
+    /// Input written to the 1-hour prompt cache (Anthropic
+    /// `usage.cache_creation.ephemeral_1h_input_tokens`); absent: `cache_write`.
+    #[serde(default)]
+    pub cache_write_1h: Option<f64>,
+    /// Different prices for the whole call once its prompt (input + cache read + cache write)
+    /// is longer than `threshold` tokens (Claude Sonnet 1M context, Gemini 2.5 Pro > 200k).
+    #[serde(default)]
+    pub long_context: Option<LongContext>,
+}
+
+/// Long-prompt prices, `[models."M".long_context]`; USD per million tokens like [`Price`].
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContext {
+    /// Prompt tokens above which these prices apply to the call.
+    pub threshold: u64,
     pub input: f64,
     pub output: f64,
     pub cache_read: f64,
     pub cache_write: f64,
+    #[serde(default)]
+    pub cache_write_1h: Option<f64>,
 }
 
 impl Price {
-    /// The cost of `u` in micro-dollars (1e-6 USD), rounded to the nearest.
+    /// The cost of `u` in micro-dollars (1e-6 USD), rounded to the nearest: a price of $X per
+    /// million tokens is X µ$ per token.
     pub fn cost_micro_usd(&self, u: &Usage) -> i64 {
-        let c = u.input as f64 * self.input
-            + u.output as f64 * self.output
-            + u.cache_read as f64 * self.cache_read
-            + u.cache_write as f64 * self.cache_write;
+        let prompt = u.input + u.cache_read + u.cache_write;
+        let (input, output, cache_read, cache_write, cache_write_1h) = match self.long_context {
+            Some(l) if prompt > l.threshold => (
+                l.input,
+                l.output,
+                l.cache_read,
+                l.cache_write,
+                l.cache_write_1h.unwrap_or(l.cache_write),
+            ),
+            _ => (
+                self.input,
+                self.output,
+                self.cache_read,
+                self.cache_write,
+                self.cache_write_1h.unwrap_or(self.cache_write),
+            ),
+        };
+        let w1h = u.cache_write_1h.min(u.cache_write);
+        let c = u.input as f64 * input
+            + u.output as f64 * output
+            + u.cache_read as f64 * cache_read
+            + (u.cache_write - w1h) as f64 * cache_write
+            + w1h as f64 * cache_write_1h;
         c.round() as i64
+    }
+
+    fn check(&self, origin: &str, name: &str) -> anyhow::Result<()> {
+        let mut all = vec![
+            ("input", self.input),
+            ("output", self.output),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+            ("cache_write_1h", self.cache_write_1h.unwrap_or(0.0)),
+        ];
+        if let Some(l) = &self.long_context {
+            all.extend([
+                ("long_context.input", l.input),
+                ("long_context.output", l.output),
+                ("long_context.cache_read", l.cache_read),
+                ("long_context.cache_write", l.cache_write),
+                (
+                    "long_context.cache_write_1h",
+                    l.cache_write_1h.unwrap_or(0.0),
+                ),
+            ]);
+        }
+        for (kind, v) in all {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!(
+                    "price table {origin}: models.{name:?}.{kind} = {v} must be a non-negative number of USD per million tokens"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -64,18 +140,7 @@ impl PriceTable {
         let f: File = toml::from_str(text).with_context(|| format!("price table {origin}"))?;
         let mut models = BTreeMap::new();
         for (name, p) in f.models {
-            for (kind, v) in [
-                ("input", p.input),
-                ("output", p.output),
-                ("cache_read", p.cache_read),
-                ("cache_write", p.cache_write),
-            ] {
-                if !(v.is_finite() && v >= 0.0) {
-                    anyhow::bail!(
-                        "price table {origin}: models.{name:?}.{kind} = {v} must be a non-negative number of USD per million tokens"
-                    );
-                }
-            }
+            p.check(origin, &name)?;
             models.insert(name.to_ascii_lowercase(), p);
         }
         Ok(PriceTable { models })
@@ -156,16 +221,44 @@ mod tests {
             output: 15.0,
             cache_read: 0.3,
             cache_write: 3.75,
+            cache_write_1h: Some(6.0),
+            long_context: Some(LongContext {
+                threshold: 200_000,
+                input: 6.0,
+                output: 22.5,
+                cache_read: 0.6,
+                cache_write: 7.5,
+                cache_write_1h: Some(12.0),
+            }),
         };
-        let u = Usage {
+        let mut u = Usage {
             input: 1000,
             output: 500,
             cache_read: 10_000,
             cache_write: 2000,
+            cache_write_1h: 0,
             model: None,
         };
         // 3000 + 7500 + 3000 + 7500 µ$
         assert_eq!(p.cost_micro_usd(&u), 21_000);
+        // 500 of the 2000 written to the 1-hour cache: 1500×3.75 + 500×6
+        u.cache_write_1h = 500;
+        assert_eq!(p.cost_micro_usd(&u), 21_000 - 7500 + 5625 + 3000);
+        // A 200_001-token prompt: every token at the long-context prices.
+        let long = Usage {
+            input: 1,
+            output: 100,
+            cache_read: 200_000,
+            cache_write: 0,
+            cache_write_1h: 0,
+            model: None,
+        };
+        assert_eq!(p.cost_micro_usd(&long), 6 + 2250 + 120_000);
+        let short = Usage {
+            cache_read: 199_999,
+            ..long.clone()
+        };
+        assert_eq!(p.cost_micro_usd(&short), 3 + 1500 + 60_000); // 59999.7 + 1503 rounds up
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   `output_tokens` (and, in newer API versions, cumulative input/cache counts too).
 //!
 //! `input_tokens` excludes cache reads and writes, so the four counts are disjoint.
+//! `usage.cache_creation.ephemeral_1h_input_tokens` (the 1-hour part of the cache writes) is
+//! kept apart for pricing.
 
 use super::{u64_at, Usage};
 use serde_json::Value;
@@ -36,6 +38,9 @@ pub fn apply(u: &mut Usage, v: &Value) -> bool {
     }
     if let Some(n) = u64_at(usage, &["cache_creation_input_tokens"]) {
         u.cache_write = n;
+    }
+    if let Some(n) = u64_at(usage, &["cache_creation", "ephemeral_1h_input_tokens"]) {
+        u.cache_write_1h = n;
     }
     true
 }

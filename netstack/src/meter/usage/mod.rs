@@ -36,6 +36,8 @@ pub struct Usage {
     pub cache_read: u64,
     /// Input tokens written to the prompt cache.
     pub cache_write: u64,
+    /// The part of `cache_write` that went to a 1-hour cache (Anthropic), priced apart.
+    pub cache_write_1h: u64,
 }
 
 impl Usage {
