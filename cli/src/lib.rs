@@ -11,6 +11,7 @@ pub mod error;
 pub mod git;
 pub mod image;
 pub mod paths;
+pub mod secrets;
 pub mod state;
 pub mod supervisor;
 
@@ -85,6 +86,22 @@ enum Cmd {
     Cost(cmd::cost::CostArgs),
     /// An agent's audit log: its connections and HTTP requests.
     Audit(cmd::audit::AuditArgs),
+    /// List agent definitions (built-in, user, repository) and whether their secrets are
+    /// available.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage stored secrets (values are read from stdin, never from the command line).
+    Secrets {
+        #[command(subcommand)]
+        cmd: cmd::secrets::SecretsCmd,
+    },
+    /// Show which credential each provider would use (stored, environment, none).
+    Accounts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Build and list guest images.
     Image {
         #[command(subcommand)]
@@ -142,6 +159,9 @@ pub fn main() -> ! {
         Cmd::Commit { name } => cmd::branch::commit(&name),
         Cmd::Cost(a) => cmd::cost::cost(a),
         Cmd::Audit(a) => cmd::audit::audit(a),
+        Cmd::Agents { json } => cmd::agents::agents(json),
+        Cmd::Secrets { cmd } => cmd::secrets::run(cmd),
+        Cmd::Accounts { json } => cmd::accounts::accounts(json),
         Cmd::Image { cmd } => image::run(cmd),
         Cmd::Git { cmd } => git::run_cmd(cmd),
         Cmd::Supervise { name, attached } => supervisor::run(&name, attached),

@@ -1,5 +1,7 @@
 //! One module per `axctl` command family.
 
+pub mod accounts;
+pub mod agents;
 pub mod attach;
 pub mod audit;
 pub mod branch;
@@ -8,3 +10,4 @@ pub mod lifecycle;
 pub mod logs;
 pub mod ps;
 pub mod run;
+pub mod secrets;
