@@ -60,6 +60,7 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
             let _ = std::fs::create_dir_all("/workspace");
         }
     }
+    crate::agents_layer::mount_from_cmdline();
     if let Some(tag) = &cmd.objects {
         mounts::host_objects(tag)?;
     }

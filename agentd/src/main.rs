@@ -5,6 +5,8 @@
 //! Unix socket without any init duties, and `--vsock` serves vsock without them.
 
 #[cfg(target_os = "linux")]
+mod agents_layer;
+#[cfg(target_os = "linux")]
 mod cmdline;
 #[cfg(target_os = "linux")]
 mod console;

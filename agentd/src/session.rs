@@ -28,11 +28,12 @@ pub const RETAIN_BYTES: usize = 64 * 1024;
 const COALESCE: usize = 8 * 1024;
 
 /// The base environment every session starts from; EXEC's `env` is added on top (and wins).
-/// `TERM` is added separately: `xterm-256color` on a PTY, `dumb` on pipes.
+/// `TERM` is added separately: `xterm-256color` on a PTY, `dumb` on pipes. `/opt/ax/bin` (the
+/// agents layer's commands and its node, ahead of Debian's) comes first on `PATH`.
 pub const BASE_ENV: &[(&str, &str)] = &[
     (
         "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "/opt/ax/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ),
     ("HOME", "/root"),
     ("LANG", "C.UTF-8"),

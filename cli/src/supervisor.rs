@@ -172,13 +172,15 @@ impl Supervisor {
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
-            cmdline: driver::kernel_cmdline(&self.st.name, accel, !fs_shares.is_empty()),
+            cmdline: driver::kernel_cmdline(&self.st.name, accel, !fs_shares.is_empty())
+                + &driver::agents_param(img.agents.is_some()),
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
             vhost_vsock_socket: vhost_sock.clone(),
             accel,
             fs_shares,
+            agents: img.agents.clone(),
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
         let mut cmd = match self.st.vmm.as_str() {

@@ -159,10 +159,18 @@ pub fn ensure_image() {
     // one just built (the tests must exercise the current guest init).
     let agentd = std::fs::read(bin_dir().join("agentd")).expect("read agentd");
     let want = hex(&sha2::Sha256::digest(&agentd));
+    // …or when it lacks the agents layer of the current agents lock (the agent CLIs; their
+    // layer is cached by lock hash, so a rebuild for a new agentd does not unpack them again).
+    let agents_lock = hex(&sha2::Sha256::digest(
+        std::fs::read(agents_lock_path()).expect("read image/agents.lock.toml"),
+    ));
     let current = v.as_array().and_then(|a| a.first()).and_then(|img| {
         let m = std::fs::read(Path::new(img["dir"].as_str()?).join("manifest.json")).ok()?;
         let m: serde_json::Value = serde_json::from_slice(&m).ok()?;
-        Some(m["initrd"]["agentd_sha256"].as_str()? == want)
+        Some(
+            m["initrd"]["agentd_sha256"].as_str()? == want
+                && m["agents"]["lock_sha256"].as_str() == Some(agents_lock.as_str()),
+        )
     });
     if current.is_none() {
         // No image at all (a fresh CI machine): this exercises `axctl run` building the image
@@ -191,8 +199,9 @@ pub fn ensure_image() {
     }
     if current != Some(true) {
         eprintln!(
-            "building the guest image for the tests (agentd {})",
-            &want[..12]
+            "building the guest image for the tests (agentd {}, agents lock {})",
+            &want[..12],
+            &agents_lock[..12]
         );
         let st = env
             .axctl()
@@ -202,6 +211,11 @@ pub fn ensure_image() {
             .unwrap();
         assert!(st.success(), "axctl image build failed");
     }
+}
+
+/// `image/agents.lock.toml` in the source tree (the pins axctl embeds).
+pub fn agents_lock_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/agents.lock.toml")
 }
 
 fn hex(b: &[u8]) -> String {

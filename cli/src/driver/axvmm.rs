@@ -36,10 +36,16 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> String {
             toml::Value::String(tag.clone())
         ));
     }
+    // The agents layer is the second disk (/dev/vdb in the guest).
+    let agents = spec
+        .agents
+        .as_ref()
+        .map(|p| format!("[[block]]\npath = {}\nread_only = true\n\n", q(p)))
+        .unwrap_or_default();
     format!(
         "# written by the ax supervisor; format: docs/vmm-config.md\n\
          kernel = {}\ninitrd = {}\ncmdline = {}\ncpus = {}\nmemory_mib = {}\nserial = {}\n\n\
-         [[block]]\npath = {}\nread_only = true\n\n\
+         [[block]]\npath = {}\nread_only = true\n\n{agents}\
          [vsock]\nguest_cid = 3\nuds_path = {}\n{fs}",
         q(&spec.kernel),
         q(&spec.initrd),
@@ -70,6 +76,7 @@ mod tests {
             vhost_vsock_socket: "/s/unused".into(),
             accel: Accel::Kvm,
             fs_shares: Vec::new(),
+            agents: Some("/i/agents.erofs".into()),
         };
         let t: toml::Table = config(&spec, Path::new("/s/vsock.sock")).parse().unwrap();
         assert_eq!(t["kernel"].as_str(), Some("/i/vmlinux"));
@@ -80,6 +87,8 @@ mod tests {
             Some("/i/rootfs \"q\".erofs")
         );
         assert_eq!(t["block"][0]["read_only"].as_bool(), Some(true));
+        assert_eq!(t["block"][1]["path"].as_str(), Some("/i/agents.erofs"));
+        assert_eq!(t["block"][1]["read_only"].as_bool(), Some(true));
         assert_eq!(t["vsock"]["uds_path"].as_str(), Some("/s/vsock.sock"));
     }
 }

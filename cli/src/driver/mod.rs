@@ -131,6 +131,23 @@ pub struct VmSpec {
     pub accel: Accel,
     /// virtio-fs shares served by ax-fsd processes: (vhost-user socket, tag).
     pub fs_shares: Vec<(PathBuf, String)>,
+    /// The image's agents layer (erofs, read-only), the guest's second virtio-blk disk
+    /// [`AGENTS_DEVICE`]; agentd mounts it on `/opt/ax` when the command line carries
+    /// [`agents_param`].
+    pub agents: Option<PathBuf>,
+}
+
+/// The guest device of the agents layer: the second virtio-blk disk, after the rootfs.
+pub const AGENTS_DEVICE: &str = "/dev/vdb";
+
+/// The kernel command line words telling agentd where the agents layer is (empty without
+/// one): ` ax.agents=/dev/vdb`.
+pub fn agents_param(has_agents: bool) -> String {
+    if has_agents {
+        format!(" ax.agents={AGENTS_DEVICE}")
+    } else {
+        String::new()
+    }
 }
 
 /// The virtio-fs tag of the repository share; agentd mounts it on `/workspace`.

@@ -96,6 +96,20 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
     ] {
         push(s);
     }
+    if let Some(agents) = &spec.agents {
+        // After the rootfs, so the guest sees it as /dev/vdb (super::AGENTS_DEVICE).
+        for s in [
+            "-drive",
+            &format!(
+                "id=agents,file={},format=raw,if=none,readonly=on",
+                agents.display()
+            ),
+            "-device",
+            "virtio-blk-device,drive=agents",
+        ] {
+            a.push(s.into());
+        }
+    }
     for (i, (sock, tag)) in spec.fs_shares.iter().enumerate() {
         for s in [
             "-chardev",
@@ -127,6 +141,7 @@ mod tests {
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
             accel: Accel::Tcg,
             fs_shares: Vec::new(),
+            agents: Some("/i/agents.erofs".into()),
         };
         let a: Vec<String> = args(&spec)
             .into_iter()
@@ -138,5 +153,13 @@ mod tests {
         assert!(joined.contains("file=/i/rootfs.erofs,format=raw,if=none,readonly=on"));
         assert!(joined.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(joined.contains("-no-reboot"));
+        let root = joined.find("drive=rootfs").unwrap();
+        let agents = joined
+            .find(
+                "-drive id=agents,file=/i/agents.erofs,format=raw,if=none,readonly=on \
+                 -device virtio-blk-device,drive=agents",
+            )
+            .expect("agents disk");
+        assert!(root < agents, "the agents disk comes second (/dev/vdb)");
     }
 }

@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use super::manifest::{self, LockInfo, Manifest, Outputs, Package};
 use super::progress::Progress;
-use super::{initrd, kernel, lock, rootfs, store, tools, Image};
+use super::{
+    agents, agents_fetch, agents_layer, initrd, kernel, lock, rootfs, store, tools, Image,
+};
 use crate::{error, paths};
 
 /// Default apt sources handed to mmdebstrap (the host's, deb822 format).
@@ -36,6 +38,12 @@ pub struct Options {
     pub images_dir: Option<PathBuf>,
     /// SOURCE_DATE_EPOCH (default: the environment's, then the lock file's).
     pub epoch: Option<u64>,
+    /// Which agent runtimes go into the agents layer (default: all).
+    pub agents: agents::Selection,
+    /// Agents lock file (default: the embedded `image/agents.lock.toml`).
+    pub agents_lock: Option<PathBuf>,
+    /// npm tarball cache (default: `$XDG_CACHE_HOME/ax/npm`).
+    pub npm_cache: Option<PathBuf>,
 }
 
 /// SOURCE_DATE_EPOCH from the environment, else the lock file's default.
@@ -161,6 +169,19 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     )?;
     let sources = std::fs::canonicalize(&sources).unwrap_or(sources);
     let agentd = agentd_binary(opts.agentd.as_deref())?;
+    let agents_loaded = agents::load(opts.agents_lock.as_deref())?;
+    let runtimes = agents_loaded.lock.select(&opts.agents)?;
+    let npm_cache = opts
+        .npm_cache
+        .clone()
+        .unwrap_or_else(|| paths::cache_dir().join("npm"));
+    let all_cached = runtimes
+        .iter()
+        .flat_map(|r| &r.packages)
+        .all(|p| agents_fetch::cached_path(&npm_cache, p).is_ok_and(|c| c.is_file()));
+    if !all_cached {
+        agents_fetch::find_npm()?;
+    }
     require_root()?;
 
     let root = opts.images_dir.clone().unwrap_or_else(paths::images_dir);
@@ -184,7 +205,13 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
     std::fs::create_dir_all(&work)?;
     let log = bd.path.join("build.log");
 
-    let mut p = Progress::new(5, opts.quiet);
+    let mut p = Progress::new(if runtimes.is_empty() { 5 } else { 6 }, opts.quiet);
+    let agents_job = AgentsJob {
+        loaded: &agents_loaded,
+        runtimes: &runtimes,
+        layers_dir: root.join(LAYERS_DIR),
+        npm_cache,
+    };
     let r = steps(
         &mut p,
         lock,
@@ -195,6 +222,7 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
         &out,
         &work,
         &log,
+        &agents_job,
     );
     let manifest = match r {
         Ok(m) => m,
@@ -209,6 +237,18 @@ pub fn build(opts: &Options) -> anyhow::Result<Image> {
         .ok_or_else(|| anyhow::anyhow!("{} is incomplete after install", image_dir.display()))
 }
 
+/// Directory of cached agents layers inside the images directory (not an image: its name is
+/// no id).
+pub const LAYERS_DIR: &str = ".layers";
+
+/// The agents part of a build.
+struct AgentsJob<'a> {
+    loaded: &'a agents::Loaded,
+    runtimes: &'a [&'a agents::Runtime],
+    layers_dir: PathBuf,
+    npm_cache: PathBuf,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn steps(
     p: &mut Progress,
@@ -220,6 +260,7 @@ fn steps(
     out: &Path,
     work: &Path,
     log: &Path,
+    aj: &AgentsJob,
 ) -> anyhow::Result<Manifest> {
     p.step(&format!(
         "kernel (mmdebstrap extract {}={})",
@@ -270,6 +311,42 @@ fn steps(
     let erofs = out.join(manifest::ROOTFS_FILE);
     rootfs::mkfs_erofs(lock, &tree, &erofs, epoch, log)?;
 
+    let tools = host_tool_versions();
+    let agents_out = if aj.runtimes.is_empty() {
+        None
+    } else {
+        let names: Vec<String> = aj
+            .runtimes
+            .iter()
+            .map(|r| format!("{} {}", r.name, r.version))
+            .collect();
+        p.step(&format!("agents layer ({})", names.join(", ")));
+        let mkfs_version = tools
+            .iter()
+            .find(|t| t.name == "erofs-utils")
+            .map_or("unknown", |t| t.version.as_str());
+        let job = agents_layer::LayerJob {
+            lock: &aj.loaded.lock,
+            lock_text: &aj.loaded.text,
+            runtimes: aj.runtimes,
+            epoch,
+            layers_dir: &aj.layers_dir,
+            npm_cache: &aj.npm_cache,
+            work,
+            log,
+            mkfs_version,
+        };
+        let layer = agents_layer::build_or_reuse(&job, &mut |n| p.note(n))?;
+        if layer.reused {
+            p.note(&format!("cached layer {}", layer.path.display()));
+        }
+        agents_layer::install_into(&layer, out)?;
+        Some((
+            agents_layer::info(&aj.loaded.lock, &aj.loaded.text, aj.runtimes),
+            layer.output,
+        ))
+    };
+
     p.step("manifest");
     let hash =
         |f: &str| manifest::sha256_file(&out.join(f)).with_context(|| format!("hashing {f}"));
@@ -282,6 +359,7 @@ fn steps(
         } else {
             None
         },
+        agents: agents_out.as_ref().map(|(_, o)| o.clone()),
     };
     let m = Manifest {
         schema: manifest::SCHEMA,
@@ -291,7 +369,7 @@ fn steps(
         lock: LockInfo {
             sha256: manifest::sha256_bytes(lock_text.as_bytes()),
         },
-        tools: host_tool_versions(),
+        tools,
         kernel: manifest::KernelInfo {
             package: lock.kernel.package.clone(),
             version: lock.kernel.version.clone(),
@@ -301,6 +379,7 @@ fn steps(
         },
         initrd: initrd_info,
         rootfs: rootfs::info(lock, packages),
+        agents: agents_out.map(|(i, _)| i),
         outputs,
     };
     std::fs::write(out.join(manifest::MANIFEST_FILE), m.to_json())
@@ -385,6 +464,7 @@ mod tests {
             manifest::KERNEL_FILE,
             manifest::INITRD_FILE,
             manifest::ROOTFS_FILE,
+            manifest::AGENTS_FILE,
             manifest::MANIFEST_FILE,
         ] {
             let a = manifest::sha256_file(&images[0].dir.join(f)).unwrap();
@@ -399,6 +479,13 @@ mod tests {
             .packages
             .iter()
             .any(|p| p.name == "git" && p.deb_sha256.is_some()));
+        // The agents layer: every runtime of the lock, built twice (one layer cache per
+        // store) into the same bytes, and covered by the id.
+        let agents = m.agents.as_ref().expect("agents layer in the manifest");
+        let lock = agents::parse(agents::EMBEDDED, "embedded").unwrap();
+        assert_eq!(agents.runtimes.len(), lock.runtimes.len());
+        assert!(m.outputs.agents.is_some());
+        assert!(images[0].agents.is_some());
 
         let console = boot_console(&images[0], std::time::Duration::from_secs(180));
         assert!(

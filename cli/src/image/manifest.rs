@@ -23,6 +23,8 @@ pub const INITRD_FILE: &str = "initrd";
 pub const ROOTFS_FILE: &str = "rootfs.erofs";
 /// Manifest file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The agents layer's file name (optional; see [`super::agents_layer`]).
+pub const AGENTS_FILE: &str = super::agents_layer::FILE;
 
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,9 @@ pub struct Manifest {
     pub initrd: InitrdInfo,
     /// The rootfs's inputs.
     pub rootfs: RootfsInfo,
+    /// The agents layer's inputs, when the image has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<super::agents_layer::AgentsInfo>,
     /// Output files.
     pub outputs: Outputs,
 }
@@ -146,6 +151,13 @@ pub struct Outputs {
     /// `vmlinux`, derived from the bzImage (so not part of the image id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmlinux: Option<Output>,
+    /// `agents.erofs`, when the image has an agents layer (part of the image id).
+    #[serde(
+        rename = "agents.erofs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub agents: Option<Output>,
 }
 
 impl Manifest {
@@ -203,12 +215,16 @@ pub fn sha256_file(path: &Path) -> std::io::Result<Output> {
 pub const ID_LEN: usize = 12;
 
 /// The image id: the first 12 hex digits of sha256 over `"<file> <sha256>\n"` for bzImage,
-/// initrd and rootfs.erofs, in that order. Same bytes → same id.
+/// initrd, rootfs.erofs and (when present) agents.erofs, in that order. Same bytes → same id;
+/// an image without agents layer keeps the id it had before layers existed.
 pub fn image_id(outputs: &Outputs) -> String {
-    let text = format!(
+    let mut text = format!(
         "{KERNEL_FILE} {}\n{INITRD_FILE} {}\n{ROOTFS_FILE} {}\n",
         outputs.kernel.sha256, outputs.initrd.sha256, outputs.rootfs.sha256
     );
+    if let Some(a) = &outputs.agents {
+        text.push_str(&format!("{AGENTS_FILE} {}\n", a.sha256));
+    }
     sha256_bytes(text.as_bytes())[..ID_LEN].to_owned()
 }
 
@@ -255,6 +271,7 @@ pub(crate) mod tests {
             initrd: o('b', 2),
             rootfs: o('c', 3),
             vmlinux: None,
+            agents: None,
         };
         Manifest {
             schema: SCHEMA,
@@ -293,6 +310,7 @@ pub(crate) mod tests {
                 compression: "none".into(),
                 uuid: "a7c0de00-0000-4000-8000-000000000001".into(),
             },
+            agents: None,
             outputs,
         }
     }
@@ -315,6 +333,16 @@ pub(crate) mod tests {
             "c".repeat(64)
         );
         assert_eq!(m.id, sha256_bytes(text.as_bytes())[..12]);
+        // An agents layer is covered by the id.
+        let mut o3 = m.outputs.clone();
+        o3.agents = Some(Output {
+            sha256: "e".repeat(64),
+            size: 4,
+        });
+        let with = format!("{text}agents.erofs {}\n", "e".repeat(64));
+        assert_eq!(image_id(&o3), sha256_bytes(with.as_bytes())[..12]);
+        o3.agents.as_mut().unwrap().sha256 = "f".repeat(64);
+        assert_ne!(image_id(&o3), sha256_bytes(with.as_bytes())[..12]);
     }
 
     #[test]
@@ -327,6 +355,7 @@ pub(crate) mod tests {
         assert!(j.ends_with("}\n"));
         let back: Manifest = serde_json::from_str(&j).unwrap();
         assert_eq!(back, m);
+        assert!(!j.contains("agents"), "no agents layer, no agents keys");
         // Field order is the struct order.
         assert!(j.find("\"schema\"").unwrap() < j.find("\"outputs\"").unwrap());
     }

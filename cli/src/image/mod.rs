@@ -10,6 +10,9 @@
 
 use std::path::PathBuf;
 
+pub mod agents;
+pub mod agents_fetch;
+pub mod agents_layer;
 pub mod build;
 pub mod cpio;
 pub mod exec;
@@ -40,6 +43,8 @@ pub struct Image {
     pub initrd: PathBuf,
     /// The root filesystem (erofs).
     pub rootfs: PathBuf,
+    /// The agents layer (erofs, the guest's `/opt/ax`), when the image has one.
+    pub agents: Option<PathBuf>,
     /// Kernel release string, e.g. `6.1.0-56-cloud-amd64`.
     pub kernel_release: String,
     /// Seconds since the epoch at which the image was built or last rebuilt here (the
@@ -89,6 +94,16 @@ pub struct BuildArgs {
     /// Keep the build directory (rootfs tree, build.log) for inspection.
     #[arg(long)]
     pub keep_work: bool,
+    /// Build the image without the agents layer (agents.erofs: the agent CLIs on /opt/ax).
+    #[arg(long, conflicts_with = "agents")]
+    pub no_agents: bool,
+    /// Only these runtimes in the agents layer, comma-separated, e.g. claude,codex (node is
+    /// added when one needs it) [default: all in the agents lock]
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub agents: Option<Vec<String>>,
+    /// Agents lock file [default: the image/agents.lock.toml built into axctl]
+    #[arg(long, value_name = "FILE")]
+    pub agents_lock: Option<PathBuf>,
 }
 
 impl From<&BuildArgs> for build::Options {
@@ -99,6 +114,12 @@ impl From<&BuildArgs> for build::Options {
             lock: a.lock.clone(),
             quiet: a.quiet,
             keep_work: a.keep_work,
+            agents: match (&a.agents, a.no_agents) {
+                (_, true) => agents::Selection::None,
+                (Some(names), false) => agents::Selection::Only(names.clone()),
+                (None, false) => agents::Selection::All,
+            },
+            agents_lock: a.agents_lock.clone(),
             ..Default::default()
         }
     }
@@ -266,6 +287,7 @@ mod tests {
             vmlinux: None,
             initrd: PathBuf::from("/x/initrd"),
             rootfs: PathBuf::from("/x/rootfs.erofs"),
+            agents: None,
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             created,
             size,
@@ -312,6 +334,17 @@ mod tests {
         let ImageCmd::Build(b) = t.c else { panic!() };
         assert_eq!(b.agentd.as_deref(), Some(std::path::Path::new("/a")));
         assert!(b.quiet && !b.keep_work);
+        assert_eq!(build::Options::from(&b).agents, agents::Selection::All);
+        let t = T::try_parse_from(["t", "build", "--agents", "claude,codex"]).unwrap();
+        let ImageCmd::Build(b) = t.c else { panic!() };
+        assert_eq!(
+            build::Options::from(&b).agents,
+            agents::Selection::Only(vec!["claude".into(), "codex".into()])
+        );
+        let t = T::try_parse_from(["t", "build", "--no-agents"]).unwrap();
+        let ImageCmd::Build(b) = t.c else { panic!() };
+        assert_eq!(build::Options::from(&b).agents, agents::Selection::None);
+        assert!(T::try_parse_from(["t", "build", "--no-agents", "--agents", "claude"]).is_err());
         let t = T::try_parse_from(["t", "ls", "--json"]).unwrap();
         assert!(matches!(t.c, ImageCmd::Ls { json: true }));
     }

@@ -53,14 +53,23 @@ pub fn open(dir: &Path) -> Option<Image> {
             .filter(|p| p.is_file()),
         initrd: dir.join(manifest::INITRD_FILE),
         rootfs: dir.join(manifest::ROOTFS_FILE),
+        agents: m
+            .outputs
+            .agents
+            .as_ref()
+            .map(|_| dir.join(manifest::AGENTS_FILE))
+            .filter(|p| p.is_file()),
         kernel_release: m.kernel.release.clone(),
         created: mtime_secs(dir),
         size: m.outputs.kernel.size
             + m.outputs.initrd.size
             + m.outputs.rootfs.size
-            + m.outputs.vmlinux.as_ref().map_or(0, |o| o.size),
+            + m.outputs.vmlinux.as_ref().map_or(0, |o| o.size)
+            + m.outputs.agents.as_ref().map_or(0, |o| o.size),
     };
-    (image.kernel.is_file() && image.initrd.is_file() && image.rootfs.is_file()).then_some(image)
+    let agents_ok = m.outputs.agents.is_none() || image.agents.is_some();
+    (image.kernel.is_file() && image.initrd.is_file() && image.rootfs.is_file() && agents_ok)
+        .then_some(image)
 }
 
 /// All images in `root`, newest first (ties: by id, for a stable order).
