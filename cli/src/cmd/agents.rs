@@ -50,7 +50,7 @@ pub fn agents(json: bool) -> Result<i32> {
                     let state = match s.available {
                         Some(Origin::Stored) => "stored",
                         Some(Origin::Environment) => "env",
-                        None if s.optional => "optional, missing",
+                        None if s.optional => "optional",
                         None => "MISSING",
                     };
                     format!("{} ({state})", s.name)
