@@ -152,6 +152,8 @@ pub struct Secrets {
     entries: Vec<config::Secret>,
     /// Real values (raw, base64 at each alignment, JSON-escaped) → placeholders.
     scrub: Arc<Patterns>,
+    /// Every placeholder form (raw, base64) → `Block(index into entries)`.
+    detect: Patterns,
 }
 
 /// Why a request was refused: a placeholder where it may not go. The text names the secret,
@@ -180,9 +182,20 @@ impl Secrets {
                 }
             }
         }
+        let mut detect = Vec::new();
+        for (i, s) in secrets.iter().enumerate() {
+            detect.push((
+                s.placeholder.as_bytes().to_vec(),
+                Action::Block(i.to_string()),
+            ));
+            for f in base64_forms(s.placeholder.as_bytes()) {
+                detect.push((f, Action::Block(i.to_string())));
+            }
+        }
         Secrets {
             entries: secrets.to_vec(),
             scrub: Arc::new(Patterns::new(scrub)),
+            detect: Patterns::new(detect),
         }
     }
 
@@ -228,6 +241,17 @@ impl Secrets {
         out
     }
 
+    /// Refuses `data` if it holds any form of any placeholder.
+    fn check(&self, host: &str, place: &str, data: &[u8]) -> Result<(), Refusal> {
+        match self.detect.rewrite_all(data) {
+            Ok(_) => Ok(()),
+            Err(Blocked(i)) => {
+                let s = &self.entries[i.parse::<usize>().unwrap_or(0)];
+                Err(Blocked(Self::refusal(s, host, place)))
+            }
+        }
+    }
+
     /// Raw placeholders: bound secrets → their value, others → blocked. `subst` false: all
     /// blocked (a place where nothing is substituted).
     fn raw_table(
@@ -262,9 +286,8 @@ impl Secrets {
             return Ok(());
         }
         let url = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let url_block = Patterns::new(self.blockers(host, "the URL"));
-        url_block.rewrite_all(url.as_bytes())?;
-        url_block.rewrite_all(&percent_decode(url.as_bytes()))?;
+        self.check(host, "the URL", url.as_bytes())?;
+        self.check(host, "the URL", &percent_decode(url.as_bytes()))?;
         let mut edits = Vec::new();
         for (name, value) in headers.iter() {
             let lname = name.as_str();
@@ -272,7 +295,8 @@ impl Secrets {
             let new = if SUBST_HEADERS.contains(&lname) {
                 self.rewrite_credential_header(host, &place, value.as_bytes())?
             } else {
-                Patterns::new(self.blockers(host, &place)).rewrite_all(value.as_bytes())?
+                self.check(host, &place, value.as_bytes())?;
+                None
             };
             if let Some(v) = new {
                 edits.push((name.clone(), value.clone(), v));

@@ -624,3 +624,97 @@ async fn untrusted_upstream_certificate_gives_502() {
             .as_deref()
             .is_some_and(|b| b.contains("not trusted"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upgrade_is_spliced_after_substitution() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["http/1.1"]).await;
+    let key = anthropic();
+    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, API, &["h2", "http/1.1"]).await;
+    let hdrs = [
+        ("connection", "upgrade".to_string()),
+        ("upgrade", "ax-echo".to_string()),
+        ("authorization", format!("Bearer {}", key.placeholder)),
+    ];
+    let resp = g.send("GET", "/ws", &hdrs, "").await;
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["upgrade"], "ax-echo");
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping over the upgraded connection")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 33];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping over the upgraded connection");
+    let seen = up.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", key.value).as_str()
+    );
+    assert_eq!(seen.headers["upgrade"], "ax-echo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_http1_is_reconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["http/1.1"]).await;
+    let key = anthropic();
+    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, API, &["http/1.1"]).await;
+    for _ in 0..3 {
+        let (status, _, text) = g
+            .text(
+                "GET",
+                "/close",
+                &[("x-api-key", key.placeholder.clone())],
+                "",
+            )
+            .await;
+        assert_eq!((status.as_u16(), text.as_str()), (200, "closing"));
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|s| s.headers["x-api-key"] == key.value.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_request_bodies_carry_placeholders_as_text() {
+    // An agent that read its own environment sends the placeholders to the model as
+    // conversation text: forwarded unchanged (not substituted, not blocked).
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["h2", "http/1.1"]).await;
+    let (key, gh) = (anthropic(), github());
+    let ctx = context(
+        dir.path(),
+        &up,
+        &[API],
+        true,
+        &[key_clone(&key), key_clone(&gh)],
+        "",
+    );
+    let mut g = guest(&ctx, &up, API, &["h2"]).await;
+    let body = format!("{{\"model\":\"claude-sonnet-4-5\",\"messages\":[{{\"role\":\"user\",\"content\":\"env: GITHUB_TOKEN={} ANTHROPIC_API_KEY={}\"}}]}}", gh.placeholder, key.placeholder);
+    let (status, _, text) = g
+        .text(
+            "POST",
+            "/v1/messages",
+            &[("x-api-key", key.placeholder.clone())],
+            &body,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let seen = up.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen.body,
+        body.as_bytes(),
+        "body forwarded as the guest wrote it"
+    );
+    assert_eq!(seen.headers["x-api-key"], key.value.as_str());
+    // The same body to a non-LLM path of the host is blocked.
+    let (status, _, _) = g.text("POST", "/echo", &[], &body).await;
+    assert_eq!(status, 403);
+}

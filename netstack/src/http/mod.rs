@@ -25,8 +25,8 @@ use std::sync::Arc;
 pub enum Upstream {
     /// HTTP/1.1: one request at a time; re-connected when the server closed it.
     H1(tokio::sync::Mutex<Option<c1::SendRequest<ProxyBody>>>),
-    /// HTTP/2: requests multiplexed.
-    H2(c2::SendRequest<ProxyBody>),
+    /// HTTP/2: requests multiplexed; re-connected when the server closed it (GOAWAY).
+    H2(tokio::sync::Mutex<c2::SendRequest<ProxyBody>>),
     /// The upstream could not be reached or verified: every request gets 502 with this text.
     Failed(String),
 }
@@ -36,13 +36,9 @@ impl Upstream {
     pub async fn handshake<S: crate::IoStream>(io: S, h2: bool) -> anyhow::Result<Upstream> {
         let io = TokioIo::new(io);
         if h2 {
-            let (send, conn) = c2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    log::debug!("upstream h2 connection ended: {e}");
-                }
-            });
-            Ok(Upstream::H2(send))
+            Ok(Upstream::H2(tokio::sync::Mutex::new(
+                h2_handshake(io).await?,
+            )))
         } else {
             Ok(Upstream::H1(tokio::sync::Mutex::new(Some(
                 h1_handshake(io).await?,
@@ -51,12 +47,25 @@ impl Upstream {
     }
 }
 
+async fn h2_handshake<S: crate::IoStream>(
+    io: TokioIo<S>,
+) -> anyhow::Result<c2::SendRequest<ProxyBody>> {
+    let (send, conn) = c2::handshake(TokioExecutor::new(), io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("upstream h2 connection ended: {e}");
+        }
+    });
+    Ok(send)
+}
+
 async fn h1_handshake<S: crate::IoStream>(
     io: TokioIo<S>,
 ) -> anyhow::Result<c1::SendRequest<ProxyBody>> {
     let (send, conn) = c1::handshake(io).await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // with_upgrades: a 101 response hands the connection to the Upgrade splice.
+        if let Err(e) = conn.with_upgrades().await {
             log::debug!("upstream http/1.1 connection ended: {e}");
         }
     });
@@ -90,6 +99,7 @@ pub async fn serve<S: crate::IoStream>(proxy: Arc<Proxy>, io: S, h2: bool) -> an
     } else {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await?;
     }
     Ok(())
@@ -183,7 +193,14 @@ impl Proxy {
         answer(status, &why)
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        // HTTP/1.1 Upgrade (WebSocket, RFC 6455 §4): forwarded, then the two connections are
+        // spliced; only possible when the upstream speaks HTTP/1.1 too.
+        let upgrade = match (&self.upstream, req.version()) {
+            (Upstream::H1(_), Version::HTTP_11) => req.headers().get(header::UPGRADE).cloned(),
+            _ => None,
+        };
+        let guest_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
         let path = parts.uri.path().to_string();
@@ -220,6 +237,12 @@ impl Proxy {
             })
             .unwrap_or_else(|| self.name.clone());
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, u.clone());
+        }
         if process {
             match parts
                 .headers
@@ -308,6 +331,14 @@ impl Proxy {
             }
         };
 
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(g)) = (resp.status(), guest_upgrade) {
+            if let Some(c) = call.take() {
+                c.finish(crate::meter::Outcome::Aborted(
+                    "upgraded to another protocol".into(),
+                ));
+            }
+            return self.splice(g, resp, &method, &path);
+        }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         ctx.secrets.scrub_headers(&mut rparts.headers);
@@ -384,12 +415,54 @@ impl Proxy {
         Response::from_parts(rparts, body)
     }
 
+    /// Answers 101 to the guest and splices the upgraded connections (bytes pass unchanged:
+    /// no substitution or scrubbing inside the new protocol).
+    fn splice(
+        &self,
+        guest: hyper::upgrade::OnUpgrade,
+        mut resp: Response<Incoming>,
+        method: &Method,
+        path: &str,
+    ) -> Response<ProxyBody> {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (flow, name) = (self.flow.id, self.name.clone());
+        tokio::spawn(async move {
+            match (guest.await, upstream.await) {
+                (Ok(g), Ok(u)) => {
+                    let (mut g, mut u) = (TokioIo::new(g), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut g, &mut u).await {
+                        log::debug!("flow {flow} {name}: upgraded connection ended: {e}");
+                    }
+                }
+                (g, u) => log::info!(
+                    "flow {flow} {name}: upgrade failed (guest: {:?}, upstream: {:?})",
+                    g.err(),
+                    u.err()
+                ),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        self.ctx.secrets.scrub_headers(&mut parts.headers);
+        self.audit(method, path, 101, 0, 0, None);
+        Response::from_parts(parts, full(""))
+    }
+
     /// Sends one request upstream; HTTP/1.1 connections the server closed are re-opened once.
     async fn send(&self, req: Request<ProxyBody>) -> anyhow::Result<Response<Incoming>> {
         match &self.upstream {
-            Upstream::H2(s) => {
-                let mut s = s.clone();
-                s.ready().await?;
+            Upstream::H2(m) => {
+                let mut s = m.lock().await.clone();
+                if s.ready().await.is_err() {
+                    let mut guard = m.lock().await;
+                    if guard.is_closed() {
+                        let io =
+                            crate::tls::reconnect(&self.ctx, &self.flow, &self.name, true).await?;
+                        *guard = h2_handshake(TokioIo::new(io)).await?;
+                    }
+                    s = guard.clone();
+                    drop(guard);
+                    s.ready().await?;
+                }
                 Ok(s.send_request(req).await?)
             }
             Upstream::H1(m) => {
@@ -400,7 +473,8 @@ impl Proxy {
                 };
                 if !usable {
                     *guard = None;
-                    let io = crate::tls::reconnect(&self.ctx, &self.flow, &self.name).await?;
+                    let io =
+                        crate::tls::reconnect(&self.ctx, &self.flow, &self.name, false).await?;
                     *guard = Some(h1_handshake(TokioIo::new(io)).await?);
                 }
                 let fut = guard.as_mut().unwrap().send_request(req);

@@ -97,12 +97,24 @@ pub async fn intercept(
     crate::http::serve(proxy, tls, h2).await
 }
 
-/// A fresh HTTP/1.1 upstream connection for `flow` (the server closed the previous one).
+/// A fresh upstream connection for `flow` (the server closed the previous one), offering
+/// only `h2` (`h2`) or only `http/1.1`. Errors: connect or TLS failures, or a server that no
+/// longer speaks the protocol the guest side was set up for.
 pub(crate) async fn reconnect(
     ctx: &Context,
     flow: &Flow,
     name: &str,
+    h2: bool,
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<BoxStream>> {
     let io = ctx.upstream.connect(flow.host.as_deref(), flow.dst).await?;
-    client::connect(ctx, name, &[H1.to_vec()], io).await
+    let want = if h2 { H2 } else { H1 };
+    let tls = client::connect(ctx, name, &[want.to_vec()], io).await?;
+    let got = tls.get_ref().1.alpn_protocol();
+    if h2 && got != Some(H2) {
+        anyhow::bail!(
+            "{name} no longer negotiates h2 (got {:?})",
+            got.map(String::from_utf8_lossy)
+        );
+    }
+    Ok(tls)
 }

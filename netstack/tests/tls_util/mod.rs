@@ -125,6 +125,7 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
                 } else {
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
+                        .with_upgrades()
                         .await
                 };
             });
@@ -139,10 +140,12 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
 }
 
 async fn serve(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Semaphore>,
 ) -> Response<TestBody> {
+    // `/ws`: a 101 to protocol `ax-echo`, then every byte is echoed back.
+    let upgrade = (req.uri().path() == "/ws").then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|c| c.to_bytes()) else {
         return Response::builder()
@@ -165,6 +168,20 @@ async fn serve(
             .unwrap_or_default()
     };
     match parts.uri.path() {
+        "/ws" => {
+            let on = upgrade.unwrap();
+            tokio::spawn(async move {
+                let Ok(io) = on.await else { return };
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "ax-echo")
+                .body(full(""))
+                .unwrap()
+        }
         "/echo" => {
             let (auth, key) = (h("authorization"), h("x-api-key"));
             let text = serde_json::json!({
@@ -246,6 +263,10 @@ async fn serve(
                 .body(full(text))
                 .unwrap()
         }
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(full("closing"))
+            .unwrap(),
         _ => Response::builder()
             .status(StatusCode::OK)
             .body(full("ok"))
@@ -373,7 +394,7 @@ pub async fn guest(ctx: &Arc<Context>, up: &Upstream, sni: &str, alpn: &[&str]) 
         Sender::H2(s)
     } else {
         let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         Sender::H1(s)
     };
     Guest {
