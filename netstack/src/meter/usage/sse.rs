@@ -56,8 +56,7 @@ impl SseDecoder {
                     return;
                 }
                 Some(i) => {
-                    self.push(&chunk[..i]);
-                    let cr = chunk[i] == b'\r';
+                    let (line, cr) = (&chunk[..i], chunk[i] == b'\r');
                     chunk = &chunk[i + 1..];
                     if cr {
                         if chunk.first() == Some(&b'\n') {
@@ -66,7 +65,7 @@ impl SseDecoder {
                             self.skip_lf = true;
                         }
                     }
-                    self.end_line(on_event);
+                    self.end_line(line, on_event);
                 }
             }
         }
@@ -76,9 +75,9 @@ impl SseDecoder {
     /// dispatched (lenient: servers that close right after the last `data:` line).
     pub fn finish(&mut self, on_event: &mut dyn FnMut(&str, &str)) {
         if !self.line.is_empty() || self.line_over {
-            self.end_line(on_event);
+            self.end_line(&[], on_event);
         }
-        self.end_line(on_event);
+        self.end_line(&[], on_event);
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -93,13 +92,28 @@ impl SseDecoder {
         self.line.extend_from_slice(bytes);
     }
 
-    fn end_line(&mut self, on_event: &mut dyn FnMut(&str, &str)) {
-        if self.line_over {
+    /// A line ended; `tail` is its part in the current chunk (the start, if any, is buffered).
+    /// Lines wholly inside one chunk are decoded in place, without a copy.
+    fn end_line(&mut self, tail: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
+        if self.line_over || self.line.len() + tail.len() > self.max_line {
             self.line_over = false;
+            self.line.clear();
             self.dropped += 1;
             return;
         }
-        let line = std::mem::take(&mut self.line);
+        if self.line.is_empty() {
+            self.decode_line(tail, on_event);
+        } else {
+            let mut line = std::mem::take(&mut self.line);
+            line.extend_from_slice(tail);
+            self.decode_line(&line, on_event);
+            // Keep the allocation for the next partial line.
+            line.clear();
+            self.line = line;
+        }
+    }
+
+    fn decode_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
         if line.is_empty() {
             if self.has_data {
                 if self.data.last() == Some(&b'\n') {
@@ -126,10 +140,13 @@ impl SseDecoder {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
             }
-            None => (&line[..], &b""[..]),
+            None => (line, &b""[..]),
         };
         match field {
-            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
+            b"event" => {
+                self.event.clear();
+                self.event.push_str(&String::from_utf8_lossy(value));
+            }
             b"data" => {
                 if self.data.len() + value.len() <= self.max_line {
                     self.data.extend_from_slice(value);
@@ -141,9 +158,6 @@ impl SseDecoder {
             }
             _ => {}
         }
-        // Keep the allocation for the next line.
-        self.line = line;
-        self.line.clear();
     }
 }
 
