@@ -214,7 +214,15 @@ fn secrets_add_reads_stdin_and_ls_masks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    // The command line once the new image is in place (the child may still be starting).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let cmdline = loop {
+        let c = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+        if text(&c).contains("secrets") || std::time::Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let ps = Command::new("ps")
         .args(["-ww", "-o", "args=", "-p", &child.id().to_string()])
         .output();
@@ -413,7 +421,7 @@ fn secrets_add_on_a_terminal_does_not_echo() {
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave: std::os::fd::OwnedFd = pty.slave;
     let mut master = std::fs::File::from(pty.master);
-    let mut child = env
+    let child = env
         .axctl()
         .args(["secrets", "add", "GEMINI_API_KEY"])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
