@@ -250,6 +250,49 @@ mod humantime_opt {
     }
 }
 
+impl Launch {
+    /// The netstack side of this launch, in the shape of the netstack config
+    /// (netstack/src/config.rs, docs/network.md): one `[[secret]]` per resolved secret
+    /// (`name`, real `value`, the store's `hosts`, `body`, and `placeholder` from
+    /// `placeholders` when it has one: the same value [`LaunchVars::secrets`] gave the guest)
+    /// and `[policy]` when the definition has one. The supervisor merges it into the config it
+    /// pipes to `ax-netstack`; it holds secret values, so it must never be written to disk.
+    pub fn netstack_fragment(
+        &self,
+        resolved: &[crate::secrets::ResolvedSecret],
+        placeholders: &BTreeMap<String, String>,
+    ) -> toml::Table {
+        let mut t = toml::Table::new();
+        let secrets: Vec<toml::Value> = resolved
+            .iter()
+            .map(|r| {
+                let mut s = toml::Table::new();
+                s.insert("name".into(), r.name.clone().into());
+                s.insert("value".into(), r.value.clone().into());
+                s.insert(
+                    "hosts".into(),
+                    toml::Value::Array(r.hosts.iter().map(|h| h.clone().into()).collect()),
+                );
+                s.insert("body".into(), r.body.into());
+                if let Some(p) = placeholders.get(&r.name) {
+                    s.insert("placeholder".into(), p.clone().into());
+                }
+                toml::Value::Table(s)
+            })
+            .collect();
+        if !secrets.is_empty() {
+            t.insert("secret".into(), toml::Value::Array(secrets));
+        }
+        if let Some(p) = &self.policy {
+            t.insert(
+                "policy".into(),
+                toml::Value::try_from(p).expect("a policy is plain data"),
+            );
+        }
+        t
+    }
+}
+
 impl Agent {
     /// The non-interactive argv for `prompt` with the guest defaults (instance name `agent`).
     /// Kept for `axctl run` until it uses [`Agent::launch`].

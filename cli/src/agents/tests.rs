@@ -314,3 +314,51 @@ contents = "token=${TOKEN} user=${USER}"
     let e = a.launch(Mode::Batch, &vars(None, &sec)).unwrap_err();
     assert!(e.to_string().contains("needs a prompt"), "{e}");
 }
+
+/// The fragment is what the real netstack parser accepts, with the guest's placeholders.
+#[test]
+fn netstack_fragment_parses_with_the_netstack_config() {
+    use crate::secrets::{Origin, ResolvedSecret};
+    let w = World::new();
+    w.user(
+        "t",
+        r#"command = ["tool", "{prompt}"]
+secrets = [{ name = "TOKEN", hosts = ["api.example.com"] }]
+[policy]
+default = "deny"
+[[policy.rule]]
+host = "*.example.com"
+ports = [443]
+action = "intercept"
+"#,
+    );
+    let resolved = vec![ResolvedSecret {
+        name: "TOKEN".into(),
+        value: "real-value-123".into(),
+        hosts: vec!["api.example.com".into()],
+        body: true,
+        env: "TOKEN".into(),
+        origin: Origin::Stored,
+    }];
+    let mut ph = BTreeMap::new();
+    ph.insert("TOKEN".to_string(), "ph-0123456789".to_string());
+    let l = w
+        .load("t")
+        .launch(Mode::Batch, &vars(Some("x"), &ph))
+        .unwrap();
+    assert_eq!(l.env["TOKEN"], "ph-0123456789");
+    let mut t = l.netstack_fragment(&resolved, &ph);
+    t.insert("agent".into(), "job-1".into());
+    let cfg =
+        ax_netstack::config::Config::parse(&toml::to_string(&t).unwrap(), "fragment").unwrap();
+    assert_eq!(cfg.secrets[0].placeholder, "ph-0123456789");
+    assert_eq!(cfg.secrets[0].hosts, ["api.example.com"]);
+    assert!(cfg.secrets[0].body);
+    assert_eq!(cfg.policy.default, ax_netstack::config::Action::Deny);
+    assert_eq!(cfg.policy.rules[0].host, "*.example.com");
+    assert_eq!(cfg.policy.rules[0].ports, [443]);
+    assert_eq!(
+        cfg.policy.rules[0].action,
+        ax_netstack::config::Action::Intercept
+    );
+}
