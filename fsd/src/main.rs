@@ -69,9 +69,13 @@ struct Args {
     /// Change journal file (JSON lines, docs/fsd.md); none when absent.
     #[arg(long)]
     journal: Option<PathBuf>,
-    /// Number of request queues.
+    /// Number of request queues (1..=63), one worker thread each.
     #[arg(long, default_value_t = 1)]
     queues: usize,
+    /// Keep polling a request queue this many microseconds after it runs dry before sleeping
+    /// (default 0: never; it only pays off with a core to spare, docs/fsd.md).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    poll_us: u64,
     /// How long the guest may cache names and attributes, in seconds.
     #[arg(long, default_value_t = 1.0)]
     cache_timeout: f64,
@@ -253,6 +257,7 @@ fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
         FsConfig {
             tag: args.tag,
             num_request_queues: args.queues,
+            poll: Duration::from_micros(args.poll_us.min(1_000_000)),
         },
     )
 }

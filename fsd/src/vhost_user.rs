@@ -12,7 +12,9 @@
 use std::io;
 use std::mem::size_of;
 use std::path::Path;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use log::{debug, warn};
@@ -49,8 +51,13 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 pub struct FsConfig {
     /// Mount tag the guest uses (`mount -t virtiofs TAG /mnt`), at most 36 bytes.
     pub tag: String,
-    /// Number of request queues (≥ 1); the hiprio queue comes on top.
+    /// Number of request queues (1..=63); the hiprio queue comes on top. Each request queue
+    /// gets its own worker thread (the first one shares it with the hiprio queue).
     pub num_request_queues: usize,
+    /// After a request queue runs dry, keep polling its available ring this long before
+    /// sleeping on the kick eventfd (zero: never poll). Back-to-back requests then skip the
+    /// wakeup; costs up to this much CPU time per burst.
+    pub poll: Duration,
 }
 
 impl Default for FsConfig {
@@ -58,6 +65,7 @@ impl Default for FsConfig {
         Self {
             tag: "workspace".into(),
             num_request_queues: 1,
+            poll: Duration::ZERO,
         }
     }
 }
@@ -80,8 +88,11 @@ impl<F: FileSystem> FsBackend<F> {
                 cfg.tag
             ));
         }
-        if cfg.num_request_queues == 0 {
-            return Err(anyhow!("need at least one request queue"));
+        if !(1..=63).contains(&cfg.num_request_queues) {
+            return Err(anyhow!(
+                "--queues must be 1..=63 (got {}), e.g. --queues 1",
+                cfg.num_request_queues
+            ));
         }
         Ok(Self {
             server,
@@ -101,7 +112,7 @@ impl<F: FileSystem> FsBackend<F> {
     }
 
     /// Handles every available chain of one queue, then signals the used ring.
-    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+    fn process_queue(&self, vring: &VringRwLock, poll: bool) -> io::Result<()> {
         let Some(atomic) = self.mem.read().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Ok(());
         };
@@ -135,10 +146,44 @@ impl<F: FileSystem> FsBackend<F> {
                 vring.signal_used_queue()?;
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                if poll && self.poll_for_work(vring, &mem) {
+                    continue;
+                }
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Spins up to `cfg.poll` watching the available ring; `true` as soon as the driver added a
+    /// chain we have not taken yet.
+    fn poll_for_work(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+        if self.cfg.poll.is_zero() {
+            return false;
+        }
+        let deadline = Instant::now() + self.cfg.poll;
+        let mut spins = 0u32;
+        loop {
+            {
+                let st = vring.get_ref();
+                let q = st.get_queue();
+                if !q.ready() {
+                    return false;
+                }
+                match q.avail_idx(mem, AtomicOrdering::Acquire) {
+                    Ok(idx) if idx.0 != q.next_avail() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 4 == 0 && Instant::now() >= deadline {
+                return false;
+            }
+            // Give the core away between looks: the driver's thread may be waiting for it
+            // (the scheduler tends to wake us on the waker's core).
+            std::thread::yield_now();
+        }
     }
 
     /// One FUSE request: returns the number of bytes written to the writable part. READ data
@@ -232,6 +277,14 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
         QUEUE_SIZE
     }
 
+    /// Worker threads: the first serves the hiprio queue and request queue 1, each further
+    /// request queue has its own (bit masks of queue indexes).
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let mut v = vec![0b11u64];
+        v.extend((2..=self.cfg.num_request_queues).map(|q| 1u64 << q));
+        v
+    }
+
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -268,13 +321,15 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             warn!("virtio-fs: unexpected event set {evset:?}");
         }
         match vrings.get(device_event as usize) {
-            Some(v) => self.process_queue(v),
+            // `device_event` indexes this thread's queues: thread 0's first is hiprio (no
+            // polling for FORGETs).
+            Some(v) => self.process_queue(v, thread_id != 0 || device_event != 0),
             None => {
                 warn!("virtio-fs: event for unknown queue {device_event}");
                 Ok(())
@@ -349,6 +404,7 @@ mod tests {
             FsConfig {
                 tag: "workspace".into(),
                 num_request_queues: 2,
+                poll: Duration::ZERO,
             },
         )
         .unwrap();
@@ -357,13 +413,19 @@ mod tests {
         assert!(c[9..36].iter().all(|&x| x == 0));
         assert_eq!(&c[36..], &2u32.to_le_bytes());
         assert_eq!(b.num_queues(), 3);
+        assert_eq!(
+            b.queues_per_thread(),
+            [0b011, 0b100],
+            "hiprio + q1, then q2 alone"
+        );
         assert!(b.get_config(38, 4).is_empty());
         assert!(b.get_config(u32::MAX, u32::MAX).is_empty());
         assert!(FsBackend::new(
             Arc::new(Server::new(Nothing)),
             FsConfig {
                 tag: "x".repeat(37),
-                num_request_queues: 1
+                num_request_queues: 1,
+                poll: Duration::ZERO,
             }
         )
         .is_err());

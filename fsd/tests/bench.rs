@@ -5,6 +5,7 @@
 //! ```text
 //! cargo test -p ax-fsd --release --test bench -- --ignored --nocapture
 //! AX_BENCH_VIRTIOFSD=/path/to/virtiofsd AX_BENCH_ITERS=2000 (optional)
+//! AX_BENCH_FSD_ARGS="--poll-us 0" (optional: extra ax-fsd flags, space-separated)
 //! ```
 
 mod common;
@@ -59,6 +60,15 @@ fn build(root: &Path) -> (PathBuf, String) {
     git(&repo, &["gc", "-q"]);
     let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
     (repo, tree)
+}
+
+/// Extra ax-fsd flags from `AX_BENCH_FSD_ARGS`.
+fn extra_args() -> Vec<OsString> {
+    std::env::var("AX_BENCH_FSD_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(OsString::from)
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -178,18 +188,21 @@ fn fuse_latency_vs_virtiofsd() {
         .unwrap();
     assert!(st.success());
     std::fs::remove_dir_all(lower.join(".git")).unwrap();
-    let h = Harness::spawn(&w, &lower, &w.join("upper"), None);
+    let mut args: Vec<OsString> = vec!["--lower".into(), lower.clone().into()];
+    args.extend(extra_args());
+    let h = Harness::spawn_lower(&w, &args, &w.join("upper"), None);
     results.push(("ax-fsd --lower".into(), run(h, iters)));
 
     // ax-fsd, git lower.
     let w = work.path().join("git");
     std::fs::create_dir_all(w.join("upper")).unwrap();
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "--lower-git".into(),
         repo.join(".git").into(),
         "--tree".into(),
         tree.into(),
     ];
+    args.extend(extra_args());
     let h = Harness::spawn_lower(&w, &args, &w.join("upper"), None);
     results.push(("ax-fsd --lower-git".into(), run(h, iters)));
 
