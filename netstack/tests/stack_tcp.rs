@@ -291,3 +291,42 @@ async fn proxy_refusing_connect_is_rst() {
         "RST when the proxy refuses CONNECT"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_of_a_connection_in_time_wait_can_be_reused_at_once() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                s.write_all(b"hi").await.unwrap();
+                s.shutdown().await.unwrap(); // the upstream closes first: the stack ends in TIME-WAIT
+                let _ = s.read_to_end(&mut Vec::new()).await;
+            });
+        }
+    });
+    let (_ns, gp) = start(&format!(
+        "[[route]]\nhost = \"tw.test\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("tw.test").await;
+    for round in 0..2 {
+        let h = g.connect(ip, 80, 40400); // the same ports both times
+        assert!(established(&mut g, h).await, "round {round}: established");
+        assert!(
+            g.until(10, |g| {
+                let s = g.tcp(h);
+                while s.can_recv() {
+                    s.recv(|b| (b.len(), ())).unwrap();
+                }
+                s.state() == State::CloseWait
+            })
+            .await,
+            "round {round}: upstream FIN"
+        );
+        g.tcp(h).close();
+        assert!(g.until(10, |g| g.tcp(h).state() == State::Closed).await);
+        g.sockets.remove(h);
+    }
+}

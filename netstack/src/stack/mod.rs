@@ -44,6 +44,12 @@ pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x61, 0x78, 0x00, 0x00, 0x01];
 /// scale of 2 (RFC 7323 §2) and keeps a fast upstream from stalling on ACK round trips.
 pub const TCP_BUFFER: usize = 256 * 1024;
 
+/// Guest frames waiting for the poll loop; more are dropped.
+const INBOX_CAP: usize = 4096;
+
+/// Held SYNs at once (connects in flight); more are dropped (the guest retransmits).
+const PENDING_CAP: usize = 1024;
+
 /// How long a connection whose stream was dropped may linger in FIN-WAIT/LAST-ACK before the
 /// stack aborts it (Linux `tcp_fin_timeout` is 60 s).
 const ORPHAN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -193,7 +199,13 @@ impl GuestPort {
     /// Takes one Ethernet frame the guest sent (virtio-net TX, without `virtio_net_hdr`).
     /// Never blocks on the stack; the poll loop picks it up.
     pub fn send(&self, frame: Vec<u8>) {
-        self.shared.inbox.lock().unwrap().push_back(frame);
+        {
+            let mut inbox = self.shared.inbox.lock().unwrap();
+            if inbox.len() >= INBOX_CAP {
+                return; // like a NIC with a full ring: dropped, TCP retransmits
+            }
+            inbox.push_back(frame);
+        }
         self.shared.notify.notify_one();
     }
 
@@ -233,14 +245,17 @@ async fn run(shared: Arc<Shared>) {
             let mut st = shared.state.lock().unwrap();
             let mut syns = Vec::new();
             for f in frames {
-                let class = {
-                    let keys = &st.keys;
-                    frame::classify(&f, shared.gateway, |k| keys.contains_key(k))
-                };
+                let class = frame::classify(&f, shared.gateway, |k| st.is_live(k));
                 match class {
                     Class::Pass => st.dev.rx.push_back(f),
                     Class::Syn(syn) => {
-                        if st.pending.insert(syn.key) {
+                        // A new connection reusing the ports of one in TIME-WAIT (or closed)
+                        // whose stream is gone: forget the old one.
+                        if let Some(h) = st.keys.remove(&syn.key) {
+                            st.slots.remove(&h);
+                            st.sockets.remove(h);
+                        }
+                        if st.pending.len() < PENDING_CAP && st.pending.insert(syn.key) {
                             syns.push(syn);
                         }
                     }
@@ -308,6 +323,19 @@ impl State {
             self.keys.remove(&slot.key);
             self.sockets.remove(h);
         }
+    }
+
+    /// Does `key` have a socket that still carries its connection? (A socket in TIME-WAIT
+    /// or closed whose stream was dropped does not: a new SYN replaces it.)
+    fn is_live(&self, key: &FlowKey) -> bool {
+        let Some(h) = self.keys.get(key) else {
+            return false;
+        };
+        let done = matches!(
+            self.sockets.get::<stcp::Socket>(*h).state(),
+            stcp::State::TimeWait | stcp::State::Closed
+        );
+        !done || self.slots.get(h).is_some_and(|s| s.alive)
     }
 
     fn dns_queries(&mut self) -> Vec<(Vec<u8>, IpEndpoint)> {
