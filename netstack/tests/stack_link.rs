@@ -65,6 +65,10 @@ async fn arp_answers_for_the_gateway_only() {
 }
 
 fn echo_request(dst: Ipv4Addr, ident: u16) -> Vec<u8> {
+    echo_request_from(GUEST_IP, dst, ident)
+}
+
+fn echo_request_from(src: Ipv4Addr, dst: Ipv4Addr, ident: u16) -> Vec<u8> {
     let data = b"ax-ping";
     let icmp = Icmpv4Repr::EchoRequest {
         ident,
@@ -76,7 +80,7 @@ fn echo_request(dst: Ipv4Addr, ident: u16) -> Vec<u8> {
         &mut Icmpv4Packet::new_unchecked(&mut b[..]),
         &smoltcp::phy::ChecksumCapabilities::default(),
     );
-    ipv4_frame(dst, IpProtocol::Icmp, &b)
+    ipv4_frame_from(src, dst, IpProtocol::Icmp, &b)
 }
 
 fn is_echo_reply(f: &[u8], ident: u16) -> bool {
@@ -106,9 +110,15 @@ async fn ping_gateway_answered_other_ping_and_udp_dropped() {
     port.send(udp_frame(GW_IP, 40001, 123, b"ntp"));
     port.send(echo_request(Ipv4Addr::new(93, 184, 216, 34), 7));
     port.send(echo_request(GW_IP, 9));
+    // A spoofed source address gets nothing.
+    port.send(echo_request_from(Ipv4Addr::new(100, 96, 0, 3), GW_IP, 11));
     let frames = collect(&port, 400).await;
     let replies: Vec<_> = frames.iter().filter(|f| is_echo_reply(f, 9)).collect();
     assert_eq!(replies.len(), 1, "one echo reply from the gateway");
+    assert!(
+        !frames.iter().any(|f| is_echo_reply(f, 11)),
+        "spoofed ping must not be answered"
+    );
     assert!(
         !frames.iter().any(|f| is_echo_reply(f, 7)),
         "remote ping must not be answered"

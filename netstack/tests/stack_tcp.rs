@@ -330,3 +330,65 @@ async fn ports_of_a_connection_in_time_wait_can_be_reused_at_once() {
         g.sockets.remove(h);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_parallel_connections_to_one_destination_keep_their_own_bytes() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let (_ns, gp) = start(&format!(
+        "[[route]]\nhost = \"many.test\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("many.test").await;
+    // All SYNs leave in one burst: the stack holds 24 connects to the same destination at once.
+    let n = 24u16;
+    let hs: Vec<_> = (0..n).map(|i| g.connect(ip, 443, 42000 + i)).collect();
+    let payload = |i: usize| format!("connection {i} ").repeat(2000).into_bytes();
+    let mut sent = vec![0usize; n as usize];
+    let mut got = vec![Vec::new(); n as usize];
+    let ok = g
+        .until(60, |g| {
+            let mut done = true;
+            for (i, h) in hs.iter().enumerate() {
+                let p = payload(i);
+                let s = g.tcp(*h);
+                if s.can_send() && sent[i] < p.len() {
+                    sent[i] += s.send_slice(&p[sent[i]..]).unwrap();
+                    if sent[i] == p.len() {
+                        s.close();
+                    }
+                }
+                while s.can_recv() {
+                    s.recv(|b| {
+                        got[i].extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+                }
+                done &= got[i].len() == p.len();
+            }
+            done
+        })
+        .await;
+    assert!(
+        ok,
+        "not all echoes complete: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (i, b) in got.iter().enumerate() {
+        assert!(
+            *b == payload(i),
+            "connection {i} got another connection's bytes"
+        );
+    }
+}

@@ -40,9 +40,15 @@ pub enum Class {
     Drop(&'static str),
 }
 
-/// Classifies `frame` (Ethernet II, no virtio-net header). `is_known(key)` says whether a
-/// TCP flow with that key already has a smoltcp socket (its SYNs go to smoltcp).
-pub fn classify(frame: &[u8], gateway: Ipv4Addr, is_known: impl Fn(&FlowKey) -> bool) -> Class {
+/// Classifies `frame` (Ethernet II, no virtio-net header) from the guest at `guest`.
+/// `is_known(key)` says whether a TCP flow with that key already has a smoltcp socket (its
+/// SYNs go to smoltcp). IPv4 from any other source address is dropped (no spoofing).
+pub fn classify(
+    frame: &[u8],
+    guest: Ipv4Addr,
+    gateway: Ipv4Addr,
+    is_known: impl Fn(&FlowKey) -> bool,
+) -> Class {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Class::Drop("short ethernet frame");
     };
@@ -59,13 +65,14 @@ pub fn classify(frame: &[u8], gateway: Ipv4Addr, is_known: impl Fn(&FlowKey) -> 
             }
             Class::Pass
         }
-        EthernetProtocol::Ipv4 => classify_ipv4(&eth, gateway, is_known),
+        EthernetProtocol::Ipv4 => classify_ipv4(&eth, guest, gateway, is_known),
         _ => Class::Drop("not ipv4 or arp"),
     }
 }
 
 fn classify_ipv4(
     eth: &EthernetFrame<&[u8]>,
+    guest: Ipv4Addr,
     gateway: Ipv4Addr,
     is_known: impl Fn(&FlowKey) -> bool,
 ) -> Class {
@@ -76,6 +83,9 @@ fn classify_ipv4(
         return Class::Drop("ipv4 fragment");
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if src != guest {
+        return Class::Drop("source address is not the guest's");
+    }
     match ip.next_header() {
         IpProtocol::Icmp if dst == gateway => Class::Pass,
         IpProtocol::Icmp => Class::Drop("icmp beyond the gateway"),

@@ -77,6 +77,7 @@ pub(crate) struct Shared {
     outbox: Arc<Outbox>,
     pub(crate) mac: EthernetAddress,
     pub(crate) gateway: Ipv4Addr,
+    guest: Ipv4Addr,
     pub(crate) names: dns::Names,
     rt: tokio::runtime::Handle,
     stop: AtomicBool,
@@ -163,6 +164,7 @@ impl Netstack {
             outbox,
             mac,
             gateway: net.gateway,
+            guest: net.guest,
             rt: rt.handle().clone(),
             stop: AtomicBool::new(false),
         });
@@ -245,7 +247,7 @@ async fn run(shared: Arc<Shared>) {
             let mut st = shared.state.lock().unwrap();
             let mut syns = Vec::new();
             for f in frames {
-                let class = frame::classify(&f, shared.gateway, |k| st.is_live(k));
+                let class = frame::classify(&f, shared.guest, shared.gateway, |k| st.is_live(k));
                 match class {
                     Class::Pass => st.dev.rx.push_back(f),
                     Class::Syn(syn) => {

@@ -230,8 +230,13 @@ pub fn answers_a(resp: &[u8]) -> Vec<Ipv4Addr> {
 
 /// An Ethernet frame from the guest carrying `ip_payload` with the given protocol.
 pub fn ipv4_frame(dst: Ipv4Addr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
+    ipv4_frame_from(GUEST_IP, dst, proto, payload)
+}
+
+/// Like [`ipv4_frame`] with another source address.
+pub fn ipv4_frame_from(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
     let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
+        src_addr: src,
         dst_addr: dst,
         next_header: proto,
         payload_len: payload.len(),
