@@ -257,4 +257,42 @@ mod tests {
         assert!(s.contains("npm ping") && s.contains("--no-agents"), "{s}");
         assert_eq!(crate::error::exit_code(&e), 1);
     }
+
+    /// The real npm against a registry that refuses connections (a closed loopback port).
+    #[test]
+    fn real_npm_with_an_unreachable_registry() {
+        let Some(real) = crate::image::tools::find("npm") else {
+            eprintln!("SKIP: real_npm_with_an_unreachable_registry: npm not installed (apt-get install npm)");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let npm = fake_npm(
+            d.path(),
+            &format!(
+                "exec {} \"$@\" --registry=http://127.0.0.1:{port}/ --fetch-retries=0",
+                real.display()
+            ),
+        );
+        let pkg = pkg_for(b"never fetched");
+        let e = ensure(
+            &d.path().join("npm"),
+            &pkg,
+            &mut || Ok(npm.clone()),
+            &d.path().join("log"),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("cannot download x@1.0.0 with `npm pack` (npm error code ECONNREFUSED)"),
+            "{s}"
+        );
+        assert_eq!(crate::error::exit_code(&e), 1);
+    }
 }
