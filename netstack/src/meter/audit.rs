@@ -7,7 +7,7 @@ use super::ledger::{ConnRow, Ledger, RequestRow};
 use super::now_ms;
 use crate::config::Config;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// A guest TCP connection, recorded at close (or when denied).
 #[derive(Debug, Clone)]
@@ -98,7 +98,11 @@ impl Audit {
             row.bytes_down
         );
         if let Some(l) = &self.ledger {
-            if let Err(e) = l.lock().unwrap().insert_connection(&row) {
+            if let Err(e) = l
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert_connection(&row)
+            {
                 log::error!("audit: ledger write failed: {e:#}");
             }
         }
@@ -134,7 +138,11 @@ impl Audit {
                 .unwrap_or_default()
         );
         if let Some(l) = &self.ledger {
-            if let Err(e) = l.lock().unwrap().insert_request(&row) {
+            if let Err(e) = l
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert_request(&row)
+            {
                 log::error!("audit: ledger write failed: {e:#}");
             }
         }

@@ -6,7 +6,7 @@ use super::prices::PriceTable;
 use super::usage::{Parser, Usage};
 use super::{now_ms, Provider};
 use crate::config::Config;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// How a metered call ended (the ledger's `outcome` column).
@@ -117,7 +117,7 @@ impl Meter {
     /// completes and is counted).
     pub fn check_cap(&self) -> Result<(), CapExceeded> {
         let s = &self.shared;
-        let t = *s.totals.lock().unwrap();
+        let t = *s.totals.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cap) = s.max_usd {
             let spent = t.micro_usd as f64 / 1e6;
             // Compared in micro-dollars so that $5.00 spent of a $5.00 cap counts as reached.
@@ -167,7 +167,11 @@ impl Meter {
 
     /// The agent's spend so far: (micro-dollars, tokens).
     pub fn totals(&self) -> (i64, u64) {
-        let t = *self.shared.totals.lock().unwrap();
+        let t = *self
+            .shared
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         (t.micro_usd, t.tokens)
     }
 }
@@ -259,7 +263,11 @@ impl CallMeter {
             );
         }
         {
-            let mut t = self.shared.totals.lock().unwrap();
+            let mut t = self
+                .shared
+                .totals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             t.micro_usd += cost;
             t.tokens += usage.total();
         }
@@ -304,7 +312,12 @@ impl CallMeter {
             row.total_ms
         );
         if let Some(ledger) = &self.shared.ledger {
-            let write = || ledger.lock().unwrap().insert_call(&row);
+            let write = || {
+                ledger
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert_call(&row)
+            };
             // The commit waits for an fsync: on a multi-threaded tokio runtime, let the other
             // tasks of this worker move elsewhere meanwhile.
             let res = match tokio::runtime::Handle::try_current() {
