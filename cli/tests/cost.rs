@@ -134,16 +134,16 @@ fn cost_tables_and_json_from_a_meter_written_ledger() {
     );
     assert_eq!(
         cols(lines[1]),
-        ["a1", "2", "2000", "3000", "0", "0", "$0.04"]
+        ["a1", "2", "2000", "3000", "0", "0", "$0.0390"]
     );
     // a2 has an unpriced call: marked with *.
     assert_eq!(
         cols(lines[2]),
-        ["a2", "*", "2", "2010", "4010", "0", "0", "$0.02"]
+        ["a2", "*", "2", "2010", "4010", "0", "0", "$0.0220"]
     );
     assert_eq!(
         cols(lines[3]),
-        ["TOTAL", "*", "4", "4010", "7010", "0", "0", "$0.06"]
+        ["TOTAL", "*", "4", "4010", "7010", "0", "0", "$0.0610"]
     );
 
     let v: Value =
@@ -260,7 +260,7 @@ fn cost_without_a_ledger_is_an_empty_table() {
             .unwrap()
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["TOTAL", "0", "0", "0", "0", "0", "$0.00"]
+        ["TOTAL", "0", "0", "0", "0", "0", "$0.0000"]
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("no ledger"));
 }

@@ -119,14 +119,9 @@ pub fn summarize(rows: &[CallRow], by: By) -> (Vec<(String, Sums)>, Sums) {
     (groups.into_iter().collect(), total)
 }
 
+/// USD with 4 decimals (single calls cost fractions of a cent; one format for the column).
 fn usd(micro: i64) -> String {
-    // Cents for people; sub-cent amounts keep 4 decimals so small calls do not read $0.00.
-    let v = micro as f64 / 1e6;
-    if micro != 0 && micro.abs() < 10_000 {
-        format!("${v:.4}")
-    } else {
-        format!("${v:.2}")
-    }
+    format!("${:.4}", micro as f64 / 1e6)
 }
 
 /// Runs `axctl cost`.
