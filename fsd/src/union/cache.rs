@@ -115,6 +115,7 @@ mod tests {
             lower_exists: false,
             // SAFETY: stat64 is plain data; all-zero is a valid value.
             st: unsafe { std::mem::zeroed() },
+            lower_list: Default::default(),
         })
     }
 

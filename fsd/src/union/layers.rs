@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::cache::ResolveCache;
 use super::lower::{Lower, LowerFile, LowerNode};
@@ -81,6 +81,9 @@ pub struct Layered {
     /// Attributes of the top-most node when resolved: the file type is always right, the rest
     /// only for a lower-only node (use [`Layers::attr`] for current attributes).
     pub st: libc::stat64,
+    /// The visible lower directory's names with their `DT_*` types, read once: the lower
+    /// layer never changes.
+    pub lower_list: OnceLock<Arc<Vec<(Vec<u8>, u32)>>>,
 }
 
 impl Layered {
@@ -189,6 +192,7 @@ impl Layers {
             lower,
             lower_exists: false,
             st,
+            lower_list: OnceLock::new(),
         })
     }
 
@@ -235,6 +239,7 @@ impl Layers {
             lower: l,
             lower_exists,
             st,
+            lower_list: OnceLock::new(),
         })
     }
 
@@ -282,11 +287,19 @@ impl Layers {
             }
         }
         if let Some(l) = &dir.lower {
-            for (name, t) in self.lower.list(l)? {
-                if seen.contains(&name) {
+            let list = match dir.lower_list.get() {
+                Some(v) => v.clone(),
+                None => {
+                    let v = Arc::new(self.lower.list(l)?);
+                    let _ = dir.lower_list.set(v.clone());
+                    v
+                }
+            };
+            for (name, t) in list.iter() {
+                if seen.contains(name) {
                     continue;
                 }
-                out.push((name, t));
+                out.push((name.clone(), *t));
             }
         }
         Ok(out)

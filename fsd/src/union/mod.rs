@@ -880,10 +880,19 @@ impl FileSystem for UnionFs {
             .cloned()
             .ok_or_else(|| err(libc::EBADF))?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        // Hand out about what one reply can hold (the server stops packing when it is full,
+        // and the guest asks again from the last offset): up to 128 KiB of plain dirents.
+        let mut bytes = 0;
         Ok(list
             .get(start..)
-            .map(<[DirEntry]>::to_vec)
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .iter()
+            .take_while(|d| {
+                bytes += crate::fuse::abi::dirent_size(d.name.len());
+                bytes <= 128 << 10
+            })
+            .cloned()
+            .collect())
     }
 
     fn releasedir(&self, _ctx: Context, _ino: u64, fh: u64) -> io::Result<()> {
