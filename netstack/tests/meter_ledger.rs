@@ -280,3 +280,65 @@ fn a_dropped_call_is_recorded_as_aborted_and_finish_works_inside_tokio() {
     assert_eq!((rows[0].input_tokens, rows[0].output_tokens), (7, 3));
     assert_eq!(meter.totals().1, 10 + 5 * 10);
 }
+
+/// Child side of `two_processes_write_one_ledger` (run by it through the test binary).
+#[test]
+#[ignore]
+fn child_writer() {
+    let (Some(db), Some(agent)) = (
+        std::env::var_os("AX_METER_CHILD_DB"),
+        std::env::var("AX_METER_CHILD_AGENT").ok(),
+    ) else {
+        eprintln!("SKIP: child_writer only runs under two_processes_write_one_ledger");
+        return;
+    };
+    let cfg = config(&agent, Path::new(&db));
+    let meter = Meter::open(&cfg).unwrap();
+    let audit = Audit::open(&cfg).unwrap();
+    for i in 0..30 {
+        haiku_call(&meter, 1000 + i);
+        audit.request(RequestRecord {
+            flow_id: i,
+            host: "api.anthropic.com".into(),
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            status: 200,
+            bytes_up: 1,
+            bytes_down: 2,
+            blocked: None,
+        });
+    }
+}
+
+#[test]
+fn two_processes_write_one_ledger() {
+    // SQLite's file locks are per process: threads in one process do not exercise them, so
+    // two child processes (this test binary, running child_writer) write at the same time.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = ["p1", "p2"]
+        .iter()
+        .map(|agent| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_writer", "--ignored", "--test-threads=1"])
+                .env("AX_METER_CHILD_DB", &db)
+                .env("AX_METER_CHILD_AGENT", agent)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a writer process failed");
+    }
+    let l = Ledger::open_read(&db).unwrap().unwrap();
+    let tokens: u64 = (0..30).map(|i| 1000 + i).sum();
+    for agent in ["p1", "p2"] {
+        assert_eq!(
+            l.agent_totals(agent).unwrap(),
+            ((tokens * 5) as i64, tokens)
+        );
+        assert_eq!(l.requests(agent).unwrap().len(), 30);
+    }
+}
