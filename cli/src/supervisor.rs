@@ -1,8 +1,9 @@
 //! The supervisor: one detached process per agent that owns its VM from boot to teardown.
 //!
 //! `axctl run` starts it as `axctl __supervise <name> [--attached]` in a new session. It
-//! starts the vsock backend, spawns the VMM, waits for agentd, starts the agent (EXEC, role
-//! primary), writes its output to `output.log` (and, when `--attached`, also to its inherited
+//! starts the vsock backend, ax-fsd (repository runs) and ax-netstack (unless `--no-net`;
+//! config piped on stdin), spawns the VMM, waits for agentd, hands the guest the agent's CA
+//! and the secrets' placeholders (SETUP), starts the agent (EXEC, role primary), writes its output to `output.log` (and, when `--attached`, also to its inherited
 //! stdout/stderr, forwarding its stdin), records the exit, shuts the VM down, and keeps
 //! `state.json` true at every step: a VM that dies is `failed` with the reason, never
 //! `running`.
@@ -12,10 +13,10 @@
 //! mirroring output to the inherited descriptors (the `--wait` client went away).
 
 use crate::client;
-use crate::driver::{self, axvmm, qemu, VmSpec};
+use crate::driver::{self, axvmm, netstack, qemu, NetDevice, VmSpec};
 use crate::image;
 use crate::state::{self, now_ms, AgentState, Status};
-use agentd::proto::{self, Exec, Frame, Role, Shutdown, WinSize};
+use agentd::proto::{self, Exec, Frame, Role, Setup, Shutdown, WinSize};
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{SigSet, Signal as NixSignal};
 use std::collections::BTreeMap;
@@ -59,6 +60,8 @@ enum Event {
     VmExited(ExitStatus),
     /// An ax-fsd process (its share's tag) ended.
     FsdExited(String, ExitStatus),
+    /// The ax-netstack process ended.
+    NetstackExited(ExitStatus),
     Signal(NixSignal),
     Timeout,
 }
@@ -121,6 +124,7 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
     for tag in [driver::WORKSPACE_TAG, driver::OBJECTS_TAG] {
         let _ = std::fs::remove_file(dir.join(format!("{tag}.sock")));
     }
+    let _ = std::fs::remove_file(dir.join("net.sock"));
     // Whatever happened to the VM, the agent's finished writes are in the upper layer.
     sup.build_branch();
     log.line(format!("done: {}", sup.st.status_label()));
@@ -167,13 +171,18 @@ impl Supervisor {
             Some(repo) => self.start_fsd(&repo, &tx)?,
             None => Vec::new(),
         };
+        let net = self.start_netstack(&tx)?;
         let spec = VmSpec {
             // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
             initrd: img.initrd.clone(),
             rootfs: img.rootfs.clone(),
-            cmdline: driver::kernel_cmdline(&self.st.name, accel, !fs_shares.is_empty())
-                + &driver::agents_param(img.agents.is_some()),
+            cmdline: driver::kernel_cmdline(
+                &self.st.name,
+                accel,
+                !fs_shares.is_empty(),
+                net.as_ref().map(|n| n.cmdline.as_str()),
+            ) + &driver::agents_param(img.agents.is_some()),
             cpus: self.st.cpus,
             memory_mib: self.st.memory_mib,
             console_log: self.dir.join("console.log"),
@@ -181,6 +190,10 @@ impl Supervisor {
             accel,
             fs_shares,
             agents: img.agents.clone(),
+            net: net.as_ref().map(|n| NetDevice {
+                socket: n.socket.clone(),
+                mac: netstack::GUEST_MAC.to_string(),
+            }),
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
         let mut cmd = match self.st.vmm.as_str() {
@@ -243,6 +256,13 @@ impl Supervisor {
             "agentd {} ready: kernel {}, guest uptime {} ms",
             hello.agentd_version, hello.guest.kernel_release, hello.guest.uptime_ms
         ));
+        let conn = match net {
+            Some(n) => {
+                self.setup_guest(conn, n)?;
+                client::connect(&self.dir)?.0
+            }
+            None => conn,
+        };
         self.run_agent(conn, tx, rx, vm_status)
     }
 
@@ -413,6 +433,20 @@ impl Supervisor {
                     self.finish(Status::Failed, None, Some(reason));
                     return Ok(());
                 }
+                Event::NetstackExited(s) => {
+                    // The guest's network is gone: every connection would hang or fail.
+                    let reason = format!(
+                        "ax-netstack ended while the agent was running ({s}){}; see netstack.log",
+                        last_line(&self.dir.join("netstack.log"))
+                            .map(|l| format!(": {l}"))
+                            .unwrap_or_default()
+                    );
+                    self.log.line(&reason);
+                    self.kill_vm();
+                    let _ = wait_vm(&vm_status, &rx, Duration::from_secs(5));
+                    self.finish(Status::Failed, None, Some(reason));
+                    return Ok(());
+                }
                 Event::VmExited(s) => {
                     let reason = vm_death_reason(&self.dir, s, "while the agent was running");
                     self.log.line(&reason);
@@ -566,6 +600,114 @@ impl Supervisor {
         Ok(sock)
     }
 
+    /// Starts ax-netstack for this agent unless it runs without a network (`net.json`): the
+    /// config (with the secrets' values) goes to its stdin, never to disk; its socket is
+    /// `net.sock` (vhost-user for ax-vmm, a netdev stream for QEMU), its log `netstack.log`,
+    /// the agent's CA certificate `ca.pem`.
+    fn start_netstack(&self, tx: &Sender<Event>) -> Result<Option<NetUp>> {
+        let choice = netstack::NetChoice::load(&self.dir)?;
+        if !choice.enabled {
+            self.log.line("no network (--no-net)");
+            return Ok(None);
+        }
+        let fragment = match &choice.config_file {
+            Some(p) => Some(netstack::load_fragment(p)?),
+            None => None,
+        };
+        let ledger = crate::paths::ledger_path();
+        let (text, cfg, env) = netstack::build_config(
+            &self.st.name,
+            &ledger,
+            fragment,
+            ax_netstack::secrets::placeholder_for,
+        )?;
+        let sock = self.dir.join("net.sock");
+        let ca = self.dir.join("ca.pem");
+        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(&ca);
+        let bin = netstack::find_binary()?;
+        let log = File::create(self.dir.join("netstack.log"))?;
+        let mut cmd = Command::new(bin);
+        // ax-vmm speaks vhost-user; QEMU gets a netdev stream (netstack/src/stream.rs).
+        cmd.arg(if self.st.vmm == "ax" {
+            "--socket"
+        } else {
+            "--stream"
+        })
+        .arg(&sock)
+        .arg("--config")
+        .arg("-")
+        .arg("--ca-out")
+        .arg(&ca)
+        .arg("--mac")
+        .arg(netstack::GUEST_MAC)
+        // ax-vmm reads MAC and MTU from the backend; QEMU fills them itself.
+        .args((self.st.vmm == "ax").then_some("--config-space"))
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        die_with_supervisor(&mut cmd);
+        self.log.line(format!(
+            "spawning {cmd:?} ({} routes, {} secrets: {})",
+            cfg.routes.len(),
+            cfg.secrets.len(),
+            env.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        let mut child = cmd.spawn().context("starting ax-netstack")?;
+        {
+            let mut stdin = child.stdin.take().context("ax-netstack stdin")?;
+            // A netstack that exits at once (bad config) closes the pipe: its log says why.
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!(
+                    "ax-netstack exited at start ({st}){}; see netstack.log",
+                    last_line(&self.dir.join("netstack.log"))
+                        .map(|l| format!(": {l}"))
+                        .unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("ax-netstack did not listen within 10 s; see netstack.log");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ca_pem = std::fs::read_to_string(&ca).context("reading the agent's CA (ca.pem)")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::NetstackExited(status));
+            }
+        });
+        Ok(Some(NetUp {
+            socket: sock,
+            cmdline: netstack::cmdline_value(&cfg),
+            ca_pem,
+            env,
+        }))
+    }
+
+    /// SETUP on `conn`: the agent's CA into the guest trust store, the placeholders into the
+    /// environment of every session (docs/protocol.md).
+    fn setup_guest(&self, mut conn: UnixStream, net: NetUp) -> Result<()> {
+        let setup = Setup {
+            ca_pem: (!net.ca_pem.trim().is_empty()).then_some(net.ca_pem),
+            env: net.env,
+        };
+        proto::write_frame(&mut conn, &Frame::Setup(setup))?;
+        match proto::read_frame(&mut conn).context("waiting for agentd to answer SETUP")? {
+            Frame::Ok => {
+                self.log
+                    .line("guest set up: CA installed, placeholders in the environment");
+                Ok(())
+            }
+            Frame::Error(e) => Err(anyhow!("agentd refused SETUP: {} ({})", e.message, e.code)),
+            other => Err(anyhow!("agentd answered SETUP with {:?}", other.kind())),
+        }
+    }
+
     /// Builds branch `ax/<name>` from the snapshot and the upper layer (the VM is down, so the
     /// upper layer is quiescent) and records the result.
     fn build_branch(&mut self) {
@@ -593,6 +735,27 @@ impl Supervisor {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), NixSignal::SIGKILL);
         }
     }
+}
+
+/// A running ax-netstack, as the VM and the guest need it.
+struct NetUp {
+    /// Its vhost-user socket.
+    socket: PathBuf,
+    /// The `ax.net=` value.
+    cmdline: String,
+    /// The agent's CA certificate (PEM); empty if the netstack has none.
+    ca_pem: String,
+    /// Secret name → placeholder, for the guest's environment.
+    env: BTreeMap<String, String>,
+}
+
+/// The last non-empty line of a log file.
+fn last_line(p: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(p).ok()?;
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
 }
 
 /// Waits up to `limit` for the VMM to exit (draining other events meanwhile).

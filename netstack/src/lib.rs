@@ -30,6 +30,7 @@ pub mod policy;
 pub mod proxy;
 pub mod secrets;
 pub mod stack;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 pub mod vhost_user;

@@ -1,13 +1,15 @@
 //! `ax-netstack`: the network of one agent (issue #5).
 //!
 //! ```text
-//! ax-netstack --socket PATH --config - [--ca-out FILE] [--print-ca] [--mac MAC]
+//! ax-netstack (--socket PATH | --stream PATH) --config - [--ca-out FILE] [--print-ca]
+//!             [--mac MAC] [--config-space]
 //! ```
 //! Reads the per-agent config (TOML, `config::Config`; it holds secret values, so the
 //! supervisor pipes it on stdin and it never touches the disk), generates the agent's CA,
 //! writes its certificate to `--ca-out` (the supervisor hands it to the guest), starts the
-//! stack, binds the vhost-user socket (its existence means "ready") and serves one vhost-user
-//! frontend (QEMU `-netdev vhost-user`, or ax-vmm) until it disconnects. Logs go to stderr
+//! stack, binds the socket (its existence means "ready") and serves one frontend until it
+//! disconnects: a vhost-user frontend on `--socket` (ax-vmm), or QEMU's `-netdev stream` on
+//! `--stream` (length-prefixed frames, `stream.rs`). Logs go to stderr
 //! (`AX_NETSTACK_LOG=error|warn|info|debug|trace`, default info). Exit status: 0 when the
 //! frontend disconnected, 1 on a runtime failure, 2 on a usage or config error (one line
 //! naming the origin, line and column).
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 use ax_netstack::config::Config;
 use ax_netstack::context::Context;
 use ax_netstack::stack::{GuestPort, Netstack};
+use ax_netstack::stream;
 use ax_netstack::vhost_user::{self, FramePort, NetConfig};
 use clap::Parser;
 
@@ -28,10 +31,15 @@ use clap::Parser;
 /// interception with a per-agent CA, secret substitution, LLM usage metering.
 #[derive(Parser, Debug)]
 #[command(name = "ax-netstack", version)]
+#[command(group(clap::ArgGroup::new("frontend").required(true).args(["socket", "stream"])))]
 struct Args {
-    /// vhost-user socket to listen on (QEMU: -chardev socket,id=net0,path=PATH).
-    #[arg(long)]
-    socket: PathBuf,
+    /// vhost-user-net socket to listen on (ax-vmm: [[vhost_user]] device_type = "net").
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Unix socket to listen on for QEMU's -netdev stream,server=off,addr.type=unix,addr.path=PATH
+    /// (frames with a 4-byte big-endian length prefix).
+    #[arg(long, value_name = "PATH")]
+    stream: Option<PathBuf>,
     /// The config (TOML, docs/network.md): `-` for stdin, or a file.
     #[arg(long, value_name = "FILE|-")]
     config: String,
@@ -44,6 +52,11 @@ struct Args {
     /// The guest's MAC address in the device's configuration space.
     #[arg(long, default_value = "52:54:00:12:34:56")]
     mac: String,
+    /// Serve the configuration space (MAC, MTU) over vhost-user (protocol features CONFIG
+    /// and MQ), for frontends that read it from the backend (ax-vmm). Not for QEMU 7.2, which
+    /// fills it itself and enables rings before acking the protocol features.
+    #[arg(long)]
+    config_space: bool,
 }
 
 /// The stack's guest port as the backend's [`FramePort`].
@@ -127,6 +140,7 @@ fn run(args: &Args, config: Config, mac: [u8; 6]) -> anyhow::Result<()> {
     let net = NetConfig {
         mac,
         mtu: config.network.mtu,
+        protocol_features: args.config_space,
     };
     let (guest, gateway, prefix) = (
         config.network.guest,
@@ -145,15 +159,26 @@ fn run(args: &Args, config: Config, mac: [u8; 6]) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
     }
     let (stack, port) = Netstack::start(ctx).context("cannot start the stack")?;
-    let listener = vhost_user::listen(&args.socket)?;
-    log::info!(
-        "agent {agent}: guest {guest}/{prefix}, gateway and DNS {gateway}, MTU {}; serving vhost-user-net on {}",
-        net.mtu,
-        args.socket.display()
+    let what = format!(
+        "agent {agent}: guest {guest}/{prefix}, gateway and DNS {gateway}, MTU {}",
+        net.mtu
     );
-    let stats = vhost_user::serve(listener, Port(port), net);
+    let (path, stats) = match (&args.socket, &args.stream) {
+        (Some(sock), _) => {
+            let listener = vhost_user::listen(sock)?;
+            log::info!("{what}; serving vhost-user-net on {}", sock.display());
+            (sock, vhost_user::serve(listener, Port(port), net))
+        }
+        (None, Some(path)) => {
+            let listener = stream::listen(path)?;
+            log::info!("{what}; serving a QEMU netdev stream on {}", path.display());
+            let stats = stream::serve(listener, Port(port)).map_err(anyhow::Error::from);
+            (path, stats)
+        }
+        (None, None) => unreachable!("clap requires --socket or --stream"),
+    };
     drop(stack);
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(path);
     let stats = stats?;
     log::info!(
         "frontend disconnected: {} frames from the guest ({} dropped), {} to the guest ({} dropped)",

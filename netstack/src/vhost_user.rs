@@ -13,7 +13,8 @@
 //! `VIRTIO_NET_F_MRG_RXBUF` (a received frame may span several receive buffers,
 //! §5.1.6.3.1/§5.1.6.4), `VIRTIO_F_VERSION_1`, `VIRTIO_RING_F_EVENT_IDX`,
 //! `VIRTIO_RING_F_INDIRECT_DESC`. The configuration space (§5.1.4, served through
-//! `VHOST_USER_GET_CONFIG`) is `u8 mac[6]; le16 status; le16 max_virtqueue_pairs; le16 mtu`.
+//! `VHOST_USER_GET_CONFIG` when [`NetConfig::protocol_features`] is on) is `u8 mac[6];
+//! le16 status; le16 max_virtqueue_pairs; le16 mtu`.
 //!
 //! The frames themselves come from and go to a [`FramePort`]: the netstack's
 //! [`crate::stack::GuestPort`], or anything else speaking the same contract (tests use a
@@ -92,6 +93,13 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     /// The link MTU the driver should use (`VIRTIO_NET_F_MTU`), 68..=9000.
     pub mtu: u16,
+    /// Offer `VHOST_USER_F_PROTOCOL_FEATURES` (with `CONFIG` and `MQ`), so that the frontend
+    /// can read the configuration space (MAC, MTU) from the backend (ax-vmm does). Off for
+    /// QEMU: QEMU 7.2's virtio-net sends `SET_VRING_ENABLE` before `SET_FEATURES`, which the
+    /// vhost crate refuses when the protocol features are offered but not yet acked; QEMU
+    /// fills the configuration space itself (`mac=`), and without the protocol features the
+    /// rings start enabled (vhost-user spec, "Ring states").
+    pub protocol_features: bool,
 }
 
 impl Default for NetConfig {
@@ -99,6 +107,7 @@ impl Default for NetConfig {
         NetConfig {
             mac: DEFAULT_GUEST_MAC,
             mtu: 1500,
+            protocol_features: false,
         }
     }
 }
@@ -438,7 +447,11 @@ impl<P: FramePort> VhostUserBackendMut for NetBackend<P> {
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | if self.cfg.protocol_features {
+                VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            } else {
+                0
+            }
     }
 
     fn acked_features(&mut self, features: u64) {
@@ -585,6 +598,7 @@ mod tests {
             NetConfig {
                 mac: [0x52, 0x54, 0, 1, 2, 3],
                 mtu: 1400,
+                protocol_features: true,
             },
         )
         .unwrap();
@@ -605,6 +619,17 @@ mod tests {
         ] {
             assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
         }
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        let plain = NetBackend::new(
+            Nothing(vmm_sys_util::eventfd::EventFd::new(0).unwrap()),
+            NetConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            plain.features() & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            0,
+            "no protocol features by default (QEMU)"
+        );
         // No offloads: CSUM (0), GUEST_CSUM (1), GUEST_TSO4 (7), HOST_TSO4 (11).
         for bit in [0, 1, 7, 11] {
             assert_eq!(f & (1 << bit), 0, "offload bit {bit} offered");

@@ -94,8 +94,14 @@ struct Harness {
 }
 
 impl Harness {
-    /// Starts the backend on `port` and negotiates; `mrg` acks VIRTIO_NET_F_MRG_RXBUF.
+    /// Starts the backend on `port` (protocol features offered) and negotiates; `mrg` acks
+    /// VIRTIO_NET_F_MRG_RXBUF.
     fn start(port: Arc<Loopback>, mrg: bool) -> Harness {
+        Self::start_with(port, mrg, true)
+    }
+
+    /// [`Harness::start`], choosing whether the backend offers the protocol features.
+    fn start_with(port: Arc<Loopback>, mrg: bool, protocol_features: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("net.sock");
         let listener = vhost_user::listen(&sock).unwrap();
@@ -106,6 +112,7 @@ impl Harness {
                 NetConfig {
                     mac: [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
                     mtu: 1500,
+                    protocol_features,
                 },
             )
         });
@@ -132,20 +139,23 @@ impl Harness {
 
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
+        let proto = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         let want = (1u64 << 32) // VIRTIO_F_VERSION_1
             | (1 << 5) // MAC
             | (1 << 3) // MTU
             | (1 << 16) // STATUS
             | if mrg { VIRTIO_NET_F_MRG_RXBUF } else { 0 }
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | (offered & proto);
         assert_eq!(offered & want, want, "offered {offered:#x}");
         frontend.set_features(want).unwrap();
-        let pf = frontend.get_protocol_features().unwrap();
-        frontend
-            .set_protocol_features(
-                pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
-            )
-            .unwrap();
+        if offered & proto != 0 {
+            let pf = frontend.get_protocol_features().unwrap();
+            frontend
+                .set_protocol_features(
+                    pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
+                )
+                .unwrap();
+        }
         frontend
             .set_mem_table(&[VhostUserMemoryRegionInfo {
                 guest_phys_addr: 0,
@@ -185,7 +195,9 @@ impl Harness {
             frontend.set_vring_base(q, 0).unwrap();
             frontend.set_vring_call(q, &vq.call).unwrap();
             frontend.set_vring_kick(q, &vq.kick).unwrap();
-            frontend.set_vring_enable(q, true).unwrap();
+            if offered & proto != 0 {
+                frontend.set_vring_enable(q, true).unwrap();
+            }
             vqs.push(vq);
         }
         Harness {
@@ -370,6 +382,18 @@ fn frames_round_trip_with_headers() {
 }
 
 #[test]
+fn without_protocol_features_rings_start_enabled() {
+    // QEMU's way: no VHOST_USER_F_PROTOCOL_FEATURES, no SET_VRING_ENABLE.
+    let port = Loopback::new(true);
+    let mut h = Harness::start_with(port.clone(), true, false);
+    h.post_rx(2, 2048);
+    h.transmit_with([0; HDR_LEN], &frame(100, 5));
+    let rx = h.used(RXQ, 1);
+    assert_eq!(rx[0].2[HDR_LEN..], frame(100, 5)[..]);
+    h.stop();
+}
+
+#[test]
 fn frames_wait_for_receive_buffers() {
     let port = Loopback::new(false);
     let mut h = Harness::start(port.clone(), false);
@@ -495,7 +519,7 @@ fn the_binary_serves_the_stack_and_exits_on_disconnect() {
         .arg(&sock)
         .args(["--config", "-", "--ca-out"])
         .arg(&ca)
-        .args(["--mac", "52:54:00:aa:bb:cc"])
+        .args(["--mac", "52:54:00:aa:bb:cc", "--config-space"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -574,4 +598,40 @@ fn the_binary_refuses_a_bad_config_with_one_line() {
         err.starts_with("ax-netstack: stdin: ") && err.contains("mtu"),
         "{err}"
     );
+}
+
+#[test]
+fn qemu_stream_transport_round_trips_length_prefixed_frames() {
+    use ax_netstack::stream;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.sock");
+    let listener = stream::listen(&path).unwrap();
+    let port = Loopback::new(true);
+    let server = {
+        let port = port.clone();
+        std::thread::spawn(move || stream::serve(listener, port))
+    };
+    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let frames = [frame(60, 1), frame(1514, 2), frame(300, 3)];
+    for f in &frames {
+        c.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+        c.write_all(f).unwrap();
+    }
+    // Too short for Ethernet: counted as dropped, not echoed.
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    c.write_all(&[1, 2, 3]).unwrap();
+    for f in &frames {
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).unwrap();
+        assert_eq!(u32::from_be_bytes(len) as usize, f.len());
+        let mut got = vec![0u8; f.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, f);
+    }
+    drop(c);
+    let st = server.join().unwrap().unwrap();
+    assert_eq!((st.tx_frames, st.tx_dropped, st.rx_frames), (3, 1, 3));
+    assert_eq!(port.sent.lock().unwrap().len(), 3);
 }

@@ -1,7 +1,7 @@
 //! `axctl run`: start an agent in a new microVM.
 
 use crate::agents;
-use crate::driver::{self, VmmChoice};
+use crate::driver::{self, netstack, VmmChoice};
 use crate::error::usage;
 use crate::image;
 use crate::state::{self, now_ms, AgentState, Status, Timings};
@@ -46,6 +46,14 @@ pub struct RunArgs {
     /// Give the agent an empty /workspace even inside a git repository.
     #[arg(long)]
     pub no_repo: bool,
+    /// Network settings for the agent (TOML: [[route]], [policy], [[secret]], [limits]; see
+    /// docs/network.md). Secrets' values stay on the host; the agent gets placeholders in its
+    /// environment under the secrets' names.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_net")]
+    pub net_config: Option<std::path::PathBuf>,
+    /// Run the agent without any network (no network device in the VM).
+    #[arg(long)]
+    pub no_net: bool,
     /// Author (and, unless `[branch] committer_*` is configured, committer) of the commits on
     /// ax/<name> and of the agent's own commits, instead of the config's `[branch]` identity
     /// (docs/config.md); kept in the agent's state for later `axctl commit`.
@@ -83,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
     let vmm = driver::resolve(args.vmm)?;
+    let net = check_net(&args)?;
     let img = match image::resolve(args.image.as_deref())? {
         Some(i) => i,
         None if args.image.is_none() => {
@@ -151,6 +160,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
             }
         }
     }
+    if let Err(e) = net.save(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     state::save(&dir, &st)?;
 
     let exe = std::env::current_exe().context("locating the axctl executable")?;
@@ -216,6 +229,36 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
 }
 
+/// Checks the network flags (usage errors, exit 2) and returns what to record in `net.json`.
+fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
+    if args.no_net {
+        return Ok(netstack::NetChoice {
+            enabled: false,
+            config_file: None,
+        });
+    }
+    netstack::find_binary()?;
+    let config_file = match &args.net_config {
+        Some(p) => {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            let fragment = netstack::load_fragment(&abs)?;
+            // The same checks the supervisor's config will get (placeholders do not matter).
+            netstack::build_config(
+                "check",
+                std::path::Path::new("/"),
+                Some(fragment),
+                |n, _| format!("placeholder-{n}"),
+            )?;
+            Some(abs)
+        }
+        None => None,
+    };
+    Ok(netstack::NetChoice {
+        enabled: true,
+        config_file,
+    })
+}
+
 /// Snapshots `repo` (HEAD + uncommitted changes) into `<dir>/snapshot.json` and
 /// `<dir>/objects`; returns the work tree's absolute path.
 fn snapshot_repo(
@@ -231,7 +274,10 @@ fn snapshot_repo(
     })?;
     let snap = crate::git::snapshot(&root, &dir.join("objects")).map_err(|e| {
         usage(
-            format!("cannot snapshot {} as a git repository: {e:#}", root.display()),
+            format!(
+                "cannot snapshot {} as a git repository: {e:#}",
+                root.display()
+            ),
             "give the path of a git work tree (git init, or clone one)",
         )
     })?;

@@ -3,7 +3,8 @@
 //! The supervisor writes the VM's configuration to `<state>/vm.toml` (format:
 //! `docs/vmm-config.md`) and runs `ax-vmm --config <state>/vm.toml`. ax-vmm has virtio-blk and
 //! hybrid vsock built in, so no vhost-user backend process is needed for them: ax-vmm binds
-//! `<state>/vsock.sock` itself.
+//! `<state>/vsock.sock` itself. virtio-fs (ax-fsd) and virtio-net (ax-netstack) are
+//! `[[vhost_user]]` devices.
 
 use super::VmSpec;
 use crate::error::usage;
@@ -34,6 +35,13 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> String {
             "\n[[vhost_user]]\nsocket = {}\ndevice_type = \"fs\"\ntag = {}\n",
             q(sock),
             toml::Value::String(tag.clone())
+        ));
+    }
+    if let Some(net) = &spec.net {
+        fs.push_str(&format!(
+            "\n[[vhost_user]]\nsocket = {}\ndevice_type = \"net\"\nmac = {}\n",
+            q(&net.socket),
+            toml::Value::String(net.mac.clone())
         ));
     }
     // The agents layer is the second disk (/dev/vdb in the guest).
@@ -75,10 +83,19 @@ mod tests {
             console_log: "/s/console.log".into(),
             vhost_vsock_socket: "/s/unused".into(),
             accel: Accel::Kvm,
-            fs_shares: Vec::new(),
+            fs_shares: vec![("/s/ws.sock".into(), "workspace".into())],
             agents: Some("/i/agents.erofs".into()),
+            net: Some(crate::driver::NetDevice {
+                socket: "/s/net.sock".into(),
+                mac: "52:54:00:12:34:56".into(),
+            }),
         };
         let t: toml::Table = config(&spec, Path::new("/s/vsock.sock")).parse().unwrap();
+        let vu = t["vhost_user"].as_array().unwrap();
+        assert_eq!(vu[0]["device_type"].as_str(), Some("fs"));
+        assert_eq!(vu[1]["device_type"].as_str(), Some("net"));
+        assert_eq!(vu[1]["socket"].as_str(), Some("/s/net.sock"));
+        assert_eq!(vu[1]["mac"].as_str(), Some("52:54:00:12:34:56"));
         assert_eq!(t["kernel"].as_str(), Some("/i/vmlinux"));
         assert_eq!(t["cpus"].as_integer(), Some(2));
         assert_eq!(t["serial"].as_str(), Some("file:/s/console.log"));

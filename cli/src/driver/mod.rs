@@ -6,6 +6,7 @@
 //! else QEMU.
 
 pub mod axvmm;
+pub mod netstack;
 pub mod qemu;
 
 use crate::error::usage;
@@ -135,6 +136,18 @@ pub struct VmSpec {
     /// [`AGENTS_DEVICE`]; agentd mounts it on `/opt/ax` when the command line carries
     /// [`agents_param`].
     pub agents: Option<PathBuf>,
+    /// The virtio-net device served by ax-netstack, if the agent has a network.
+    pub net: Option<NetDevice>,
+}
+
+/// A virtio-net device whose data path is ax-netstack.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    /// The socket ax-netstack listens on: vhost-user for ax-vmm (`--socket`), a QEMU netdev
+    /// stream for QEMU (`--stream`).
+    pub socket: PathBuf,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
 }
 
 /// The guest device of the agents layer: the second virtio-blk disk, after the rootfs.
@@ -155,18 +168,24 @@ pub const WORKSPACE_TAG: &str = "workspace";
 /// The virtio-fs tag of the host's object directory; agentd mounts it on `/run/ax/objects`.
 pub const OBJECTS_TAG: &str = "objects";
 
-/// The kernel command line every ax guest gets; `name` becomes the guest's host name.
+/// The kernel command line every ax guest gets; `name` becomes the guest's host name, `net`
+/// (the value of `ax.net=`, e.g. `100.96.0.2/30,100.96.0.1,1500`) configures eth0.
 ///
 /// Under TCG the guest's TSC ticks at the host's TSC rate, and Linux's own calibration of it
 /// against the emulated PIT fails on a busy host ("tsc: Unable to calibrate against PIT"):
 /// the TSC is then marked unstable and boot can stall for minutes. So the host measures its
 /// TSC rate and hands it over with `tsc_early_khz=` (Documentation/admin-guide/kernel-parameters).
-pub fn kernel_cmdline(name: &str, accel: Accel, workspace: bool) -> String {
+pub fn kernel_cmdline(name: &str, accel: Accel, workspace: bool, net: Option<&str>) -> String {
     // panic=-1: a guest kernel panic reboots at once, and with -no-reboot the VMM exits, so a
     // dead guest is never mistaken for a running one.
     let mut c = format!("console=ttyS0 loglevel=4 panic=-1 ax.name={name}");
     if workspace {
-        c.push_str(&format!(" ax.workspace={WORKSPACE_TAG} ax.objects={OBJECTS_TAG}"));
+        c.push_str(&format!(
+            " ax.workspace={WORKSPACE_TAG} ax.objects={OBJECTS_TAG}"
+        ));
+    }
+    if let Some(net) = net {
+        c.push_str(&format!(" ax.net={net}"));
     }
     if accel == Accel::Tcg {
         if let Some(khz) = host_tsc_khz() {
@@ -200,7 +219,7 @@ mod tests {
 
     #[test]
     fn tcg_cmdline_carries_the_host_tsc_rate() {
-        let c = kernel_cmdline("fix-bug", Accel::Tcg, false);
+        let c = kernel_cmdline("fix-bug", Accel::Tcg, false, None);
         assert!(c.starts_with("console=ttyS0 "), "{c}");
         assert!(c.contains(" ax.name=fix-bug"), "{c}");
         let khz: u64 = c
@@ -212,6 +231,14 @@ mod tests {
         // Two measurements agree within 1 %.
         let again = host_tsc_khz().unwrap();
         assert!(khz.abs_diff(again) * 100 < khz, "{khz} vs {again}");
-        assert!(!kernel_cmdline("x", Accel::Kvm, false).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline("x", Accel::Kvm, false, None).contains("tsc_early_khz"));
+        assert!(!c.contains("ax.net="));
+        let n = kernel_cmdline(
+            "x",
+            Accel::Kvm,
+            false,
+            Some("100.96.0.2/30,100.96.0.1,1500"),
+        );
+        assert!(n.ends_with(" ax.net=100.96.0.2/30,100.96.0.1,1500"), "{n}");
     }
 }

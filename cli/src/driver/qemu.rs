@@ -2,7 +2,10 @@
 //!
 //! Guest RAM is a shared memfd (`memory-backend-memfd,share=on`), which vhost-user backends
 //! need to map it. Devices: the serial console (to `console.log`), `virtio-blk-device` for the
-//! read-only rootfs, `vhost-user-vsock-device` for the control channel.
+//! read-only rootfs, `vhost-user-vsock-device` for the control channel, `vhost-user-fs-device`
+//! for each ax-fsd share, and `virtio-net-device` on a `stream` netdev connected to ax-netstack
+//! (QEMU 7.2's vhost-user-net enables vrings before acking features, which the vhost crate's
+//! back-end refuses; see netstack/src/stream.rs).
 
 use super::VmSpec;
 use crate::error::usage;
@@ -120,6 +123,19 @@ pub fn args(spec: &VmSpec) -> Vec<OsString> {
             a.push(s.into());
         }
     }
+    if let Some(net) = &spec.net {
+        for s in [
+            "-netdev",
+            &format!(
+                "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+                net.socket.display()
+            ),
+            "-device",
+            &format!("virtio-net-device,netdev=n0,mac={}", net.mac),
+        ] {
+            a.push(s.into());
+        }
+    }
     a
 }
 
@@ -141,8 +157,23 @@ mod tests {
             vhost_vsock_socket: "/s/vhost-vsock.sock".into(),
             accel: Accel::Tcg,
             fs_shares: Vec::new(),
+            net: None,
             agents: Some("/i/agents.erofs".into()),
         };
+        let mut with_net = spec.clone();
+        with_net.net = Some(crate::driver::NetDevice {
+            socket: "/s/net.sock".into(),
+            mac: "52:54:00:12:34:56".into(),
+        });
+        let n = args(&with_net)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(n.contains(
+            "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/s/net.sock \
+             -device virtio-net-device,netdev=n0,mac=52:54:00:12:34:56"
+        ));
         let a: Vec<String> = args(&spec)
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -161,5 +192,9 @@ mod tests {
             )
             .expect("agents disk");
         assert!(root < agents, "the agents disk comes second (/dev/vdb)");
+        assert!(
+            !joined.contains("-netdev"),
+            "no network device without a netstack"
+        );
     }
 }
