@@ -18,6 +18,7 @@ pub struct SseDecoder {
     data: Vec<u8>,
     has_data: bool,
     dropped: u64,
+    seen_line: bool,
 }
 
 impl SseDecoder {
@@ -32,6 +33,7 @@ impl SseDecoder {
             data: Vec::new(),
             has_data: false,
             dropped: 0,
+            seen_line: false,
         }
     }
 
@@ -113,7 +115,12 @@ impl SseDecoder {
         }
     }
 
-    fn decode_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
+    fn decode_line(&mut self, mut line: &[u8], on_event: &mut dyn FnMut(&str, &str)) {
+        if !self.seen_line {
+            // A UTF-8 byte order mark at the start of the stream is skipped (§9.2.6).
+            self.seen_line = true;
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        }
         if line.is_empty() {
             if self.has_data {
                 if self.data.last() == Some(&b'\n') {
@@ -191,6 +198,18 @@ mod tests {
             for i in 0..text.len() {
                 assert_eq!(decode(&[&text[..i], &text[i..]]), want, "split at {i}");
             }
+        }
+    }
+
+    #[test]
+    fn a_leading_bom_is_skipped_even_when_split() {
+        let text = "\u{FEFF}data: {\"u\":1}\n\n".as_bytes();
+        for i in 0..text.len() {
+            assert_eq!(
+                decode(&[&text[..i], &text[i..]]),
+                vec![("message".to_string(), "{\"u\":1}".to_string())],
+                "split at {i}"
+            );
         }
     }
 
