@@ -346,7 +346,7 @@ pub fn build_or_reuse(job: &LayerJob, note: &mut dyn FnMut(&str)) -> anyhow::Res
     let output = manifest::sha256_file(&tmp)?;
     std::fs::rename(&tmp, &path)?;
     std::fs::write(&sidecar, serde_json::to_string(&output)?)?;
-    prune_unused(job.layers_dir, &path);
+    prune_unused(job.layers_dir, Some(&path));
     Ok(Layer {
         path,
         output,
@@ -354,8 +354,9 @@ pub fn build_or_reuse(job: &LayerJob, note: &mut dyn FnMut(&str)) -> anyhow::Res
     })
 }
 
-/// Removes cached layers (other than `keep`) that no image links to any more (link count 1).
-fn prune_unused(dir: &Path, keep: &Path) {
+/// Removes cached layers in `dir` (other than `keep`) that no image links to any more (link
+/// count 1), with their `.json`. Runs after a new layer is built and on `axctl image rm|prune`.
+pub fn prune_unused(dir: &Path, keep: Option<&Path>) {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -363,7 +364,7 @@ fn prune_unused(dir: &Path, keep: &Path) {
     for e in rd.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        if p == keep || !name.starts_with("agents-") || !name.ends_with(".erofs") {
+        if Some(p.as_path()) == keep || !name.starts_with("agents-") || !name.ends_with(".erofs") {
             continue;
         }
         if std::fs::metadata(&p).is_ok_and(|m| m.nlink() == 1) {

@@ -355,7 +355,10 @@ fn prune_keeps_layers_images_link_to() {
         std::fs::write(p.with_extension("json"), b"{}").unwrap();
     }
     std::fs::hard_link(&used, d.path().join("image-agents.erofs")).unwrap();
-    prune_unused(d.path(), &keep);
+    prune_unused(d.path(), Some(&keep));
     assert!(keep.exists() && used.exists());
     assert!(!stale.exists() && !stale.with_extension("json").exists());
+    // Without a layer to keep (axctl image rm|prune), every unlinked one goes.
+    prune_unused(d.path(), None);
+    assert!(!keep.exists() && used.exists());
 }

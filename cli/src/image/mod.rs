@@ -146,6 +146,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
                 store::remove_tree(&img.dir)?;
                 println!("{}", img.id);
             }
+            prune_layers();
             Ok(0)
         }
         ImageCmd::Prune => {
@@ -156,6 +157,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
                     println!("{}", img.id);
                 }
             }
+            prune_layers();
             Ok(0)
         }
         ImageCmd::Ls { json } => {
@@ -168,6 +170,11 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Drops cached agents layers no image links to any more (after `rm` and `prune`).
+fn prune_layers() {
+    agents_layer::prune_unused(&crate::paths::images_dir().join(build::LAYERS_DIR), None);
 }
 
 /// Ids of the images live (starting or running) agents boot from.
