@@ -80,6 +80,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
             format!("{ip} was not handed out by the DNS responder"),
         );
     }
+    if shared.flow_count() >= crate::stack::MAX_FLOWS {
+        return refuse(
+            "deny",
+            format!("too many open connections ({})", crate::stack::MAX_FLOWS),
+        );
+    }
     let decision = ctx
         .policy
         .decide(flow.host.as_deref(), IpAddr::V4(ip), dst.port());

@@ -50,6 +50,9 @@ const INBOX_CAP: usize = 4096;
 /// Held SYNs at once (connects in flight); more are dropped (the guest retransmits).
 const PENDING_CAP: usize = 1024;
 
+/// Guest TCP connections at once (each holds 2 × [`TCP_BUFFER`]); more are refused (RST).
+pub const MAX_FLOWS: usize = 2048;
+
 /// How long a connection whose stream was dropped may linger in FIN-WAIT/LAST-ACK before the
 /// stack aborts it (Linux `tcp_fin_timeout` is 60 s).
 const ORPHAN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -201,14 +204,18 @@ impl GuestPort {
     /// Takes one Ethernet frame the guest sent (virtio-net TX, without `virtio_net_hdr`).
     /// Never blocks on the stack; the poll loop picks it up.
     pub fn send(&self, frame: Vec<u8>) {
-        {
+        let first = {
             let mut inbox = self.shared.inbox.lock().unwrap();
             if inbox.len() >= INBOX_CAP {
                 return; // like a NIC with a full ring: dropped, TCP retransmits
             }
             inbox.push_back(frame);
+            inbox.len() == 1
+        };
+        // A non-empty inbox already has a wake-up pending: the loop drains it whole.
+        if first {
+            self.shared.notify.notify_one();
         }
-        self.shared.notify.notify_one();
     }
 
     /// The next Ethernet frame for the guest (virtio-net RX), if any.
@@ -389,6 +396,11 @@ impl Shared {
         st.step();
         drop(st);
         GuestStream::new(self.clone(), h)
+    }
+
+    /// Guest TCP connections that hold a socket now.
+    pub(crate) fn flow_count(&self) -> usize {
+        self.lock().slots.len()
     }
 
     /// Refuses a held SYN with RST|ACK (the guest sees "connection refused").
