@@ -350,3 +350,129 @@ pub async fn established(g: &mut Guest, h: SocketHandle) -> bool {
     );
     g.tcp(h).state() == tcp::State::Established
 }
+
+/// Starts a netstack for `toml` and returns its context too.
+pub fn start_ctx(toml: &str) -> (std::sync::Arc<Context>, Netstack, GuestPort) {
+    let cfg = Config::parse(&format!("agent = \"t\"\n{toml}"), "test").unwrap();
+    let ctx = Context::new(cfg).unwrap();
+    let (ns, port) = Netstack::start(ctx.clone()).unwrap();
+    (ctx, ns, port)
+}
+
+/// The guest pumped by a background task, so that its connections can be tokio streams
+/// (for a TLS client in the guest).
+#[derive(Clone)]
+pub struct GuestNet {
+    inner: std::sync::Arc<std::sync::Mutex<(Guest, Vec<std::task::Waker>)>>,
+}
+
+impl GuestNet {
+    pub fn spawn(guest: Guest) -> GuestNet {
+        let net = GuestNet {
+            inner: std::sync::Arc::new(std::sync::Mutex::new((guest, Vec::new()))),
+        };
+        let weak = std::sync::Arc::downgrade(&net.inner);
+        tokio::spawn(async move {
+            while let Some(inner) = weak.upgrade() {
+                {
+                    let mut g = inner.lock().unwrap();
+                    g.0.pump();
+                    for w in g.1.drain(..) {
+                        w.wake();
+                    }
+                }
+                drop(inner);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        });
+        net
+    }
+
+    /// Connects and waits for the handshake; None if refused.
+    pub async fn connect(&self, ip: Ipv4Addr, port: u16, local_port: u16) -> Option<GuestConn> {
+        let h = self.inner.lock().unwrap().0.connect(ip, port, local_port);
+        for _ in 0..20000 {
+            match self.inner.lock().unwrap().0.tcp(h).state() {
+                tcp::State::Established => {
+                    return Some(GuestConn {
+                        net: self.clone(),
+                        h,
+                    })
+                }
+                tcp::State::Closed => return None,
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("connection neither established nor refused");
+    }
+}
+
+/// One guest connection as a tokio stream.
+pub struct GuestConn {
+    net: GuestNet,
+    h: SocketHandle,
+}
+
+impl tokio::io::AsyncRead for GuestConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut g = self.net.inner.lock().unwrap();
+        let s = g.0.tcp(self.h);
+        if s.can_recv() {
+            let n = s.recv_slice(buf.initialize_unfilled()).unwrap();
+            buf.advance(n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        if !s.may_recv() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        g.1.push(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut g = self.net.inner.lock().unwrap();
+        let s = g.0.tcp(self.h);
+        if !s.may_send() {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        if s.can_send() {
+            return std::task::Poll::Ready(Ok(s.send_slice(data).unwrap()));
+        }
+        g.1.push(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.net.inner.lock().unwrap().0.tcp(self.h).close();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestConn {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.net.inner.lock() {
+            g.0.tcp(self.h).close();
+        }
+    }
+}
