@@ -14,7 +14,8 @@ fn fake(cache: &Path, manifest: &str, id: &str, mtime_secs: u64) {
     let d = cache.join("ax/images").join(id);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("manifest.json"), manifest).unwrap();
-    for f in ["bzImage", "initrd", "rootfs.erofs"] {
+    // Every payload the manifest names (agents.erofs too when the real image has a layer).
+    for f in ["bzImage", "initrd", "rootfs.erofs", "agents.erofs"] {
         std::fs::write(d.join(f), b"").unwrap();
     }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime_secs);
