@@ -467,3 +467,74 @@ fn seccomp_mode_flag() {
     assert!(h.lookup(ROOT_ID, b"a.txt").is_ok());
     assert!(h.shutdown().success());
 }
+
+/// Median round trip in µs of `n` calls of `op`.
+fn median_us(n: usize, mut op: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            op();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[n / 2]
+}
+
+#[test]
+#[ignore = "benchmark: cargo test -p ax-fsd --release --test jail -- --ignored --nocapture"]
+fn jail_overhead_per_round_trip() {
+    let iters: usize = std::env::var("AX_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let ops = ["GETATTR", "LOOKUP", "READ 4 KiB", "CREATE+WRITE+RELEASE"];
+    // Three rounds each, interleaved and in alternating order, so drift on a shared machine
+    // hits both alike. Every round's directories live until the end: deleting them would leave
+    // recently freed inodes that make ext4's inode allocation for the next round's CREATEs
+    // scan (recently_deleted), whichever variant runs then.
+    let mut best = [[f64::MAX; 4]; 2];
+    let mut keep = Vec::new();
+    for round in 0..3 {
+        for k in [round % 2, 1 - round % 2] {
+            let extra: &[&str] = if k == 0 { &[] } else { &["--no-jail"] };
+            let d = dirs();
+            std::fs::write(d.lower.join("f4k"), vec![7u8; 4096]).unwrap();
+            let mut h = spawn(&d, extra);
+            let f = h.lookup(ROOT_ID, b"f4k").unwrap().nodeid;
+            let fh = h.open(f, libc::O_RDONLY).unwrap();
+            let mut i = 0u64;
+            let m = [
+                median_us(iters, || drop(h.getattr(f).unwrap())),
+                median_us(iters, || drop(h.lookup(ROOT_ID, b"a.txt").unwrap())),
+                median_us(iters, || {
+                    assert_eq!(h.read(f, fh, 0, 4096).unwrap().len(), 4096)
+                }),
+                median_us(iters / 4, || {
+                    i += 1;
+                    let (e, wfh) = h
+                        .create(ROOT_ID, format!("n{i}").as_bytes(), 0o644)
+                        .unwrap();
+                    h.write(e.nodeid, wfh, 0, &[1u8; 4096]).unwrap();
+                    h.release(e.nodeid, wfh);
+                }),
+            ];
+            for (b, v) in best[k].iter_mut().zip(m) {
+                *b = b.min(v);
+            }
+            assert!(h.shutdown().success());
+            keep.push(d);
+        }
+    }
+    println!("\nax-fsd --lower, median µs per round trip (best of 3 rounds, {iters} iterations)");
+    println!("| op | jailed | --no-jail | jailed / unjailed |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (i, op) in ops.iter().enumerate() {
+        println!(
+            "| {op} | {:.1} | {:.1} | {:.2}× |",
+            best[0][i],
+            best[1][i],
+            best[0][i] / best[1][i]
+        );
+    }
+}
