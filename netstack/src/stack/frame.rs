@@ -111,7 +111,13 @@ fn classify_ipv4(
             if is_known(&key) {
                 return Class::Pass;
             }
-            if !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
+            // What smoltcp will check when the SYN is fed to it, so that an accepted flow
+            // cannot stall on a SYN smoltcp would drop.
+            let caps = ChecksumCapabilities::default();
+            if !ip.verify_checksum()
+                || TcpRepr::parse(&tcp, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps)
+                    .is_err()
+            {
                 return Class::Drop("tcp checksum");
             }
             Class::Syn(HeldSyn {
