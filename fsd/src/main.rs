@@ -72,6 +72,10 @@ struct Args {
     /// Number of request queues (1..=63), one worker thread each.
     #[arg(long, default_value_t = 1)]
     queues: usize,
+    /// Write whiteouts as xattr whiteouts (the format for unprivileged overlayfs, docs/fsd.md)
+    /// even when mknod of a 0:0 device is allowed; without it only when mknod is refused.
+    #[arg(long)]
+    xattr_whiteouts: bool,
     /// Keep polling a request queue this many microseconds after it runs dry before sleeping
     /// (default 0: never; it only pays off with a core to spare, docs/fsd.md).
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
@@ -235,6 +239,7 @@ fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
         UnionOptions {
             cache_timeout: Duration::from_secs_f64(args.cache_timeout),
             immutable_lower_timeout: Duration::from_secs_f64(args.lower_cache_timeout),
+            xattr_whiteouts: args.xattr_whiteouts,
         },
     )
     .context("cannot open the layers")?;

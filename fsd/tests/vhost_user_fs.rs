@@ -47,7 +47,17 @@ fn setup() -> Setup {
 }
 
 fn start(s: &Setup) -> Harness {
-    let mut h = Harness::spawn(s.dir.path(), &s.lower, &s.upper, Some(&s.journal));
+    start_with(s, &[])
+}
+
+/// `start` with extra ax-fsd flags.
+fn start_with(s: &Setup, extra: &[&str]) -> Harness {
+    let mut args = vec![
+        std::ffi::OsString::from("--lower"),
+        s.lower.clone().into_os_string(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    let mut h = Harness::spawn_lower(s.dir.path(), &args, &s.upper, Some(&s.journal));
     let init = h.init();
     assert_eq!((init.major, init.minor), (7, 31));
     assert!(init.max_write >= 128 << 10);
@@ -359,7 +369,8 @@ fn walk_host(dir: &Path, prefix: &str, out: &mut Vec<(String, u32, u64)>) {
     names.sort();
     for name in names {
         let p = dir.join(&name);
-        let m = std::fs::symlink_metadata(&p).unwrap();
+        let m = std::fs::symlink_metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: listed by the kernel, but {e}", p.display()));
         let path = format!("{prefix}{name}");
         out.push((path.clone(), m.mode(), if m.is_dir() { 0 } else { m.len() }));
         if m.is_dir() {
@@ -372,8 +383,55 @@ fn walk_host(dir: &Path, prefix: &str, out: &mut Vec<(String, u32, u64)>) {
 /// and upper, shows exactly the tree ax-fsd shows (needs root and overlayfs: loud SKIP else).
 #[test]
 fn kernel_overlayfs_agrees_with_the_union() {
+    overlay_agrees(&[]);
+}
+
+/// The same with xattr whiteouts (the non-root format, forced here since tests run as root).
+/// The kernel (≥ 6.7) honours xattr whiteouts only in *lower* layers (its maintainers: "we do
+/// not support xwhiteouts on upper"), so the comparison mounts the upper layer read-only above
+/// the lower one (`lowerdir=UPPER:LOWER`), which is how such an upper layer is inspected.
+#[test]
+fn kernel_overlayfs_agrees_with_xattr_whiteouts() {
+    let s = overlay_agrees(&["--xattr-whiteouts"]);
+    let Some(s) = s else { return };
+    // README.md was deleted: a zero-size file with the whiteout xattr, its directory marked
+    // opaque = "x"; no character device. (deep.txt went after the rename: lib/ is opaque and
+    // complete in the upper layer, so no whiteout was needed there.)
+    let p = s.upper.join("README.md");
+    assert!(!is_whiteout(&p), "not a device");
+    let m = std::fs::symlink_metadata(&p).unwrap();
+    assert!(m.is_file() && m.len() == 0);
+    assert!(xattr(&p, "trusted.overlay.whiteout").is_some());
+    assert_eq!(
+        xattr(&s.upper, "trusted.overlay.opaque").as_deref(),
+        Some(&b"x"[..])
+    );
+    assert!(!s.upper.join("lib/nested/deep.txt").exists());
+    // The directory made over the old `src` whiteout is opaque ("y").
+    assert_eq!(
+        xattr(&s.upper.join("src"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+}
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+/// Runs the scenario with `extra` ax-fsd flags and compares with the kernel's overlayfs;
+/// `None` after a loud SKIP.
+fn overlay_agrees(extra: &[&str]) -> Option<Setup> {
     let s = setup();
-    let mut h = start(&s);
+    let mut h = start_with(&s, extra);
     let src = h.lookup(ROOT_ID, b"src").unwrap();
     h.unlink(ROOT_ID, b"README.md").unwrap();
     h.rename(ROOT_ID, b"src", ROOT_ID, b"lib").unwrap();
@@ -394,12 +452,16 @@ fn kernel_overlayfs_agrees_with_the_union() {
     let mnt = s.dir.path().join("mnt");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        s.lower.display(),
-        s.upper.display(),
-        work.display()
-    );
+    let opts = if extra.contains(&"--xattr-whiteouts") {
+        format!("lowerdir={}:{}", s.upper.display(), s.lower.display())
+    } else {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.lower.display(),
+            s.upper.display(),
+            work.display()
+        )
+    };
     let st = std::process::Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(&mnt)
@@ -407,9 +469,10 @@ fn kernel_overlayfs_agrees_with_the_union() {
         .status();
     if !matches!(st, Ok(s) if s.success()) {
         eprintln!(
-            "SKIP kernel_overlayfs_agrees_with_the_union: cannot mount overlayfs here (needs root)"
+            "SKIP kernel_overlayfs_agrees_with_the_union {extra:?}: cannot mount overlayfs here \
+             (needs root)"
         );
-        return;
+        return None;
     }
     let mut via_kernel = Vec::new();
     walk_host(&mnt, "", &mut via_kernel);
@@ -423,6 +486,7 @@ fn kernel_overlayfs_agrees_with_the_union() {
     assert!(!paths.contains(&"lib/nested/deep.txt"));
     assert!(paths.contains(&"src") && !paths.iter().any(|p| p.starts_with("src/")));
     assert!(!paths.contains(&"README.md") && paths.contains(&"NEW.md"));
+    Some(s)
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::cache::ResolveCache;
 use super::lower::{Lower, LowerFile, LowerNode};
+use super::whiteout::Marks;
 use super::sys;
 
 /// `true` when the caller's errno says "no such entry".
@@ -100,8 +101,8 @@ pub struct Layers {
     pub lower: Lower,
     /// Root of the upper layer.
     pub upper: OwnedFd,
-    /// `trusted.overlay.opaque` as root, else `user.overlay.opaque` (overlayfs `userxattr`).
-    pub opaque_xattr: &'static [u8],
+    /// The overlay xattrs (`trusted.*` as root, else `user.*`) and the whiteout form.
+    pub marks: Marks,
     /// We may chown (CAP_CHOWN): copy-up keeps owners, new nodes get the caller's uid/gid.
     pub can_chown: bool,
     /// Resolved nodes by path (see [`ResolveCache`]).
@@ -118,21 +119,6 @@ fn open_opt(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
 }
 
 impl Layers {
-    /// Is this upper directory opaque (overlayfs.rst: xattr `*.overlay.opaque` = "y")?
-    pub fn is_opaque(&self, fd: &impl AsRawFd) -> bool {
-        matches!(sys::getxattr_fd(fd, self.opaque_xattr), Ok(Some(v)) if v == b"y")
-    }
-
-    /// Is this upper node a whiteout (overlayfs.rst "whiteouts and opaque directories")?
-    pub fn is_whiteout(&self, _fd: &impl AsRawFd, st: &libc::stat64) -> bool {
-        sys::is_whiteout(st)
-    }
-
-    /// Marks an upper directory opaque.
-    pub fn set_opaque(&self, fd: &impl AsRawFd) -> io::Result<()> {
-        sys::setxattr_fd(fd, self.opaque_xattr, b"y", 0)
-    }
-
     /// Is `name` one of the xattrs the union itself uses (hidden from the guest)?
     pub fn is_private_xattr(name: &[u8]) -> bool {
         name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
@@ -272,18 +258,13 @@ impl Layers {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         if let Some(u) = &dir.upper {
+            let xwhiteouts = self.has_xwhiteouts(u);
             for (name, dt) in sys::list_dir(u)? {
-                let mut t = u32::from(dt);
-                if dt == libc::DT_CHR || dt == libc::DT_UNKNOWN {
-                    let st = sys::statat(u, &name)?;
-                    if sys::is_whiteout(&st) {
-                        seen.insert(name);
-                        continue;
-                    }
-                    t = sys::dtype(st.st_mode);
-                }
+                let t = self.entry_is_whiteout(u, &name, dt, xwhiteouts)?;
                 seen.insert(name.clone());
-                out.push((name, t));
+                if let Some(t) = t {
+                    out.push((name, t));
+                }
             }
         }
         if let Some(l) = &dir.lower {
@@ -502,23 +483,6 @@ impl Layers {
         }
     }
 
-    /// Creates a whiteout (a 0:0 character device; overlayfs.rst "whiteouts") at `name` in an
-    /// upper directory.
-    pub fn whiteout(&self, pdir: &OwnedFd, name: &[u8]) -> io::Result<()> {
-        sys::mknodat(pdir, name, libc::S_IFCHR, 0)
-    }
-
-    /// Removes the whiteouts left in an upper directory that is empty in the merged view.
-    pub fn clear_whiteouts(&self, dir: &OwnedFd) -> io::Result<()> {
-        for (name, _) in sys::list_dir(dir)? {
-            let st = sys::statat(dir, &name)?;
-            if !sys::is_whiteout(&st) {
-                return Err(err(libc::ENOTEMPTY));
-            }
-            sys::unlinkat(dir, &name, false)?;
-        }
-        Ok(())
-    }
 }
 
 /// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size

@@ -13,6 +13,7 @@ mod inodes;
 pub mod layers;
 pub mod lower;
 pub mod sys;
+mod whiteout;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,6 +41,10 @@ pub struct UnionOptions {
     /// Timeout for names and attributes of nodes that are only in an *immutable* lower layer (a
     /// git tree): they can only change through this guest, whose kernel sees every change.
     pub immutable_lower_timeout: Duration,
+    /// Write whiteouts as xattr whiteouts (zero-size file + `*.overlay.whiteout`, parent marked
+    /// `*.overlay.opaque=x`) even when `mknod` of a 0:0 device is allowed (docs/fsd.md; tests).
+    /// Without it they are used only once `mknod` is refused.
+    pub xattr_whiteouts: bool,
 }
 
 impl Default for UnionOptions {
@@ -47,6 +52,7 @@ impl Default for UnionOptions {
         Self {
             cache_timeout: Duration::from_secs(1),
             immutable_lower_timeout: Duration::from_secs(86400),
+            xattr_whiteouts: false,
         }
     }
 }
@@ -173,11 +179,7 @@ impl UnionFs {
         let layers = Layers {
             lower,
             upper: sys::open_root(upper)?,
-            opaque_xattr: if root {
-                b"trusted.overlay.opaque"
-            } else {
-                b"user.overlay.opaque"
-            },
+            marks: whiteout::Marks::new(root, opts.xattr_whiteouts),
             can_chown: root,
             cache: cache::ResolveCache::new(cache_capacity()),
         };
@@ -200,7 +202,12 @@ impl UnionFs {
 
     /// The xattr name that marks opaque directories in the upper layer.
     pub fn opaque_xattr(&self) -> &'static [u8] {
-        self.layers.opaque_xattr
+        self.layers.marks.opaque
+    }
+
+    /// The xattr that marks an xattr whiteout (`*.overlay.whiteout`).
+    pub fn whiteout_xattr(&self) -> &'static [u8] {
+        self.layers.marks.whiteout
     }
 
     fn path(&self, ino: u64) -> io::Result<Vec<u8>> {
@@ -283,13 +290,13 @@ impl UnionFs {
         }
         let (ppath, _) = split(&path).ok_or_else(|| err(libc::EINVAL))?;
         let pdir = self.layers.upper_dir(ppath)?;
-        let had_whiteout = match sys::statat(&pdir, name) {
-            Ok(st) if sys::is_whiteout(&st) => {
+        let had_whiteout = match self.layers.whiteout_at(&pdir, name)? {
+            Some(true) => {
                 sys::unlinkat(&pdir, name, false)?;
                 true
             }
-            Ok(_) => return Err(err(libc::EEXIST)),
-            Err(_) => false,
+            Some(false) => return Err(err(libc::EEXIST)),
+            None => false,
         };
         Ok((path, pdir, had_whiteout))
     }
@@ -415,9 +422,9 @@ impl UnionFs {
         let nup = self.layers.upper_dir(np)?;
         // Make room at the destination in the upper layer: a whiteout or an (empty in the
         // merged view) upper directory holding only whiteouts.
-        match sys::statat(&nup, newname) {
-            Ok(st) if sys::is_whiteout(&st) => sys::unlinkat(&nup, newname, false)?,
-            Ok(st) if sys::is_dir(&st) && src.is_dir() => {
+        match (self.layers.whiteout_at(&nup, newname)?, sys::statat(&nup, newname)) {
+            (Some(true), _) => sys::unlinkat(&nup, newname, false)?,
+            (Some(false), Ok(st)) if sys::is_dir(&st) && src.is_dir() => {
                 let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
                 self.layers.clear_whiteouts(&d)?;
             }
@@ -980,3 +987,5 @@ mod cache_tests;
 mod git_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod whiteout_tests;

@@ -24,6 +24,11 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn fixture() -> Fixture {
+    fixture_with(UnionOptions::default())
+}
+
+/// [`fixture`] with other options.
+pub(super) fn fixture_with(opts: UnionOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let lower = dir.path().join("lower");
     let upper = dir.path().join("upper");
@@ -35,13 +40,7 @@ pub(super) fn fixture() -> Fixture {
     std::fs::write(lower.join("run.sh"), b"#!/bin/sh\n").unwrap();
     std::fs::set_permissions(lower.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", lower.join("escape")).unwrap();
-    let fs = UnionFs::new(
-        &lower,
-        &upper,
-        Arc::new(Journal::memory()),
-        UnionOptions::default(),
-    )
-    .unwrap();
+    let fs = UnionFs::new(&lower, &upper, Arc::new(Journal::memory()), opts).unwrap();
     Fixture {
         _dir: dir,
         lower,
