@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use super::cache::ResolveCache;
 use super::lower::{Lower, LowerFile, LowerNode};
-use super::whiteout::Marks;
 use super::sys;
+use super::whiteout::Marks;
 
 /// `true` when the caller's errno says "no such entry".
 fn is_enoent(e: &io::Error) -> bool {
@@ -236,6 +236,17 @@ impl Layers {
             Some(u) => sys::fstat(u),
             None => Ok(r.st),
         }
+    }
+
+    /// Caches `state` as the state of `path`, made by the caller after its last change to the
+    /// layers (it holds the union's metadata lock); returns it.
+    pub fn remember(&self, path: &[u8], state: Layered) -> Arc<Layered> {
+        let r = Arc::new(state);
+        self.cache.invalidate(path);
+        if let Err(gen) = self.cache.get(path) {
+            self.cache.insert(path, r.clone(), gen);
+        }
+        r
     }
 
     /// Forgets the cached state of `path` (after changing that node only).
@@ -482,7 +493,6 @@ impl Layers {
             (None, None) => Err(err(libc::ENOENT)),
         }
     }
-
 }
 
 /// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size

@@ -82,6 +82,18 @@ impl Handle {
     }
 }
 
+/// What [`UnionFs::prepare_create`] found out.
+struct Prepared {
+    /// The new node's share-relative path.
+    path: Vec<u8>,
+    /// Its upper parent directory (`O_PATH`).
+    pdir: Arc<OwnedFd>,
+    /// A whiteout was removed to make room.
+    had_whiteout: bool,
+    /// The lower layer has the name (under a visible lower parent).
+    lower_exists: bool,
+}
+
 /// The lower + upper union, implementing [`FileSystem`].
 pub struct UnionFs {
     layers: Layers,
@@ -93,6 +105,8 @@ pub struct UnionFs {
     meta: Mutex<()>,
     journal: Arc<Journal>,
     opts: UnionOptions,
+    /// Our effective uid/gid: new nodes already belong to a caller with these.
+    own_ids: (u32, u32),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,6 +206,8 @@ impl UnionFs {
             meta: Mutex::new(()),
             journal,
             opts,
+            // SAFETY: plain syscalls.
+            own_ids: unsafe { (libc::geteuid(), libc::getegid()) },
         })
     }
 
@@ -274,36 +290,48 @@ impl UnionFs {
             .ok_or_else(|| err(libc::EBADF))
     }
 
-    /// Common start of every create-like op: the new path must not exist; returns its path, the
-    /// upper parent (copied up) and whether a whiteout was removed to make room (then a new
-    /// directory must be opaque).
-    fn prepare_create(
-        &self,
-        parent: u64,
-        name: &[u8],
-    ) -> io::Result<(Vec<u8>, Arc<OwnedFd>, bool)> {
+    /// Common start of every create-like op: the new path must not exist. Returns its path,
+    /// the upper parent (copied up), whether a whiteout was removed to make room (then a new
+    /// directory must be opaque) and whether the lower layer has the name. Probes the name
+    /// once per layer from the (cached) parent.
+    fn prepare_create(&self, parent: u64, name: &[u8]) -> io::Result<Prepared> {
         let path = self.child(parent, name)?;
-        match self.layers.resolve(&path) {
-            Ok(_) => return Err(err(libc::EEXIST)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
         let (ppath, _) = split(&path).ok_or_else(|| err(libc::EINVAL))?;
-        let pdir = self.layers.upper_dir(ppath)?;
-        let had_whiteout = match self.layers.whiteout_at(&pdir, name)? {
-            Some(true) => {
-                sys::unlinkat(&pdir, name, false)?;
-                true
-            }
-            Some(false) => return Err(err(libc::EEXIST)),
+        let pr = self.layers.resolve(ppath)?;
+        if !pr.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let whiteout = match &pr.upper {
+            Some(u) => match self.layers.whiteout_at(u, name)? {
+                Some(false) => return Err(err(libc::EEXIST)),
+                Some(true) => true,
+                None => false,
+            },
             None => false,
         };
-        Ok((path, pdir, had_whiteout))
+        let lower_exists = match &pr.lower {
+            Some(l) => self.layers.lower.lookup(l, name)?.is_some(),
+            None => false,
+        };
+        if lower_exists && !whiteout {
+            return Err(err(libc::EEXIST));
+        }
+        let pdir = self.layers.upper_dir(ppath)?;
+        if whiteout {
+            sys::unlinkat(&pdir, name, false)?;
+        }
+        Ok(Prepared {
+            path,
+            pdir,
+            had_whiteout: whiteout,
+            lower_exists,
+        })
     }
 
-    /// Gives a new node the caller's ownership (the parent's group when it is set-gid).
+    /// Gives a new node the caller's ownership (the parent's group when it is set-gid). Nothing
+    /// to do when the caller is us: the kernel already did exactly that.
     fn own(&self, ctx: Context, pdir: &OwnedFd, fd: &OwnedFd) -> io::Result<()> {
-        if !self.layers.can_chown {
+        if !self.layers.can_chown || (ctx.uid, ctx.gid) == self.own_ids {
             return Ok(());
         }
         let pst = sys::fstat(pdir)?;
@@ -315,20 +343,34 @@ impl UnionFs {
         sys::chown_fd(fd, ctx.uid, gid)
     }
 
-    fn finish_create(
-        &self,
-        ctx: Context,
-        path: &[u8],
-        pdir: &OwnedFd,
-        name: &[u8],
-    ) -> io::Result<Entry> {
-        let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
-        self.own(ctx, pdir, &fd)?;
-        // Whatever a concurrent reader cached while the node was being made is dropped.
-        self.layers.invalidate(path);
-        let r = self.layers.resolve(path)?;
-        self.journal.created(path, kind_of(&r.st));
-        self.entry_for(path, &r)
+    /// The end of every create-like op: ownership, the journal, and the new node's state
+    /// straight into the resolution cache (no walk: we know both layers' answers).
+    fn finish_create(&self, ctx: Context, p: &Prepared, name: &[u8]) -> io::Result<Entry> {
+        let fd = sys::openat(&p.pdir, name, libc::O_PATH, 0)?;
+        self.own(ctx, &p.pdir, &fd)?;
+        let st = sys::fstat(&fd)?;
+        let r = self.layers.remember(
+            &p.path,
+            Layered {
+                upper: Some(Arc::new(fd)),
+                lower: None,
+                lower_exists: p.lower_exists,
+                st,
+                lower_list: Default::default(),
+            },
+        );
+        self.journal.created(&p.path, kind_of(&st));
+        let ino = lock(&self.inodes).ino_for(&p.path);
+        let mut attr = st;
+        attr.st_ino = ino;
+        let t = self.timeout(&r);
+        Ok(Entry {
+            ino,
+            generation: 0,
+            attr,
+            attr_timeout: t,
+            entry_timeout: t,
+        })
     }
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
@@ -422,7 +464,10 @@ impl UnionFs {
         let nup = self.layers.upper_dir(np)?;
         // Make room at the destination in the upper layer: a whiteout or an (empty in the
         // merged view) upper directory holding only whiteouts.
-        match (self.layers.whiteout_at(&nup, newname)?, sys::statat(&nup, newname)) {
+        match (
+            self.layers.whiteout_at(&nup, newname)?,
+            sys::statat(&nup, newname),
+        ) {
             (Some(true), _) => sys::unlinkat(&nup, newname, false)?,
             (Some(false), Ok(st)) if sys::is_dir(&st) && src.is_dir() => {
                 let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
@@ -534,9 +579,9 @@ impl FileSystem for UnionFs {
             return Err(err(libc::EINVAL));
         }
         let _g = lock(&self.meta);
-        let (path, pdir, _) = self.prepare_create(parent, name)?;
-        sys::symlinkat(target, &pdir, name)?;
-        self.finish_create(ctx, &path, &pdir, name)
+        let p = self.prepare_create(parent, name)?;
+        sys::symlinkat(target, &p.pdir, name)?;
+        self.finish_create(ctx, &p, name)
     }
 
     fn mknod(
@@ -549,9 +594,9 @@ impl FileSystem for UnionFs {
         _umask: u32,
     ) -> io::Result<Entry> {
         let _g = lock(&self.meta);
-        let (path, pdir, _) = self.prepare_create(parent, name)?;
-        sys::mknodat(&pdir, name, mode, u64::from(rdev))?;
-        self.finish_create(ctx, &path, &pdir, name)
+        let p = self.prepare_create(parent, name)?;
+        sys::mknodat(&p.pdir, name, mode, u64::from(rdev))?;
+        self.finish_create(ctx, &p, name)
     }
 
     fn mkdir(
@@ -563,14 +608,14 @@ impl FileSystem for UnionFs {
         _umask: u32,
     ) -> io::Result<Entry> {
         let _g = lock(&self.meta);
-        let (path, pdir, had_whiteout) = self.prepare_create(parent, name)?;
-        sys::mkdirat(&pdir, name, mode & 0o7777)?;
-        if had_whiteout {
+        let p = self.prepare_create(parent, name)?;
+        sys::mkdirat(&p.pdir, name, mode & 0o7777)?;
+        if p.had_whiteout {
             // overlayfs.rst: a directory created where a lower one was deleted is opaque.
-            let fd = sys::openat(&pdir, name, libc::O_PATH, 0)?;
+            let fd = sys::openat(&p.pdir, name, libc::O_PATH, 0)?;
             self.layers.set_opaque(&fd)?;
         }
-        self.finish_create(ctx, &path, &pdir, name)
+        self.finish_create(ctx, &p, name)
     }
 
     fn unlink(&self, _ctx: Context, parent: u64, name: &[u8]) -> io::Result<()> {
@@ -617,7 +662,8 @@ impl FileSystem for UnionFs {
         self.layers.copy_up(&spath)?;
         let (sp, sname) = split(&spath).ok_or_else(|| err(libc::EPERM))?;
         let sdir = self.layers.upper_dir(sp)?;
-        let (path, pdir, _) = self.prepare_create(newparent, newname)?;
+        let p = self.prepare_create(newparent, newname)?;
+        let (path, pdir) = (&p.path, &p.pdir);
         let c_old = sys::cstr(sname)?;
         let c_new = sys::cstr(newname)?;
         // SAFETY: valid fds and C strings; flags 0: never follows a symlink.
@@ -634,10 +680,10 @@ impl FileSystem for UnionFs {
             return Err(io::Error::last_os_error());
         }
         let _ = ctx;
-        self.layers.invalidate(&path);
-        let r = self.layers.resolve(&path)?;
-        self.journal.created(&path, Kind::File);
-        self.entry_for(&path, &r)
+        self.layers.invalidate(path);
+        let r = self.layers.resolve(path)?;
+        self.journal.created(path, Kind::File);
+        self.entry_for(path, &r)
     }
 
     fn open(&self, _ctx: Context, ino: u64, flags: u32) -> io::Result<(u64, u32)> {
@@ -682,7 +728,7 @@ impl FileSystem for UnionFs {
         _umask: u32,
     ) -> io::Result<(Entry, u64, u32)> {
         let g = lock(&self.meta);
-        let (path, pdir, _) = match self.prepare_create(parent, name) {
+        let p = match self.prepare_create(parent, name) {
             Ok(v) => v,
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST) && flags as i32 & libc::O_EXCL == 0 =>
@@ -696,8 +742,8 @@ impl FileSystem for UnionFs {
             Err(e) => return Err(e),
         };
         let f = sanitize_open_flags(flags) | libc::O_CREAT | libc::O_EXCL;
-        let fd = sys::openat(&pdir, name, f, (mode & 0o7777) | libc::S_IFREG)?;
-        let entry = self.finish_create(ctx, &path, &pdir, name)?;
+        let fd = sys::openat(&p.pdir, name, f, (mode & 0o7777) | libc::S_IFREG)?;
+        let entry = self.finish_create(ctx, &p, name)?;
         Ok((entry, self.add_file(fd), 0))
     }
 
