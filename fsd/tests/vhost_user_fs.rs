@@ -444,6 +444,12 @@ fn overlay_agrees(extra: &[&str]) -> Option<Setup> {
     let n = h.lookup(src.nodeid, b"nested").unwrap();
     h.unlink(n.nodeid, b"deep.txt").unwrap();
     h.symlink(src.nodeid, b"ln", b"../NEW.md").unwrap();
+    // RENAME_EXCHANGE: an upper file with a lower one, and a directory with a file.
+    let x = libc::RENAME_EXCHANGE;
+    h.rename2(ROOT_ID, b"NEW.md", ROOT_ID, b"big.bin", x)
+        .unwrap();
+    h.rename2(src.nodeid, b"nested", src.nodeid, b"main.rs", x)
+        .unwrap();
     let mut via_fuse = Vec::new();
     walk_fuse(&mut h, ROOT_ID, "", &mut via_fuse);
     drop(h);

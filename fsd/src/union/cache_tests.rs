@@ -143,3 +143,78 @@ fn rename_over_cached_target_and_rmdir_mkdir() {
     assert!(enoent(f.fs.lookup(ctx(), ns.ino, b"c.txt")));
     assert!(names(&f.fs, ns.ino).is_empty());
 }
+
+#[test]
+fn rename_exchange_swaps_nodes_ids_and_subtrees() {
+    let f = fixture();
+    let x = libc::RENAME_EXCHANGE;
+    // A lower file and a file created in the upper layer.
+    let a = f.fs.lookup(ctx(), ROOT, b"a.txt").unwrap();
+    let n = write_new(&f.fs, ROOT, b"new.txt", b"upper only");
+    f.fs.rename(ctx(), ROOT, b"a.txt", ROOT, b"new.txt", x)
+        .unwrap();
+    assert_eq!(
+        read_all(&f.fs, a.ino),
+        b"lower a\n",
+        "the id moved with the node"
+    );
+    let la = f.fs.lookup(ctx(), ROOT, b"a.txt").unwrap();
+    let ln = f.fs.lookup(ctx(), ROOT, b"new.txt").unwrap();
+    assert_eq!((la.ino, ln.ino), (n.ino, a.ino));
+    assert_eq!(read_all(&f.fs, la.ino), b"upper only");
+    assert_eq!(
+        std::fs::read(f.upper.join("new.txt")).unwrap(),
+        b"lower a\n"
+    );
+    assert_eq!(std::fs::read(f.lower.join("a.txt")).unwrap(), b"lower a\n");
+    // A directory (children cached) and a file swap: the directory is complete and opaque at
+    // its new name, the file hides the lower directory at the old one.
+    let d = f.fs.lookup(ctx(), ROOT, b"dir").unwrap();
+    let s = f.fs.lookup(ctx(), d.ino, b"sub").unwrap();
+    let c = f.fs.lookup(ctx(), s.ino, b"c.txt").unwrap();
+    f.fs.rename(ctx(), ROOT, b"dir", ROOT, b"run.sh", x)
+        .unwrap();
+    let nd = f.fs.lookup(ctx(), ROOT, b"run.sh").unwrap();
+    assert_eq!(nd.ino, d.ino);
+    assert_eq!(nd.attr.st_mode & libc::S_IFMT, libc::S_IFDIR);
+    assert_eq!(names(&f.fs, nd.ino), ["b.txt", "sub"]);
+    assert_eq!(f.fs.lookup(ctx(), s.ino, b"c.txt").unwrap().ino, c.ino);
+    assert_eq!(read_all(&f.fs, c.ino), b"lower c\n");
+    let nf = f.fs.lookup(ctx(), ROOT, b"dir").unwrap();
+    assert_eq!(nf.attr.st_mode & libc::S_IFMT, libc::S_IFREG);
+    assert_eq!(read_all(&f.fs, nf.ino), b"#!/bin/sh\n");
+    assert_eq!(
+        f.fs.lookup(ctx(), nf.ino, b"b.txt")
+            .err()
+            .unwrap()
+            .raw_os_error(),
+        Some(libc::ENOTDIR),
+        "a file now, not the lower dir"
+    );
+    assert_eq!(
+        names(&f.fs, ROOT),
+        ["a.txt", "dir", "escape", "new.txt", "run.sh"]
+    );
+    // Errors: a missing side, a side inside the other, EXCHANGE with NOREPLACE.
+    let e = f.fs.rename(ctx(), ROOT, b"a.txt", ROOT, b"missing", x);
+    assert_eq!(e.err().unwrap().raw_os_error(), Some(libc::ENOENT));
+    let e = f.fs.rename(ctx(), ROOT, b"run.sh", s.ino, b"c.txt", x);
+    assert_eq!(e.err().unwrap().raw_os_error(), Some(libc::EINVAL));
+    let e = f.fs.rename(
+        ctx(),
+        ROOT,
+        b"a.txt",
+        ROOT,
+        b"new.txt",
+        x | libc::RENAME_NOREPLACE,
+    );
+    assert_eq!(e.err().unwrap().raw_os_error(), Some(libc::EINVAL));
+    // Journal: both lower names modified, the new file still created (now with other content).
+    let j = f.fs.journal().snapshot();
+    let get = |p: &[u8]| j.iter().find(|(q, _, _)| q == p).map(|(_, c, k)| (*c, *k));
+    use crate::journal::Change;
+    assert_eq!(get(b"a.txt"), Some((Change::Modified, Kind::File)));
+    assert_eq!(get(b"new.txt"), Some((Change::Created, Kind::File)));
+    assert_eq!(get(b"dir"), Some((Change::Modified, Kind::File)));
+    assert_eq!(get(b"run.sh"), Some((Change::Modified, Kind::Dir)));
+}

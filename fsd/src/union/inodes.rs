@@ -63,6 +63,27 @@ impl Inodes {
         }
     }
 
+    /// Swaps the ids of `a` and `b` with their subtrees (after RENAME_EXCHANGE; neither may
+    /// contain the other).
+    pub(super) fn exchange_trees(&mut self, a: &[u8], b: &[u8]) {
+        let moved: Vec<(Vec<u8>, u64)> = self
+            .ids
+            .iter()
+            .filter(|(p, _)| under(p, a) || under(p, b))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        for (p, _) in &moved {
+            self.ids.remove(p);
+        }
+        for (p, i) in moved {
+            let (from, to) = if under(&p, a) { (a, b) } else { (b, a) };
+            let mut np = to.to_vec();
+            np.extend_from_slice(&p[from.len()..]);
+            self.paths.insert(i, np.clone());
+            self.ids.insert(np, i);
+        }
+    }
+
     /// Moves the ids of `from` and everything below it to `to` (after a rename).
     pub(super) fn rename_tree(&mut self, from: &[u8], to: &[u8]) {
         let moved: Vec<(Vec<u8>, u64)> = self

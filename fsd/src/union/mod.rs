@@ -8,6 +8,7 @@
 //! itself: the host only ever opens names with `O_NOFOLLOW` relative to a layer root.
 
 mod cache;
+mod exchange;
 pub mod git;
 mod inodes;
 pub mod layers;
@@ -635,8 +636,11 @@ impl FileSystem for UnionFs {
         newname: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported yet (docs/fsd.md).
-        if flags & !libc::RENAME_NOREPLACE != 0 {
+        // RENAME_WHITEOUT is not supported (docs/fsd.md); EXCHANGE excludes NOREPLACE.
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
+            || (exchange && flags & libc::RENAME_NOREPLACE != 0)
+        {
             return Err(err(libc::EINVAL));
         }
         let _g = lock(&self.meta);
@@ -645,7 +649,11 @@ impl FileSystem for UnionFs {
         if opath == npath {
             return Ok(());
         }
-        let res = self.rename_paths(&opath, oldname, &npath, newname, flags);
+        let res = if exchange {
+            self.exchange_paths(&opath, oldname, &npath, newname)
+        } else {
+            self.rename_paths(&opath, oldname, &npath, newname, flags)
+        };
         // Both subtrees changed (moved, made opaque, whited out), even after an error halfway.
         self.layers.invalidate_tree(&opath);
         self.layers.invalidate_tree(&npath);

@@ -453,9 +453,21 @@ impl Harness {
     }
 
     pub fn rename(&mut self, olddir: u64, old: &[u8], newdir: u64, new: &[u8]) -> Result<(), i32> {
+        self.rename2(olddir, old, newdir, new, 0)
+    }
+
+    /// RENAME2 with renameat2(2) `flags`.
+    pub fn rename2(
+        &mut self,
+        olddir: u64,
+        old: &[u8],
+        newdir: u64,
+        new: &[u8],
+        flags: u32,
+    ) -> Result<(), i32> {
         let r = abi::Rename2In {
             newdir,
-            flags: 0,
+            flags,
             padding: 0,
         };
         let mut body = r.as_slice().to_vec();
