@@ -54,8 +54,10 @@ pub fn serve<P: FramePort>(listener: UnixListener, port: P) -> io::Result<Stats>
     result.map(|()| stats)
 }
 
-/// Reads length-prefixed frames until EOF and hands them to the port.
-fn from_guest<P: FramePort>(port: &P, mut conn: &UnixStream, stats: &mut Stats) -> io::Result<()> {
+/// Reads length-prefixed frames until EOF and hands them to the port (buffered: one read
+/// system call brings many frames).
+fn from_guest<P: FramePort>(port: &P, conn: &UnixStream, stats: &mut Stats) -> io::Result<()> {
+    let mut conn = io::BufReader::with_capacity(BATCH, conn);
     let mut len = [0u8; 4];
     loop {
         match conn.read_exact(&mut len) {
@@ -82,8 +84,12 @@ fn from_guest<P: FramePort>(port: &P, mut conn: &UnixStream, stats: &mut Stats) 
     }
 }
 
-/// Writes every frame the port yields, waiting on its eventfd in between; returns the count
-/// when `stop` is set or the socket fails.
+/// Bytes of frames gathered into one read or write system call.
+const BATCH: usize = 64 * 1024;
+
+/// Writes every frame the port yields (gathered into writes of up to [`BATCH`] bytes),
+/// waiting on its eventfd in between; returns the count when `stop` is set or the socket
+/// fails.
 fn to_guest<P: FramePort>(
     port: &P,
     out: &mut UnixStream,
@@ -91,16 +97,22 @@ fn to_guest<P: FramePort>(
 ) -> (u64, Option<io::Error>) {
     let fd = port.rx_eventfd();
     let mut sent = 0u64;
-    let mut buf = Vec::with_capacity(4 + 9018);
+    let mut buf = Vec::with_capacity(BATCH + 4 + MAX_TX_FRAME);
     while !stop.load(Ordering::SeqCst) {
-        while let Some(f) = port.try_recv() {
+        loop {
             buf.clear();
-            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&f);
+            while buf.len() < BATCH {
+                let Some(f) = port.try_recv() else { break };
+                buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&f);
+                sent += 1;
+            }
+            if buf.is_empty() {
+                break;
+            }
             if let Err(e) = out.write_all(&buf) {
                 return (sent, Some(e));
             }
-            sent += 1;
         }
         wait_readable(fd, 100);
         drain(fd);
@@ -118,15 +130,19 @@ fn wait_readable(fd: RawFd, timeout_ms: i32) {
     unsafe { libc::poll(&mut p, 1, timeout_ms) };
 }
 
+/// Resets the eventfd's counter if it is set (never blocks, whatever the fd's flags).
 fn drain(fd: RawFd) {
-    let mut v = [0u8; 8];
-    // SAFETY: a non-blocking read of at most 8 bytes into a local buffer; may fail (EAGAIN).
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    if unsafe { libc::poll(&mut p, 1, 0) } == 1 {
-        unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
+    let mut v = [0u8; 8];
+    // SAFETY: poll on one valid pollfd, then an 8-byte read into a local buffer, done only when
+    // the eventfd is readable (so the read does not block).
+    unsafe {
+        if libc::poll(&mut p, 1, 0) == 1 {
+            libc::read(fd, v.as_mut_ptr().cast(), 8);
+        }
     }
 }
