@@ -25,6 +25,8 @@ pub struct Patterns {
     pats: Vec<(Vec<u8>, Action)>,
     /// Pattern indexes by first byte.
     by_first: Vec<Vec<usize>>,
+    /// Whether any pattern starts with this byte (the fast skip).
+    first: [bool; 256],
 }
 
 /// A blocked message: the reason from the matching [`Action::Block`].
@@ -40,10 +42,16 @@ impl Patterns {
             .filter(|(n, _)| !n.is_empty() && seen.insert(n.clone()))
             .collect();
         let mut by_first = vec![Vec::new(); 256];
+        let mut first = [false; 256];
         for (i, (n, _)) in pats.iter().enumerate() {
             by_first[n[0] as usize].push(i);
+            first[n[0] as usize] = true;
         }
-        Patterns { pats, by_first }
+        Patterns {
+            pats,
+            by_first,
+            first,
+        }
     }
 
     /// No patterns at all (nothing can ever match).
@@ -58,25 +66,30 @@ impl Patterns {
         Ok(changed.then_some(out))
     }
 
-    /// Scans `buf`; writes the rewritten output up to the hold point into `out`. Returns
-    /// whether anything was replaced and where the held-back tail starts (`buf.len()` when
-    /// `last` or nothing is held).
+    /// Scans `buf`; when anything was replaced, writes the rewritten output up to the hold
+    /// point into `out` (otherwise `out` stays empty: the output is `buf[..hold]` itself).
+    /// Returns whether anything was replaced and where the held-back tail starts
+    /// (`buf.len()` when `last` or nothing is held).
     fn scan(&self, buf: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(bool, usize), Blocked> {
         let n = buf.len();
         let mut i = 0;
         let mut copied = 0;
         let mut changed = false;
         while i < n {
-            let cands = &self.by_first[buf[i] as usize];
-            if cands.is_empty() {
-                i += 1;
-                continue;
+            match buf[i..].iter().position(|b| self.first[*b as usize]) {
+                Some(k) => i += k,
+                None => break,
             }
+            let cands = &self.by_first[buf[i] as usize];
             let rest = &buf[i..];
             let mut best: Option<usize> = None;
             let mut partial = false;
             for &c in cands {
                 let needle = &self.pats[c].0;
+                // Cheap reject on the second byte before comparing whole needles.
+                if rest.len() > 1 && needle.len() > 1 && rest[1] != needle[1] {
+                    continue;
+                }
                 if rest.starts_with(needle) {
                     if best.is_none_or(|b| self.pats[b].0.len() < needle.len()) {
                         best = Some(c);
@@ -87,7 +100,9 @@ impl Patterns {
             }
             if partial {
                 // A longer match may complete with the next chunk: hold from here.
-                out.extend_from_slice(&buf[copied..i]);
+                if changed {
+                    out.extend_from_slice(&buf[copied..i]);
+                }
                 return Ok((changed, i));
             }
             match best {
@@ -107,7 +122,9 @@ impl Patterns {
                 None => i += 1,
             }
         }
-        out.extend_from_slice(&buf[copied..]);
+        if changed {
+            out.extend_from_slice(&buf[copied..]);
+        }
         Ok((changed, n))
     }
 }
@@ -156,8 +173,8 @@ impl Stream {
         let mut out = Vec::new();
         let (changed, hold) = self.pats.scan(&buf, last, &mut out)?;
         self.tail.extend_from_slice(&buf[hold..]);
-        if !changed && hold == buf.len() {
-            return Ok(buf);
+        if !changed {
+            return Ok(buf.slice(..hold));
         }
         Ok(Bytes::from(out))
     }

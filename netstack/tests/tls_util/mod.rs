@@ -107,6 +107,7 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            tcp.set_nodelay(true).unwrap();
             let (acceptor, seen, release) = (acceptor.clone(), s2.clone(), r2.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
@@ -263,6 +264,29 @@ async fn serve(
                 .body(full(text))
                 .unwrap()
         }
+        "/big" => {
+            // `/big?mib=N`: N MiB of text in 64 KiB chunks.
+            let mib: usize = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("mib="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let chunk = Bytes::from(
+                (0..64 * 1024)
+                    .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[i % 38])
+                    .collect::<Vec<u8>>(),
+            );
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                for _ in 0..mib * 16 {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder().body(ChanBody(rx).boxed()).unwrap()
+        }
         "/close" => Response::builder()
             .header("connection", "close")
             .body(full("closing"))
@@ -355,6 +379,8 @@ static FLOW: AtomicU64 = AtomicU64::new(1);
 pub async fn guest(ctx: &Arc<Context>, up: &Upstream, sni: &str, alpn: &[&str]) -> Guest {
     let (guest_end, stack_end) = tokio::io::duplex(64 * 1024);
     let upstream = TcpStream::connect(up.addr).await.unwrap();
+    // As the stack's upstream connector does.
+    upstream.set_nodelay(true).unwrap();
     let flow = Flow {
         id: FLOW.fetch_add(1, Ordering::Relaxed),
         guest: "100.96.0.2:40000".parse().unwrap(),
