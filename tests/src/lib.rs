@@ -7,6 +7,8 @@
 //! shares one image cache, `<target>/ax-test-cache` (or `$AX_TEST_CACHE`), built once under a
 //! file lock by [`ensure_image`].
 
+pub mod llm;
+
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
