@@ -573,7 +573,7 @@ mod tests {
     fn scrub_forms() {
         let s = secret("K", "sk-ant-api03-se/cr\"et0123456789", &["h"], false);
         let ph = s.placeholder.clone();
-        let secrets = Secrets::new(&[s.clone()]);
+        let secrets = Secrets::new(std::slice::from_ref(&s));
         let json = serde_json::to_string(&s.value).unwrap();
         let text = format!(
             "raw {} json {json} b64 {} url {}",

@@ -308,7 +308,9 @@ async fn placeholders_anywhere_else_are_blocked_and_never_forwarded() {
     let ctx = context(dir.path(), &up, &[API, OTHER], true, &[key_clone(&key)], "");
     let ph = key.placeholder.clone();
     let echo = || "/echo".to_string();
-    let cases: Vec<(&str, String, Vec<(&str, String)>, String, &str)> = vec![
+    // (host, path, headers, body, what the refusal says)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, String, &'a str);
+    let cases: Vec<Case> = vec![
         (
             OTHER,
             echo(),

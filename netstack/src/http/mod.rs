@@ -244,22 +244,20 @@ impl Proxy {
             parts.headers.insert(header::UPGRADE, u.clone());
         }
         if process {
-            match parts
+            let accept = parts
                 .headers
                 .get(header::ACCEPT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(v) => match decode::filter_accept_encoding(v) {
+                .and_then(|v| v.to_str().ok());
+            if let Some(v) = accept {
+                match decode::filter_accept_encoding(v) {
                     Some(f) => {
-                        parts
-                            .headers
-                            .insert(header::ACCEPT_ENCODING, HeaderValue::from_str(&f).unwrap());
+                        let f = HeaderValue::from_str(&f).expect("a subset of a valid value");
+                        parts.headers.insert(header::ACCEPT_ENCODING, f);
                     }
                     None => {
                         parts.headers.remove(header::ACCEPT_ENCODING);
                     }
-                },
-                None => {}
+                }
             }
         }
         let pq = parts

@@ -38,8 +38,11 @@ pub struct Ca {
     pub(crate) clients: super::client::ClientConfigs,
     /// Guest-side server configs by (ALPN list, name used without SNI): shared so that guest
     /// sessions resume.
-    servers: Mutex<HashMap<(Vec<Vec<u8>>, String), Arc<ServerConfig>>>,
+    servers: Mutex<HashMap<ServerKey, Arc<ServerConfig>>>,
 }
+
+/// (ALPN protocols, name used without SNI).
+type ServerKey = (Vec<Vec<u8>>, String);
 
 /// The signing half, shared with the certificate resolvers of the server configs.
 struct Minter {

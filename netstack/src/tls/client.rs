@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio_rustls::client::TlsStream;
 
+/// (host, ALPN protocols).
+type ClientKey = (String, Vec<Vec<u8>>);
+
 /// Client configs by (host, ALPN protocols).
 #[derive(Default)]
-pub(crate) struct ClientConfigs(Mutex<HashMap<(String, Vec<Vec<u8>>), Arc<ClientConfig>>>);
+pub(crate) struct ClientConfigs(Mutex<HashMap<ClientKey, Arc<ClientConfig>>>);
 
 /// The system trust anchors, loaded once per process.
 fn system_roots() -> &'static RootCertStore {
