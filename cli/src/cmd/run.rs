@@ -90,8 +90,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .identity_with_author("agent", Some(a))
             .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
-    let vmm = driver::resolve(args.vmm)?;
     let net = check_net(&args)?;
+    let vmm = driver::resolve(args.vmm)?;
     let img = match image::resolve(args.image.as_deref())? {
         Some(i) => i,
         None if args.image.is_none() => {
@@ -237,7 +237,6 @@ fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
             config_file: None,
         });
     }
-    netstack::find_binary()?;
     let config_file = match &args.net_config {
         Some(p) => {
             let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
@@ -253,6 +252,7 @@ fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
         }
         None => None,
     };
+    netstack::find_binary()?;
     Ok(netstack::NetChoice {
         enabled: true,
         config_file,
