@@ -314,6 +314,35 @@ mod tests {
     }
 
     #[test]
+    fn route_ca_file_gives_der_roots() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.pem()).unwrap();
+        let c = Config::parse(
+            &format!(
+                "agent='a'\n[[route]]\nhost='gw.corp'\naddress='10.0.0.5:443'\nca_file={:?}\n",
+                path.to_str().unwrap()
+            ),
+            "t",
+        )
+        .unwrap();
+        let k = Connector::new(&c).unwrap();
+        assert_eq!(k.extra_roots("GW.corp"), vec![ca.der().to_vec()]);
+        assert!(k.extra_roots("other.corp").is_empty());
+        let c = Config::parse(
+            "agent='a'\n[[route]]\nhost='h'\naddress='10.0.0.5'\nca_file='/nonexistent/ca.pem'\n",
+            "t",
+        )
+        .unwrap();
+        let e = format!("{:#}", Connector::new(&c).err().unwrap());
+        assert!(e.contains("cannot read ca_file /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
     fn routes_parse_and_bad_pem_is_refused() {
         let c = Config::parse(
             "agent='a'\n[[route]]\nhost='API.Example.com'\naddress='127.0.0.1:8443'\n",

@@ -19,8 +19,34 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TOTAL: usize = 256 * 1024 * 1024;
 
+/// CPU time (user + system) of the whole process so far, seconds.
+fn cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// A transfer's result: MB/s and CPU seconds per GB moved (all threads of the process).
+#[derive(Clone, Copy)]
+struct Rate {
+    mbps: f64,
+    cpu_per_gb: f64,
+}
+
+impl Rate {
+    fn since(start: Instant, cpu0: f64) -> Rate {
+        let secs = start.elapsed().as_secs_f64();
+        Rate {
+            mbps: TOTAL as f64 / secs / 1e6,
+            cpu_per_gb: (cpu() - cpu0) / (TOTAL as f64 / 1e9),
+        }
+    }
+}
+
 /// Upload (guest → server) then download (server → guest) of TOTAL bytes through the stack.
-fn through_stack(port: u16, rt: &tokio::runtime::Runtime) -> (f64, f64) {
+fn through_stack(port: u16, rt: &tokio::runtime::Runtime) -> (Rate, Rate) {
     let (_ns, gp) = start(&format!(
         "[[route]]\nhost = \"bench.test\"\naddress = \"127.0.0.1:{port}\"\n"
     ));
@@ -36,7 +62,7 @@ fn through_stack(port: u16, rt: &tokio::runtime::Runtime) -> (f64, f64) {
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, ms) };
     };
-    let run = |g: &mut Guest, upload: bool| -> f64 {
+    let run = |g: &mut Guest, upload: bool| -> Rate {
         let h = g.connect(ip, 80, if upload { 50000 } else { 50001 });
         while g.tcp(h).state() != State::Established {
             g.pump();
@@ -47,7 +73,7 @@ fn through_stack(port: u16, rt: &tokio::runtime::Runtime) -> (f64, f64) {
             .send_slice(if upload { b"U" } else { b"D" })
             .unwrap();
         let chunk = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
+        let (start, cpu0) = (Instant::now(), cpu());
         let mut moved = 0usize;
         while moved < TOTAL {
             let s = g.tcp(h);
@@ -83,13 +109,13 @@ fn through_stack(port: u16, rt: &tokio::runtime::Runtime) -> (f64, f64) {
                 wait(1);
             }
         }
-        let secs = start.elapsed().as_secs_f64();
+        let rate = Rate::since(start, cpu0);
         g.tcp(h).close();
         for _ in 0..100 {
             g.pump();
             wait(1);
         }
-        TOTAL as f64 / secs / 1e6
+        rate
     };
     let up = run(&mut g, true);
     let down = run(&mut g, false);
@@ -127,14 +153,17 @@ async fn serve(l: TcpListener) {
 }
 
 /// The anchor: the same transfers over a direct loopback TCP connection.
-async fn direct(port: u16) -> (f64, f64) {
-    let mut res = [0.0; 2];
+async fn direct(port: u16) -> (Rate, Rate) {
+    let mut res = [Rate {
+        mbps: 0.0,
+        cpu_per_gb: 0.0,
+    }; 2];
     for (i, dir) in [b'U', b'D'].into_iter().enumerate() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         s.set_nodelay(true).unwrap();
         s.write_all(&[dir]).await.unwrap();
         let mut buf = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
+        let (start, cpu0) = (Instant::now(), cpu());
         let mut moved = 0;
         if dir == b'U' {
             while moved < TOTAL {
@@ -148,7 +177,7 @@ async fn direct(port: u16) -> (f64, f64) {
                 moved += s.read(&mut buf).await.unwrap();
             }
         }
-        res[i] = TOTAL as f64 / start.elapsed().as_secs_f64() / 1e6;
+        res[i] = Rate::since(start, cpu0);
     }
     (res[0], res[1])
 }
@@ -167,17 +196,27 @@ fn tcp_throughput_through_the_stack_vs_direct() {
     let (du, dd) = rt.block_on(direct(port));
     let (su, sd) = through_stack(port, &rt);
     let (du2, dd2) = rt.block_on(direct(port));
-    let (du, dd) = ((du + du2) / 2.0, (dd + dd2) / 2.0);
+    let avg = |a: Rate, b: Rate| Rate {
+        mbps: (a.mbps + b.mbps) / 2.0,
+        cpu_per_gb: (a.cpu_per_gb + b.cpu_per_gb) / 2.0,
+    };
+    let (du, dd) = (avg(du, du2), avg(dd, dd2));
+    println!("ax-netstack TCP throughput, {} MiB each way:", TOTAL >> 20);
+    println!("                    upload MB/s  CPU s/GB   download MB/s  CPU s/GB");
+    let row = |name: &str, u: Rate, d: Rate| {
+        println!(
+            "  {name:<17} {:>11.0} {:>9.2} {:>15.0} {:>9.2}",
+            u.mbps, u.cpu_per_gb, d.mbps, d.cpu_per_gb
+        )
+    };
+    row("direct loopback", du, dd);
+    row("through the stack", su, sd);
     println!(
-        "ax-netstack TCP throughput, {} MiB each way (MB/s):",
-        TOTAL >> 20
-    );
-    println!("  direct loopback   upload {du:8.0}  download {dd:8.0}");
-    println!("  through the stack upload {su:8.0}  download {sd:8.0}");
-    println!(
-        "  ratio             upload {:8.3}  download {:8.3}",
-        su / du,
-        sd / dd
+        "  ratio stack/direct: throughput upload {:.3} download {:.3}; CPU per GB upload {:.2}x download {:.2}x",
+        su.mbps / du.mbps,
+        sd.mbps / dd.mbps,
+        su.cpu_per_gb / du.cpu_per_gb,
+        sd.cpu_per_gb / dd.cpu_per_gb
     );
     std::thread::sleep(Duration::from_millis(10));
 }

@@ -114,12 +114,18 @@ impl AsyncRead for GuestStream {
             .get_mut(&this.handle)
             .expect("slot of a live stream");
         if s.can_recv() {
+            // Less than half the buffer free before this read: the guest may be waiting for
+            // the window to open, so the loop must send a window update. Otherwise the next
+            // ACK carries the new window anyway (one wake-up fewer per read).
+            let tight = s.recv_capacity() - s.recv_queue() < s.recv_capacity() / 2;
             let n = s
                 .recv_slice(buf.initialize_unfilled())
                 .map_err(|e| io::Error::other(e.to_string()))?;
             buf.advance(n);
             this.counters.up.fetch_add(n as u64, Ordering::Relaxed);
-            this.shared.notify.notify_one(); // the window opened: let the loop tell the guest
+            if tight {
+                this.shared.notify.notify_one();
+            }
             return Poll::Ready(Ok(()));
         }
         if !s.may_recv() && !opening(s) {
