@@ -43,7 +43,11 @@ fn make_certs(dir: &Path) -> String {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let names = ["api.anthropic.com", "git.example.test", "blocked.example.test"];
+    let names = [
+        "api.anthropic.com",
+        "git.example.test",
+        "blocked.example.test",
+    ];
     let params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
@@ -57,11 +61,22 @@ fn git(dir: &Path, args: &[&str]) {
     let o = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .output()
         .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A bare repository `repo.git` under `root` with one commit holding README.
@@ -72,13 +87,19 @@ fn make_repo(root: &Path) {
     std::fs::write(work.join("README"), "cloned through ax-netstack\n").unwrap();
     git(&work, &["add", "README"]);
     git(&work, &["commit", "-q", "-m", "first"]);
-    git(root, &["clone", "-q", "--bare", work.to_str().unwrap(), "repo.git"]);
+    git(
+        root,
+        &["clone", "-q", "--bare", work.to_str().unwrap(), "repo.git"],
+    );
 }
 
 fn start_upstream(dir: &Path) -> Upstream {
     let log = dir.join("requests.jsonl");
     let mut child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/network_upstream.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/network_upstream.py"
+        ))
         .arg("--cert")
         .arg(dir.join("cert.pem"))
         .arg("--key")
@@ -151,7 +172,12 @@ hosts = ["git.example.test"]
 }
 
 fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
@@ -174,7 +200,10 @@ fn guest_reaches_llm_and_git_through_the_netstack_with_placeholders_only() {
     }
     for prog in ["python3", "git"] {
         if which(prog).is_none() {
-            skip("network test", &format!("{prog} not installed (scripts/deps)"));
+            skip(
+                "network test",
+                &format!("{prog} not installed (scripts/deps)"),
+            );
             return;
         }
     }
@@ -237,14 +266,20 @@ echo; echo "== end"
     // The guest held placeholders, never the real values: not in any process environment,
     // not in any file it wrote, not in any response it got.
     for real in [REAL_KEY, REAL_TOKEN] {
-        assert!(!contains(&o.stdout, real), "a real secret reached the guest:\n{out}");
+        assert!(
+            !contains(&o.stdout, real),
+            "a real secret reached the guest:\n{out}"
+        );
     }
     let env_sec = section(&out, "env");
     let placeholder = env_sec
         .lines()
         .find_map(|l| l.strip_prefix("ANTHROPIC_API_KEY="))
         .expect("ANTHROPIC_API_KEY in the agent's environment");
-    assert!(placeholder.starts_with("sk-ant-api03-axph"), "{placeholder}");
+    assert!(
+        placeholder.starts_with("sk-ant-api03-axph"),
+        "{placeholder}"
+    );
     let token_ph = env_sec
         .lines()
         .find_map(|l| l.strip_prefix("GITHUB_TOKEN="))
@@ -252,9 +287,15 @@ echo; echo "== end"
     assert!(token_ph.starts_with("ghp_axph"), "{token_ph}");
     for (k, v) in [
         ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
-        ("NODE_EXTRA_CA_CERTS", "/usr/local/share/ca-certificates/ax-netstack-ca.crt"),
+        (
+            "NODE_EXTRA_CA_CERTS",
+            "/usr/local/share/ca-certificates/ax-netstack-ca.crt",
+        ),
     ] {
-        assert!(env_sec.contains(&format!("{k}={v}\n")), "{k} not set:\n{env_sec}");
+        assert!(
+            env_sec.contains(&format!("{k}={v}\n")),
+            "{k} not set:\n{env_sec}"
+        );
     }
 
     // The LLM call went through with the real key and came back scrubbed.
@@ -275,19 +316,33 @@ echo; echo "== end"
         .filter(|r| r["path"] == "/v1/messages")
         .collect();
     assert_eq!(llm.len(), 1, "{log}");
-    assert_eq!(llm[0]["headers"]["x-api-key"], REAL_KEY, "the upstream sees the real key");
-    assert!(!log.contains("axph"), "no placeholder ever reached the upstream: {log}");
+    assert_eq!(
+        llm[0]["headers"]["x-api-key"], REAL_KEY,
+        "the upstream sees the real key"
+    );
+    assert!(
+        !log.contains("axph"),
+        "no placeholder ever reached the upstream: {log}"
+    );
 
     // Denied by policy and the host's own loopback: refused, never reached.
     let deny = section(&out, "deny");
     assert!(!deny.contains("deny_rc=0"), "{deny}");
     assert!(
-        !reqs.iter().any(|r| r["headers"]["host"] == "blocked.example.test"),
+        !reqs
+            .iter()
+            .any(|r| r["headers"]["host"] == "blocked.example.test"),
         "the denied host was reached: {log}"
     );
     let lo = section(&out, "loopback");
-    assert!(!lo.contains("host-only service"), "host loopback reached: {lo}");
-    assert!(!lo.contains("loopback_rc=0") && !lo.contains("gateway_rc=0"), "{lo}");
+    assert!(
+        !lo.contains("host-only service"),
+        "host loopback reached: {lo}"
+    );
+    assert!(
+        !lo.contains("loopback_rc=0") && !lo.contains("gateway_rc=0"),
+        "{lo}"
+    );
 
     // git clone over HTTPS with the token substituted into Basic auth.
     let clone = section(&out, "clone");
@@ -302,7 +357,11 @@ echo; echo "== end"
     let want = format!("x-access-token:{REAL_TOKEN}");
     for a in git_auth {
         let b64 = a.strip_prefix("Basic ").expect("Basic auth");
-        assert_eq!(decode_b64(b64), want.as_bytes(), "the upstream sees the real token");
+        assert_eq!(
+            decode_b64(b64),
+            want.as_bytes(),
+            "the upstream sees the real token"
+        );
     }
 
     // The ledger has the call: tokens and cost.
@@ -348,6 +407,61 @@ fn no_net_means_no_network_device() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(out, "lo\n0\n", "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!env.agent_dir("nonet").join("netstack.log").exists());
+}
+
+/// The pid of the ax-netstack serving `sock` (this test's agent), from /proc.
+fn netstack_pid(sock: &Path) -> Option<i32> {
+    let want = sock.to_str()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is_netstack = args.first()?.ends_with(b"ax-netstack");
+        (is_netstack && args.iter().any(|a| *a == want.as_bytes())).then_some(pid)
+    })
+}
+
+#[test]
+fn a_dead_netstack_fails_the_agent_with_the_reason() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let o = env.run(&[
+        "run",
+        "--name",
+        "netdie",
+        "--no-repo",
+        "--prompt",
+        "touch /tmp/ready; sleep 600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.wait_for("netdie", std::time::Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
+    assert_eq!(st["status"], "running", "{st}");
+    let sock = env.agent_dir("netdie").join("net.sock");
+    let pid = netstack_pid(&sock).expect("the agent's ax-netstack runs");
+    // SAFETY: kill(2) on the netstack this test's agent started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let st = env.wait_for("netdie", std::time::Duration::from_secs(60), |v| {
+        v["status"] == "failed"
+    });
+    assert_eq!(st["status"], "failed", "{st}");
+    let reason = st["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("ax-netstack ended while the agent was running")
+            && reason.contains("netstack.log"),
+        "{reason}"
+    );
+    assert!(
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name().to_str() != Some(&st["vmm_pid"].to_string())),
+        "the VM is gone"
+    );
 }
 
 #[test]
