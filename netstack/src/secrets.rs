@@ -321,6 +321,15 @@ impl Secrets {
         Ok(())
     }
 
+    /// Refuses request trailers (RFC 9110 §6.5) holding any placeholder form: nothing is
+    /// substituted there.
+    pub fn check_trailers(&self, host: &str, trailers: &HeaderMap) -> Result<(), Refusal> {
+        for (name, value) in trailers {
+            self.check(host, &format!("trailer {name}"), value.as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// One credential header value: `Basic` decoded/rewritten/re-encoded; otherwise raw
     /// placeholders substituted, base64 forms blocked.
     fn rewrite_credential_header(

@@ -720,3 +720,31 @@ async fn llm_request_bodies_carry_placeholders_as_text() {
     let (status, _, _) = g.text("POST", "/echo", &[], &body).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_are_scrubbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["h2"]).await;
+    let key = anthropic();
+    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, API, &["h2"]).await;
+    let resp = g
+        .send(
+            "GET",
+            "/trailers",
+            &[
+                ("x-api-key", key.placeholder.clone()),
+                ("te", "trailers".into()),
+            ],
+            "",
+        )
+        .await;
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers forwarded");
+    assert_eq!(trailers["x-echo-key"], key.placeholder.as_str());
+    assert_eq!(&collected.to_bytes()[..], b"body");
+    assert_eq!(
+        up.seen.lock().unwrap()[0].headers["x-api-key"],
+        key.value.as_str()
+    );
+}

@@ -33,8 +33,12 @@ pub type BlockSlot = Arc<Mutex<Option<String>>>;
 /// Called once when a message ends: `(bytes passed on, None)` or `(bytes, Some(error))`.
 pub type OnEnd = Box<dyn FnOnce(u64, Option<String>) + Send>;
 
+/// Checks or rewrites trailers (RFC 9110 §6.5); an error refuses the message.
+pub type TrailerFn = Box<dyn Fn(&mut http::HeaderMap) -> Result<(), String> + Send>;
+
 /// A transforming body.
 pub struct Pipe<B> {
+    trailers: Option<TrailerFn>,
     inner: B,
     decoder: Option<Decoder>,
     rewrite: Option<Stream>,
@@ -57,6 +61,7 @@ where
     /// has the input's length (size hint passed on).
     pub fn new(inner: B) -> Pipe<B> {
         Pipe {
+            trailers: None,
             inner,
             decoder: None,
             rewrite: None,
@@ -89,6 +94,12 @@ where
     pub fn with_meter(mut self, m: Option<CallMeter>) -> Self {
         self.exact &= m.is_none();
         self.meter = m;
+        self
+    }
+
+    /// Trailers pass through `f` (scrubbed, or checked for placeholders).
+    pub fn with_trailers(mut self, f: TrailerFn) -> Self {
+        self.trailers = Some(f);
         self
     }
 
@@ -185,6 +196,18 @@ where
         &mut self,
         trailers: Option<Frame<Bytes>>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let trailers = match (trailers.map(Frame::into_trailers), &self.trailers) {
+            (Some(Ok(mut t)), Some(f)) => match f(&mut t) {
+                Ok(()) => Some(Frame::trailers(t)),
+                Err(why) => {
+                    let e = self.block(Blocked(why));
+                    return self.fail(e);
+                }
+            },
+            (Some(Ok(t)), None) => Some(Frame::trailers(t)),
+            (Some(Err(other)), _) => Some(other),
+            (None, _) => None,
+        };
         let tail = match self.flush() {
             Ok(t) => t,
             Err(e) => return self.fail(e),

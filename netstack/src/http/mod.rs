@@ -300,8 +300,12 @@ impl Proxy {
         if !exact {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
+        let (c2, name) = (ctx.clone(), self.name.clone());
         let req_body = Pipe::new(body)
             .with_rewrite(rewrite, exact)
+            .with_trailers(Box::new(move |t| {
+                c2.secrets.check_trailers(&name, t).map_err(|b| b.0)
+            }))
             .block_slot(blocked.clone())
             .count_into(up_bytes.clone())
             .boxed_unsync();
@@ -401,7 +405,12 @@ impl Proxy {
                 None,
             );
         });
+        let c2 = ctx.clone();
         let body = Pipe::new(rbody)
+            .with_trailers(Box::new(move |t| {
+                c2.secrets.scrub_headers(t);
+                Ok(())
+            }))
             .with_decoder(decoder)
             .with_rewrite(scrubber, false)
             .with_meter(if bodyless { None } else { call.take() })

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio_rustls::client::TlsStream;
 
+/// How long the upstream may take to complete its TLS handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// (host, ALPN protocols).
 type ClientKey = (String, Vec<Vec<u8>>);
 
@@ -72,9 +75,12 @@ pub(crate) async fn connect(
     let cfg = config(ctx, name, alpn)?;
     let server = ServerName::try_from(name.to_string())
         .map_err(|e| anyhow::anyhow!("{name:?} is not a valid TLS server name: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(server, io)
-        .await?;
+    let handshake = tokio_rustls::TlsConnector::from(cfg).connect(server, io);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no TLS handshake from {name} within {HANDSHAKE_TIMEOUT:?}")
+        })??;
     Ok(tls)
 }
 

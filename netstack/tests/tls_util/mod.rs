@@ -287,6 +287,15 @@ async fn serve(
             });
             Response::builder().body(ChanBody(rx).boxed()).unwrap()
         }
+        "/trailers" => {
+            // The x-api-key echoed in a trailer (HTTP/2 only).
+            let mut t = HeaderMap::new();
+            t.insert("x-echo-key", parts.headers["x-api-key"].clone());
+            let body = Full::new(Bytes::from("body"))
+                .map_err(|n| match n {})
+                .with_trailers(async move { Some(Ok(t)) });
+            Response::builder().body(body.boxed()).unwrap()
+        }
         "/close" => Response::builder()
             .header("connection", "close")
             .body(full("closing"))
