@@ -392,3 +392,116 @@ async fn many_parallel_connections_to_one_destination_keep_their_own_bytes() {
         );
     }
 }
+
+const STALL_TOTAL: usize = 12 << 20;
+/// Far above what the stack (256 KiB socket buffer + 64 KiB copy buffer) and the kernel's
+/// loopback socket buffers (a few MiB) can hold, far below `STALL_TOTAL`.
+const STALL_LIMIT: usize = 9 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_stops_reading_stops_the_upstream() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // A bounded kernel send buffer, so that what may pile up is the stack's doing alone.
+        let size: libc::c_int = 256 * 1024;
+        // SAFETY: setsockopt on a valid socket with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let chunk = vec![7u8; 16 * 1024];
+        while w2.load(std::sync::atomic::Ordering::SeqCst) < STALL_TOTAL {
+            s.write_all(&chunk).await.unwrap();
+            w2.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        s.shutdown().await.unwrap();
+    });
+    let (_ns, gp) = start(&format!(
+        "[[route]]\nhost = \"bp.test\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("bp.test").await;
+    let h = g.connect(ip, 80, 40500);
+    assert!(established(&mut g, h).await);
+    // The guest reads nothing for a while: its window closes and the upstream must stall.
+    g.until(2, |_| false).await;
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stalled_at < STALL_LIMIT,
+        "upstream wrote {stalled_at} bytes into a closed window"
+    );
+    // Reading resumes: everything arrives.
+    let mut got = 0usize;
+    assert!(
+        g.until(60, |g| {
+            let s = g.tcp(h);
+            while s.can_recv() {
+                got += s.recv(|b| (b.len(), b.len())).unwrap();
+            }
+            s.state() == State::CloseWait
+        })
+        .await,
+        "transfer after the stall, got {got}"
+    );
+    assert_eq!(got, STALL_TOTAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_stops_the_guest() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        go_rx.await.unwrap(); // read nothing until told
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 65536];
+        while n < STALL_TOTAL {
+            let k = s.read(&mut buf).await.unwrap();
+            assert!(k > 0);
+            n += k;
+        }
+        n
+    });
+    let (_ns, gp) = start(&format!(
+        "[[route]]\nhost = \"bp.test\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut g = Guest::new(gp);
+    let ip = g.resolve("bp.test").await;
+    let h = g.connect(ip, 80, 40501);
+    assert!(established(&mut g, h).await);
+    let chunk = vec![9u8; 64 * 1024];
+    let sent = std::cell::Cell::new(0usize);
+    let send = |g: &mut Guest| {
+        let s = g.tcp(h);
+        while sent.get() < STALL_TOTAL && s.can_send() {
+            let n = chunk.len().min(STALL_TOTAL - sent.get());
+            sent.set(sent.get() + s.send_slice(&chunk[..n]).unwrap());
+        }
+        sent.get() == STALL_TOTAL
+    };
+    g.until(2, send).await;
+    assert!(
+        sent.get() < STALL_LIMIT,
+        "the guest sent {} bytes to an upstream that reads nothing",
+        sent.get()
+    );
+    go_tx.send(()).unwrap();
+    assert!(
+        g.until(60, send).await,
+        "sending after the stall, sent {}",
+        sent.get()
+    );
+    g.tcp(h).close();
+    let (n, _) = tokio::join!(server, g.until(60, |g| g.tcp(h).send_queue() == 0));
+    assert_eq!(n.unwrap(), STALL_TOTAL);
+}

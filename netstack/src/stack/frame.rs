@@ -101,7 +101,7 @@ fn classify_ipv4(
             let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
                 return Class::Drop("bad tcp");
             };
-            if !(tcp.syn() && !tcp.ack()) {
+            if !tcp.syn() || tcp.ack() {
                 return Class::Pass;
             }
             let key = FlowKey {
