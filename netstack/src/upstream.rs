@@ -313,6 +313,43 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn connect_times_out_when_the_proxy_never_answers() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await; // accepts, never answers
+            drop(s);
+        });
+        let c = Config::parse(
+            &format!("agent='a'\n[network]\nupstream_proxy='http://127.0.0.1:{port}'\n"),
+            "t",
+        )
+        .unwrap();
+        let mut k = Connector::new(&c).unwrap();
+        k.timeout = Duration::from_millis(300);
+        let dst: SocketAddr = "198.18.0.1:443".parse().unwrap();
+        let e = k.connect_tcp(Some("slow.invalid"), dst).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn literal_blocked_addresses_are_refused_without_connecting() {
+        let c = Config::parse("agent='a'\n", "t").unwrap();
+        let k = Connector::new(&c).unwrap();
+        for dst in [
+            "127.0.0.1:22",
+            "10.0.0.1:80",
+            "169.254.169.254:80",
+            "[::1]:22",
+        ] {
+            let e = k.connect_tcp(None, dst.parse().unwrap()).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{dst}: {e}");
+        }
+    }
+
     #[test]
     fn route_ca_file_gives_der_roots() {
         let key = rcgen::KeyPair::generate().unwrap();
