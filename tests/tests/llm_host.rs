@@ -21,6 +21,8 @@ const ANTHROPIC_KEY: &str =
 const OPENAI_KEY: &str = "sk-proj-HOSTtestREALkey0123456789abcdefghijklmnopqrstuvwxyz";
 
 pub const README: &str = "# demo\n\nversion = 1\n";
+/// A shell command the scripted model runs (its output must come back in the tool result).
+const PROBE: &str = "echo probe-$((6*7))";
 pub const NOTES: &str = "Notes written by the scripted agent.\n";
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -161,7 +163,8 @@ fn claude_code_completes_the_scripted_conversation() {
         "README.md",
         "version = 1",
         "version = 2",
-    ));
+    )
+    .with_probe(PROBE));
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, &server.ca_pem).unwrap();
     let secrets = BTreeMap::from([("ANTHROPIC_API_KEY".to_string(), ANTHROPIC_KEY.to_string())]);
@@ -186,7 +189,7 @@ fn claude_code_completes_the_scripted_conversation() {
     let steps: Vec<usize> = reqs.iter().filter_map(|r| r.step).collect();
     assert_eq!(
         steps,
-        vec![0, 1, 2, 3],
+        vec![0, 1, 2, 3, 4],
         "each scripted turn answered once, in order"
     );
     // `claude -p` streams (the SSE path of the script).
@@ -204,7 +207,9 @@ fn claude_code_completes_the_scripted_conversation() {
         );
     }
     // The tool results went back to the model without errors.
-    let last = reqs.iter().rfind(|r| r.step == Some(3)).unwrap().json();
+    let last = reqs.iter().rfind(|r| r.step == Some(4)).unwrap().json();
+    let probe = anthropic::ClaudeScript::tool_result(&last, 3).expect("probe result");
+    assert!(probe.contains("probe-42"), "{probe}");
     let results: Vec<&serde_json::Value> = last["messages"]
         .as_array()
         .unwrap()
@@ -213,7 +218,7 @@ fn claude_code_completes_the_scripted_conversation() {
         .flatten()
         .filter(|b| b["type"] == "tool_result")
         .collect();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
     for r in results {
         assert_ne!(r["is_error"], true, "tool failed: {r}");
     }
@@ -244,7 +249,8 @@ fn codex_completes_the_scripted_conversation() {
         "README.md",
         "version = 1",
         "version = 2",
-    ));
+    )
+    .with_probe(PROBE));
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, &server.ca_pem).unwrap();
     let secrets = BTreeMap::from([("OPENAI_API_KEY".to_string(), OPENAI_KEY.to_string())]);
@@ -277,9 +283,12 @@ fn codex_completes_the_scripted_conversation() {
     let steps: Vec<usize> = reqs.iter().filter_map(|r| r.step).collect();
     assert_eq!(
         steps,
-        vec![0, 1, 2],
+        vec![0, 1, 2, 3],
         "each scripted turn answered once, in order"
     );
+    let last = reqs.iter().rfind(|r| r.step == Some(3)).unwrap().json();
+    let probe = openai::CodexScript::tool_output(&last, 2).expect("probe output");
+    assert!(probe.contains("probe-42"), "{probe}");
     for r in &reqs {
         assert_eq!(
             r.header("authorization").map(String::from),

@@ -72,6 +72,43 @@ impl ClaudeScript {
         }
     }
 
+    /// Inserts a `Bash` tool call running `command` before the final answer: its output goes
+    /// back to the server in the next request's `tool_result`, so a test sees what the
+    /// guest saw (e.g. its environment) the way the provider would.
+    pub fn with_probe(mut self, command: &str) -> ClaudeScript {
+        let last = self.steps.len() - 1;
+        self.steps.insert(
+            last,
+            Step::Tool {
+                text: String::new(),
+                name: "Bash".into(),
+                input: json!({"command": command, "description": "Inspect the environment"}),
+            },
+        );
+        self
+    }
+
+    /// The text of the `tool_result` for step `step`'s call in request `req` (the server's
+    /// view of what the tool returned), if present.
+    pub fn tool_result(req: &serde_json::Value, step: usize) -> Option<String> {
+        let id = format!("toolu_ax{step:02}");
+        let b = req["messages"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["content"].as_array())
+            .flatten()
+            .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == id.as_str())?;
+        Some(match &b["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        })
+    }
+
     /// The usage the answer to step `i` reports: distinct per step, with cache writes on
     /// the first turn and cache reads afterwards (as a real prompt cache would).
     pub fn usage(i: usize) -> Usage {

@@ -68,6 +68,54 @@ impl CodexScript {
         }
     }
 
+    /// Inserts an `exec` call before the final message that runs shell `command` in the
+    /// guest through the nested `exec_command` tool and returns its output: the output goes
+    /// back to the server in the next request, so a test sees what the guest saw.
+    pub fn with_probe(mut self, command: &str) -> CodexScript {
+        let last = self.steps.len() - 1;
+        self.steps.insert(
+            last,
+            Step::Custom {
+                name: "exec".into(),
+                input: format!(
+                    "const r = await tools.exec_command({{cmd: {}, login: false}});\n\
+                     text(typeof r === \"string\" ? r : (r.output ?? JSON.stringify(r)));\n",
+                    serde_json::to_string(command).unwrap()
+                ),
+            },
+        );
+        self
+    }
+
+    /// The text of the tool output for step `step`'s call in request body `req`, if present
+    /// (strings and `text` fields of the output, joined by newlines).
+    pub fn tool_output(req: &Value, step: usize) -> Option<String> {
+        fn texts(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(a) => a.iter().for_each(|x| texts(x, out)),
+                Value::Object(o) => {
+                    if let Some(Value::String(t)) = o.get("text") {
+                        out.push(t.clone());
+                    } else if let Some(x) = o.get("output") {
+                        texts(x, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let id = format!("call_ax{step:02}");
+        let item = req["input"].as_array()?.iter().find(|i| {
+            i["call_id"] == id.as_str()
+                && i["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("_call_output"))
+        })?;
+        let mut out = Vec::new();
+        texts(&item["output"], &mut out);
+        Some(out.join("\n"))
+    }
+
     /// The usage the answer to step `i` reports (`input` includes `cache_read`, as OpenAI
     /// counts it).
     pub fn usage(i: usize) -> Usage {
