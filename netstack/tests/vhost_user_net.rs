@@ -31,6 +31,7 @@ const TXQ: usize = 1;
 /// Buffers: descriptor i of queue q uses `BUF_BASE + q * 0x10_0000 + i * 0x1000` (at most 4 KiB).
 const BUF_BASE: u64 = 0x10_0000;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Echoes every guest frame back (and lets the test inject frames for the guest).
 struct Loopback {
@@ -116,13 +117,16 @@ impl Harness {
                 },
             )
         });
-        let mut h = Harness::connect(&sock, mrg, dir);
+        let extra = if mrg { VIRTIO_NET_F_MRG_RXBUF } else { 0 };
+        let mut h = Harness::connect(&sock, extra, dir);
         h.server = Some(server);
         h
     }
 
     /// Connects to a backend listening on `sock` and negotiates.
-    fn connect(sock: &Path, mrg: bool, dir: tempfile::TempDir) -> Harness {
+    /// Connects to a backend listening on `sock` and negotiates; `extra` feature bits
+    /// (mergeable buffers, EVENT_IDX) are acked on top of the basic ones.
+    fn connect(sock: &Path, extra: u64, dir: tempfile::TempDir) -> Harness {
         let mut frontend = Frontend::connect(sock, 2).expect("connect");
         // SAFETY: valid C string; the fd is owned at once.
         let fd = unsafe { libc::memfd_create(c"net-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
@@ -144,7 +148,7 @@ impl Harness {
             | (1 << 5) // MAC
             | (1 << 3) // MTU
             | (1 << 16) // STATUS
-            | if mrg { VIRTIO_NET_F_MRG_RXBUF } else { 0 }
+            | extra
             | (offered & proto);
         assert_eq!(offered & want, want, "offered {offered:#x}");
         frontend.set_features(want).unwrap();
@@ -394,6 +398,58 @@ fn without_protocol_features_rings_start_enabled() {
 }
 
 #[test]
+fn with_event_idx_the_backend_asks_for_a_kick_when_out_of_buffers() {
+    // virtio 1.2 §2.7.10: with VIRTIO_F_EVENT_IDX the driver kicks only when the available
+    // index passes `avail_event` (the last field of the used ring), which the device sets.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("net.sock");
+    let listener = vhost_user::listen(&sock).unwrap();
+    let port = Loopback::new(false);
+    let server = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            vhost_user::serve(
+                listener,
+                port,
+                NetConfig {
+                    protocol_features: true,
+                    ..NetConfig::default()
+                },
+            )
+        })
+    };
+    let mut h = Harness::connect(&sock, VIRTIO_RING_F_EVENT_IDX, dir);
+    h.server = Some(server);
+    let avail_event = |h: &Harness| -> u16 {
+        let vq = &h.vqs[RXQ];
+        h.mem
+            .read_obj(GuestAddress(vq.used + 4 + 8 * u64::from(QSIZE)))
+            .unwrap()
+    };
+    h.post_rx(1, 2048);
+    for i in 0..3 {
+        port.inject(frame(80, i));
+    }
+    let rx = h.used(RXQ, 1);
+    assert_eq!(rx[0].2[HDR_LEN..], frame(80, 0)[..]);
+    // Out of buffers with frames waiting: "kick me when buffer #1 arrives".
+    let t0 = Instant::now();
+    while avail_event(&h) != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "avail_event {}",
+            avail_event(&h)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.post_rx(2, 2048);
+    let rx = h.used(RXQ, 2);
+    assert_eq!(rx[0].2[HDR_LEN..], frame(80, 1)[..]);
+    assert_eq!(rx[1].2[HDR_LEN..], frame(80, 2)[..]);
+    assert_eq!(h.stop().rx_frames, 3);
+}
+
+#[test]
 fn frames_wait_for_receive_buffers() {
     let port = Loopback::new(false);
     let mut h = Harness::start(port.clone(), false);
@@ -541,7 +597,7 @@ fn the_binary_serves_the_stack_and_exits_on_disconnect() {
     }
     let pem = std::fs::read_to_string(&ca).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    let mut h = Harness::connect(&sock, true, tempfile::tempdir().unwrap());
+    let mut h = Harness::connect(&sock, VIRTIO_NET_F_MRG_RXBUF, tempfile::tempdir().unwrap());
     let (_, c) = h
         .frontend
         .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0u8; 12])
