@@ -586,3 +586,33 @@ fn readdirplus_link_xattr_and_large_write() {
     h.release(e.nodeid, fh);
     assert_eq!(std::fs::read(s.upper.join("large")).unwrap(), data);
 }
+
+/// `--queues 2`: the config space says 2, both request queues answer (a file created through
+/// one is read through the other), and each is served by its own worker thread.
+#[test]
+fn two_request_queues_each_with_a_worker_thread() {
+    let s = setup();
+    let mut h = Harness::spawn_queues(s.dir.path(), &s.lower, &s.upper, 2);
+    h.init();
+    assert_eq!(&h.config()[36..40], &2u32.to_le_bytes());
+    let (e, fh) = h.create(ROOT_ID, b"q1.txt", 0o644).unwrap();
+    h.write(e.nodeid, fh, 0, b"via queue 1").unwrap();
+    h.release(e.nodeid, fh);
+    h.use_queue(2);
+    let l = h.lookup(ROOT_ID, b"q1.txt").unwrap();
+    assert_eq!(l.nodeid, e.nodeid);
+    let fh = h.open(l.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(l.nodeid, fh, 0, 100).unwrap(), b"via queue 1");
+    // The zero-copy READ path on the second queue too.
+    let big = h.lookup(ROOT_ID, b"big.bin").unwrap().nodeid;
+    let bfh = h.open(big, libc::O_RDONLY).unwrap();
+    assert_eq!(h.read(big, bfh, 0, 4096).unwrap(), vec![7u8; 4096]);
+    let workers = std::fs::read_dir(format!("/proc/{}/task", h.pid()))
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap_or_default().trim() == "vring_worker"
+        })
+        .count();
+    assert_eq!(workers, 2, "one worker thread per request queue");
+}

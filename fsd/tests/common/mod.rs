@@ -40,6 +40,7 @@ pub const REPLY_MAX: u32 = 0x30_0000;
 pub const HIPRIO: usize = 0;
 /// First request queue.
 pub const REQUEST: usize = 1;
+/// Queues by default: hiprio + one request queue.
 const NUM_QUEUES: usize = 2;
 
 fn queue_base(q: usize) -> u64 {
@@ -63,6 +64,8 @@ pub struct Harness {
     mem: GuestMemoryMmap,
     _memfd: File,
     vqs: Vec<Vq>,
+    /// The request queue `raw` uses.
+    queue: usize,
     unique: u64,
     pub socket: PathBuf,
     pub stderr: PathBuf,
@@ -101,9 +104,42 @@ impl Harness {
         Self::spawn_cmd(work, cmd, socket)
     }
 
+    /// Spawns `ax-fsd --lower LOWER --queues N` and sets up hiprio + N request queues (each
+    /// in its own guest memory: queue `q`'s rings at `0x10000 * (q + 1)`); requests go to
+    /// request queue 1 until [`Self::use_queue`].
+    pub fn spawn_queues(work: &Path, lower: &Path, upper: &Path, n: usize) -> Harness {
+        let socket = work.join("fsd.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ax-fsd"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--lower")
+            .arg(lower)
+            .arg("--upper")
+            .arg(upper)
+            .arg("--queues")
+            .arg(n.to_string());
+        Self::spawn_cmd_queues(work, cmd, socket, n + 1)
+    }
+
+    /// Sends the following requests on queue `q` (1..: request queues).
+    pub fn use_queue(&mut self, q: usize) {
+        assert!(q >= REQUEST && q < self.vqs.len(), "no request queue {q}");
+        self.queue = q;
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a spawned backend").id()
+    }
+
     /// Spawns any vhost-user-fs backend (`cmd`, already given its socket path `socket`), waits
     /// for the socket and connects: the same frontend drives ax-fsd and virtiofsd.
-    pub fn spawn_cmd(work: &Path, mut cmd: Command, socket: PathBuf) -> Harness {
+    pub fn spawn_cmd(work: &Path, cmd: Command, socket: PathBuf) -> Harness {
+        Self::spawn_cmd_queues(work, cmd, socket, NUM_QUEUES)
+    }
+
+    /// [`Self::spawn_cmd`] with `nq` queues (hiprio included).
+    fn spawn_cmd_queues(work: &Path, mut cmd: Command, socket: PathBuf, nq: usize) -> Harness {
         let stderr = work.join("fsd.stderr");
         cmd.stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("stderr file"));
@@ -122,8 +158,8 @@ impl Harness {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let frontend = Frontend::connect(&socket, NUM_QUEUES as u64).expect("connect");
-        Self::setup(Some(child), frontend, socket, stderr)
+        let frontend = Frontend::connect(&socket, nq as u64).expect("connect");
+        Self::setup(Some(child), frontend, socket, stderr, nq)
     }
 
     fn setup(
@@ -131,6 +167,7 @@ impl Harness {
         mut frontend: Frontend,
         socket: PathBuf,
         stderr: PathBuf,
+        nq: usize,
     ) -> Harness {
         // Guest RAM: a memfd, mapped here and sent to the backend.
         // SAFETY: valid C string.
@@ -175,7 +212,7 @@ impl Harness {
         frontend.set_mem_table(&[region]).expect("SET_MEM_TABLE");
 
         let mut vqs = Vec::new();
-        for q in 0..NUM_QUEUES {
+        for q in 0..nq {
             let base = queue_base(q);
             let vq = Vq {
                 desc: base,
@@ -219,6 +256,7 @@ impl Harness {
             mem,
             _memfd: memfd,
             vqs,
+            queue: REQUEST,
             unique: 0,
             socket,
             stderr,
@@ -331,7 +369,7 @@ impl Harness {
         };
         let mut req = h.as_slice().to_vec();
         req.extend_from_slice(body);
-        let out = self.transact(REQUEST, &req, reply_len);
+        let out = self.transact(self.queue, &req, reply_len);
         let (oh, rest) = read_struct::<OutHeader>(&out).expect("reply has a fuse_out_header");
         assert_eq!(oh.unique, self.unique, "reply matches the request");
         assert_eq!(oh.len as usize, out.len(), "out header len = bytes written");
