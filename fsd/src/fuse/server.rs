@@ -201,8 +201,8 @@ impl<F: FileSystem> Server<F> {
         Ok(())
     }
 
-    /// Zero-copy READ (the vhost-user transport): `req` is the whole request (`fuse_in_header`
-    /// + `fuse_read_in`); the data is read straight into `data`, the writable part after the
+    /// Zero-copy READ (the vhost-user transport): `req` is the whole request, `fuse_in_header`
+    /// and `fuse_read_in`; the data is read straight into `data`, the writable part after the
     /// out header. Returns the `fuse_out_header` to write in front of it (its `len` counts the
     /// data), or `None` when `req` has no header (nothing is written then).
     pub fn handle_read(&self, req: &[u8], data: &mut dyn ReadSink) -> Option<OutHeader> {
@@ -237,7 +237,7 @@ impl<F: FileSystem> Server<F> {
         })
     }
 
-    /// Zero-copy WRITE (the vhost-user transport): `head` is `fuse_in_header` +
+    /// Zero-copy WRITE (the vhost-user transport): `head` is `fuse_in_header` and
     /// `fuse_write_in`, `payload` the rest of the device-readable part, written straight to the
     /// file. Returns the reply (≤ `out_cap` bytes), `None` when `head` has no header.
     pub fn handle_write(

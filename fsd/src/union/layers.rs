@@ -69,6 +69,9 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
 
+/// A directory listing: names with their `DT_*` types.
+pub type Listing = Vec<(Vec<u8>, u32)>;
+
 /// A path as seen through the union.
 pub struct Layered {
     /// The node in the upper layer (an `O_PATH` fd), if it is there.
@@ -84,7 +87,7 @@ pub struct Layered {
     pub st: libc::stat64,
     /// The visible lower directory's names with their `DT_*` types, read once: the lower
     /// layer never changes.
-    pub lower_list: OnceLock<Arc<Vec<(Vec<u8>, u32)>>>,
+    pub lower_list: OnceLock<Arc<Listing>>,
 }
 
 impl Layered {

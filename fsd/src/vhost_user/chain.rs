@@ -53,7 +53,7 @@ impl<'a> Bufs<'a> {
                 .map_err(|e| bad(&format!("descriptor outside guest memory: {e}")))?;
             for s in slices {
                 let s = s.map_err(|e| bad(&format!("descriptor outside guest memory: {e}")))?;
-                if s.len() > 0 {
+                if !s.is_empty() {
                     bufs.push_back(s);
                 }
             }
