@@ -111,7 +111,13 @@ impl Env {
 
     /// Dumps an agent's logs to stderr (for failing tests).
     pub fn dump(&self, name: &str) {
-        for f in ["supervisor.log", "vmm.log", "console.log", "output.log"] {
+        for f in [
+            "supervisor.log",
+            "vmm.log",
+            "console.log",
+            "output.log",
+            "netstack.log",
+        ] {
             let p = self.agent_dir(name).join(f);
             let s = std::fs::read_to_string(&p).unwrap_or_default();
             let tail: Vec<&str> = s.lines().rev().take(40).collect();
