@@ -19,6 +19,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An empty queue and its eventfd. Errors: eventfd(2) failed (descriptor limit).
     pub fn new() -> std::io::Result<Outbox> {
         // SAFETY: eventfd(2) returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -32,10 +33,12 @@ impl Outbox {
         })
     }
 
+    /// The eventfd (non-blocking; readable while frames wait).
     pub fn fd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
     }
 
+    /// Frames waiting.
     pub fn len(&self) -> usize {
         self.queue.lock().unwrap().len()
     }
@@ -73,7 +76,9 @@ pub struct QueueDevice {
     pub frame_len: usize,
 }
 
+/// One received frame for smoltcp.
 pub struct RxToken(Vec<u8>);
+/// Room for one frame to the guest.
 pub struct TxToken<'a>(&'a Outbox);
 
 impl phy::RxToken for RxToken {

@@ -29,16 +29,23 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// Longest wait for the host resolver.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Record types (RFC 1035 §3.2.2, RFC 3596 §2.1).
+/// Record type A (RFC 1035 §3.2.2).
 pub const TYPE_A: u16 = 1;
+/// Record type PTR (RFC 1035 §3.2.2).
 pub const TYPE_PTR: u16 = 12;
+/// Record type AAAA (RFC 3596 §2.1).
 pub const TYPE_AAAA: u16 = 28;
+/// Query type `*` (RFC 1035 §3.2.3).
 pub const TYPE_ANY: u16 = 255;
-/// Response codes (RFC 1035 §4.1.1).
+/// Response code: no error (RFC 1035 §4.1.1).
 pub const NOERROR: u8 = 0;
+/// Response code: format error.
 pub const FORMERR: u8 = 1;
+/// Response code: server failure.
 pub const SERVFAIL: u8 = 2;
+/// Response code: name error (the name does not exist).
 pub const NXDOMAIN: u8 = 3;
+/// Response code: not implemented.
 pub const NOTIMP: u8 = 4;
 
 /// Is `ip` in the synthetic pool?
@@ -71,6 +78,7 @@ pub enum Resolved {
 }
 
 impl Names {
+    /// An empty table; the first name gets 198.18.0.1.
     pub fn new() -> Names {
         Names {
             inner: Mutex::new(Table {
@@ -207,12 +215,15 @@ pub fn host_lookup(name: &str) -> Result<Vec<IpAddr>, Lookup> {
 /// A parsed query: the header fields we echo and the single question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
+    /// Message ID (copied into the response).
     pub id: u16,
     /// The RD bit (copied into the response).
     pub rd: bool,
     /// Lower case, no trailing dot; empty for the root.
     pub name: String,
+    /// QTYPE.
     pub qtype: u16,
+    /// QCLASS (not checked: everything is treated as IN).
     pub qclass: u16,
     /// The question section as sent (echoed in the response).
     question: Vec<u8>,
