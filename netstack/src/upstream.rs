@@ -22,6 +22,9 @@ pub struct Connector {
     /// `host:port` of the HTTP CONNECT proxy.
     proxy: Option<String>,
     timeout: Duration,
+    /// The host's own interface addresses (read at startup): a service bound to 0.0.0.0 on
+    /// the host must not be reachable from the guest through them.
+    own: Vec<IpAddr>,
 }
 
 struct RouteTarget {
@@ -58,6 +61,44 @@ pub fn blocked(ip: IpAddr) -> Option<&'static str> {
             }
         }
     }
+}
+
+/// The addresses of every interface of this host (getifaddrs(3)), IPv4 and IPv6.
+/// Errors: getifaddrs failing (out of memory, no netlink).
+fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+            match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
@@ -119,7 +160,18 @@ impl Connector {
             routes,
             proxy,
             timeout: CONNECT_TIMEOUT,
+            own: host_addresses()?,
         })
+    }
+
+    /// Why `ip` may not be reached without a route: [`blocked`] ranges, or one of this host's
+    /// own interface addresses (any range: a public address of the host is still the host).
+    pub fn why_blocked(&self, ip: IpAddr) -> Option<&'static str> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        blocked(ip).or_else(|| self.own.contains(&ip).then_some("an address of this host"))
     }
 
     /// Does a `[[route]]` name `host`?
@@ -185,10 +237,10 @@ impl Connector {
         let allowed: Vec<IpAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| blocked(*a).is_none())
+            .filter(|a| self.why_blocked(*a).is_none())
             .collect();
         if allowed.is_empty() && !addrs.is_empty() {
-            let why = blocked(addrs[0]).unwrap_or("blocked");
+            let why = self.why_blocked(addrs[0]).unwrap_or("blocked");
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
@@ -333,6 +385,36 @@ mod tests {
         let e = k.connect_tcp(Some("slow.invalid"), dst).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         hold.abort();
+    }
+
+    /// A service the host binds to 0.0.0.0 is reachable at each of the host's addresses; the
+    /// guest must not reach it through any of them, public ones included, unless routed.
+    #[tokio::test]
+    async fn the_hosts_own_addresses_are_refused() {
+        let c = Config::parse("agent='a'\n", "t").unwrap();
+        let k = Connector::new(&c).unwrap();
+        let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let own: Vec<IpAddr> = k
+            .own
+            .iter()
+            .copied()
+            .filter(|a| blocked(*a).is_none())
+            .collect();
+        if own.is_empty() {
+            eprintln!("SKIP: the_hosts_own_addresses_are_refused: this host has no address outside the blocked ranges");
+        }
+        for ip in own {
+            // Reachable from the host itself: the refusal below is the policy, not the network.
+            tokio::net::TcpStream::connect((ip, port)).await.unwrap();
+            let e = k
+                .connect_tcp(None, SocketAddr::new(ip, port))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{ip}: {e}");
+            assert!(e.to_string().contains("an address of this host"), "{e}");
+        }
+        assert!(k.own.contains(&"127.0.0.1".parse().unwrap()), "{:?}", k.own);
     }
 
     #[tokio::test]
