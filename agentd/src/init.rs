@@ -98,7 +98,7 @@ fn boot_and_serve(init_ms: u64) -> Result<Never, String> {
         Config {
             ready_ms: ready,
             init_ms,
-            setup_hook: Some(trust::setup_hook),
+            setup_hook: Some(setup_hook),
             ..Config::default()
         },
         tx,
@@ -156,4 +156,18 @@ fn bind_control() -> Result<vsock::VsockListener, String> {
             }
         }
     }
+}
+
+/// PID 1's SETUP hook: the CA into the trust store ([`trust::setup_hook`]), then the
+/// placeholders into `/workspace/.env` ([`dotenv::write`]; a failure there is logged, not
+/// fatal: the environment still carries them).
+fn setup_hook(
+    s: &agentd::proto::Setup,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let env = trust::setup_hook(s)?;
+    match crate::dotenv::write(std::path::Path::new("/workspace"), &s.env) {
+        Ok(o) => log::info!("/workspace/.env: {o:?}"),
+        Err(e) => log::warn!("/workspace/.env: {e}"),
+    }
+    Ok(env)
 }

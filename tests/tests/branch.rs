@@ -435,6 +435,40 @@ fn upper_layer_becomes_one_commit() {
     git(&f.repo, &["fsck", "--no-dangling", "--no-progress"]);
 }
 
+/// The agent's own `.git/info/exclude` (in the upper layer) keeps paths out of the branch, as
+/// git in the guest would: agentd puts the synthesized `.env` there (agentd/src/dotenv.rs).
+#[test]
+fn agents_info_exclude_keeps_paths_out_of_the_branch() {
+    let f = Fixture::new();
+    let base = f.head();
+    let snap = f.snap();
+    let up = f.upper();
+    write(&up.join(".env"), "ANTHROPIC_API_KEY=sk-ant-api03-axphPLACEHOLDER\n");
+    write(&up.join("notes/scratch.txt"), "scratch\n");
+    write(&up.join("src/new.rs"), "// new\n");
+    write(
+        &up.join(".git/info/exclude"),
+        "# ax: the synthesized .env (placeholders only)\n/.env\nscratch.txt\n",
+    );
+    build_branch(&f.repo, &snap, &up, None, "ex", &id()).unwrap();
+    assert_eq!(f.name_status(&base, "ax/ex"), vec!["A src/new.rs".to_string()]);
+    // Without the agent's exclude file both would be committed.
+    std::fs::remove_file(up.join(".git/info/exclude")).unwrap();
+    build_branch_with(
+        &f.repo,
+        &snap,
+        &up,
+        None,
+        "ex2",
+        &id(),
+        &BranchOptions::default(),
+    )
+    .unwrap();
+    let mut got = f.name_status(&base, "ax/ex2");
+    got.sort();
+    assert_eq!(got, vec!["A .env", "A notes/scratch.txt", "A src/new.rs"]);
+}
+
 /// The blob id git gives `s` (a symlink's target is stored as its content).
 fn blob_of(repo: &Path, s: &str) -> String {
     let out = Command::new("git")

@@ -237,7 +237,7 @@ const IGNORE_ROOT: &str = "/ax-upper-root";
 /// edits, writing new blobs into `repo`. `tracked_trees`: trees whose paths are tracked (ignore
 /// rules do not hide changes to them). `skip`: share-relative paths never committed (ax's own
 /// files); any entry named `.git` is always skipped. Ignore rules: the host's `core.excludesFile`
-/// and `info/exclude`, then each directory's `.gitignore` as the merged view shows it (upper's if
+/// and `info/exclude`, the agent's own `.git/info/exclude` in `upper`, then each directory's `.gitignore` as the merged view shows it (upper's if
 /// present, else lower's unless whited-out or hidden by an opaque/new directory).
 pub fn scan_upper(
     repo: &gix::Repository,
@@ -263,6 +263,22 @@ pub fn scan_upper(
         Default::default(),
     )
     .context("reading info/exclude and core.excludesFile")?;
+    // The agent's own `.git/info/exclude` (in the upper layer): what git in the guest leaves
+    // out stays out of the branch too (e.g. the synthesized `.env`, agentd/src/dotenv.rs).
+    let mut ignore = ignore;
+    let agent_exclude = upper.join(".git").join("info").join("exclude");
+    if std::fs::symlink_metadata(&agent_exclude).is_ok_and(|m| m.is_file()) {
+        let bytes = std::fs::read(&agent_exclude)
+            .with_context(|| format!("reading {}", agent_exclude.display()))?;
+        ignore.add_patterns_buffer(
+            &bytes,
+            // A source at the root: its patterns are relative to the share's root (a source
+            // under .git/info would make them relative to that directory).
+            Path::new(IGNORE_ROOT).join("agent-info-exclude"),
+            Some(Path::new(IGNORE_ROOT)),
+            Default::default(),
+        )?;
+    }
     let exec_bit = gx(repo.filesystem_options())?.executable_bit;
     let meta = std::fs::symlink_metadata(upper)
         .with_context(|| format!("reading upper layer {}", upper.display()))?;
