@@ -11,9 +11,10 @@
 //! `Authorization` header (any scheme, incl. `Basic` whose base64 `user:password` is decoded,
 //! rewritten and re-encoded, RFC 7617), `x-api-key`, `x-goog-api-key`, and the request body
 //! when the secret has `body = true`. Anywhere else (other host, other header, the URL, a body
-//! without opt-in; raw or base64) the request is blocked. Exception: the body of a metered LLM
-//! call is conversation content and passes unchanged (an agent that read its own `.env` must
-//! not lose its session); the placeholder is worthless to the provider.
+//! without opt-in; raw or base64) the request is blocked. Exception: request bodies to the
+//! known LLM API hosts (`policy::LLM_HOSTS`) are conversation content (messages, token counts)
+//! and pass unchanged (an agent that read its own `.env` must not lose its session); the
+//! placeholder is worthless to the provider.
 
 use crate::config;
 use crate::http::rewrite::{Action, Blocked, Patterns, Stream};
@@ -358,9 +359,9 @@ impl Secrets {
     }
 
     /// The request body rewriter for `host`, or `None` when the body can pass unexamined
-    /// (no secrets; or a metered LLM call (`llm`) with no body-substituted secret for `host`).
-    /// Bound secrets with `body = true` are substituted; any other placeholder form blocks
-    /// (not for `llm` calls, where they pass unchanged).
+    /// (no secrets; or a request to an LLM API host (`llm`) with no body-substituted secret
+    /// for `host`). Bound secrets with `body = true` are substituted; any other placeholder
+    /// form blocks (not for `llm` requests, where they pass unchanged).
     pub fn request_body(&self, host: &str, llm: bool) -> Option<Stream> {
         if self.entries.is_empty() {
             return None;

@@ -305,8 +305,11 @@ async fn placeholders_anywhere_else_are_blocked_and_never_forwarded() {
     let dir = tempfile::tempdir().unwrap();
     let up = upstream(&[API, OTHER], &["h2", "http/1.1"]).await;
     let key = anthropic();
-    let ctx = context(dir.path(), &up, &[API, OTHER], true, &[key_clone(&key)], "");
-    let ph = key.placeholder.clone();
+    // Bound to a host that is not an LLM API: request bodies there are checked.
+    let gh = TestSecret::new("GITHUB_TOKEN", &github().value, &[OTHER], false);
+    let secrets = [key_clone(&key), key_clone(&gh)];
+    let ctx = context(dir.path(), &up, &[API, OTHER], true, &secrets, "");
+    let (ph, gph) = (key.placeholder.clone(), gh.placeholder.clone());
     let echo = || "/echo".to_string();
     // (host, path, headers, body, what the refusal says)
     type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, String, &'a str);
@@ -347,10 +350,10 @@ async fn placeholders_anywhere_else_are_blocked_and_never_forwarded() {
             "the URL",
         ),
         (
-            API,
+            OTHER,
             echo(),
             vec![],
-            format!("{{\"k\":\"{ph}\"}}"),
+            format!("{{\"k\":\"{gph}\"}}"),
             "request body",
         ),
         (OTHER, echo(), vec![], format!("token={ph}"), "not bound"),
@@ -361,10 +364,11 @@ async fn placeholders_anywhere_else_are_blocked_and_never_forwarded() {
             let (status, _, text) = g.text("POST", path, headers, body).await;
             assert_eq!(status, 403, "{host} {path} {headers:?} {body}: {text}");
             assert!(
-                text.contains("ANTHROPIC_API_KEY") && text.contains(why),
+                (text.contains("ANTHROPIC_API_KEY") || text.contains("GITHUB_TOKEN"))
+                    && text.contains(why),
                 "explains: {text}"
             );
-            assert_no_leak(&text, &[&key]);
+            assert_no_leak(&text, &[&key, &gh]);
             // The connection still works for a clean request.
             let (status, _, _) = g.text("GET", "/plain", &[], "").await;
             assert_eq!(status, 200);
@@ -383,7 +387,7 @@ async fn placeholders_anywhere_else_are_blocked_and_never_forwarded() {
     assert!(blocked.iter().all(|r| r
         .blocked
         .as_deref()
-        .is_some_and(|b| b.contains("ANTHROPIC_API_KEY"))));
+        .is_some_and(|b| b.contains("placeholder of secret"))));
     assert!(
         blocked.iter().all(|r| !r.path.contains('?')),
         "no query strings in the audit log"
@@ -716,9 +720,26 @@ async fn llm_request_bodies_carry_placeholders_as_text() {
         "body forwarded as the guest wrote it"
     );
     assert_eq!(seen.headers["x-api-key"], key.value.as_str());
-    // The same body to a non-LLM path of the host is blocked.
-    let (status, _, _) = g.text("POST", "/echo", &[], &body).await;
-    assert_eq!(status, 403);
+    // Other paths of an LLM API host too (token counting is not metered).
+    let (status, _, _) = g
+        .text("POST", "/v1/messages/count_tokens", &[], &body)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(up.seen.lock().unwrap()[1].body, body.as_bytes());
+    // The same body to a host that is not an LLM API is blocked.
+    let up2 = upstream(&[OTHER], &["h2"]).await;
+    let ctx2 = context(
+        dir.path(),
+        &up2,
+        &[OTHER],
+        true,
+        &[key_clone(&key), key_clone(&gh)],
+        "",
+    );
+    let mut g2 = guest(&ctx2, &up2, OTHER, &["h2"]).await;
+    let (status, _, text) = g2.text("POST", "/echo", &[], &body).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(up2.seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

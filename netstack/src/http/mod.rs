@@ -295,7 +295,11 @@ impl Proxy {
 
         let blocked = BlockSlot::default();
         let up_bytes = Arc::new(AtomicU64::new(0));
-        let rewrite = ctx.secrets.request_body(&self.name, provider.is_some());
+        let llm = provider.is_some()
+            || crate::policy::LLM_HOSTS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&self.name));
+        let rewrite = ctx.secrets.request_body(&self.name, llm);
         let exact = rewrite.as_ref().is_none_or(|r| r.preserves_length());
         if !exact {
             parts.headers.remove(header::CONTENT_LENGTH);
