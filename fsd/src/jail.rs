@@ -24,7 +24,6 @@
 //! path, so those opens are allowed exactly when the node is in a layer.
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use ax_jail::landlock::LandlockOutcome;
@@ -405,27 +404,6 @@ pub fn rules() -> Rules {
         ],
     );
     r
-}
-
-/// Blocks until a frontend is waiting on `listener` (a pending connection: POLLIN), so the
-/// jail goes on after it connected and before anything is served. Retries on EINTR.
-pub fn wait_for_frontend(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if n > 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if n < 0 && e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use ax_fsd::journal::Journal;
 use ax_fsd::union::git::{GitLower, GitOptions};
 use ax_fsd::union::lower::Lower;
 use ax_fsd::union::{sys, UnionFs, UnionOptions};
-use ax_fsd::vhost_user::{listen, serve, FsConfig};
+use ax_fsd::vhost_user::{listen, serve, FsConfig, VhostUserListener};
 use clap::Parser;
 
 /// vhost-user-fs backend: a read-only lower layer (a directory, or a git tree read straight
@@ -93,30 +93,8 @@ struct Args {
     seccomp: ax_jail::SeccompMode,
 }
 
-struct StderrLogger(log::LevelFilter);
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.0
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("ax-fsd: {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn main() -> ExitCode {
-    let level = match std::env::var("AX_FSD_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Info,
-    };
-    let _ = log::set_logger(Box::leak(Box::new(StderrLogger(level))));
-    log::set_max_level(level);
+    ax_vhost::log_to_stderr("ax-fsd", "AX_FSD_LOG");
     let args = Args::parse();
     let mut dirs = vec![("--upper", &args.upper)];
     if let Some(l) = &args.lower {
@@ -203,9 +181,11 @@ fn open_lower(args: &Args) -> Result<(Lower, String), String> {
 
 /// Waits for the frontend to connect, removes the socket file (nobody else may connect, and
 /// the jail could not remove it later), then jails the process (docs/jail.md).
-fn enter_jail(args: &Args, listener: &impl std::os::fd::AsRawFd) -> anyhow::Result<()> {
+fn enter_jail(args: &Args, listener: &VhostUserListener) -> anyhow::Result<()> {
     use anyhow::Context;
-    jail::wait_for_frontend(listener).context("waiting for the vhost-user frontend")?;
+    listener
+        .wait_for_frontend()
+        .context("waiting for the vhost-user frontend")?;
     let _ = std::fs::remove_file(&args.socket);
     let read_only = match (&args.lower, &args.lower_git) {
         (Some(dir), _) => vec![dir.clone()],

@@ -11,16 +11,15 @@
 
 use std::io;
 use std::mem::size_of;
-use std::path::Path;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use ax_vhost::{config_slice, ExitEvent};
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -28,9 +27,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 mod chain;
 
@@ -76,7 +73,7 @@ pub struct FsBackend<F: FileSystem> {
     cfg: FsConfig,
     mem: RwLock<Option<Mem>>,
     event_idx: RwLock<bool>,
-    exit: (EventConsumer, EventNotifier),
+    exit: ExitEvent,
 }
 
 impl<F: FileSystem> FsBackend<F> {
@@ -99,7 +96,7 @@ impl<F: FileSystem> FsBackend<F> {
             cfg,
             mem: RwLock::new(None),
             event_idx: RwLock::new(false),
-            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            exit: ExitEvent::new()?,
         })
     }
 
@@ -301,10 +298,7 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let c = self.config_bytes();
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        c.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+        config_slice(&self.config_bytes(), offset, size)
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
@@ -313,7 +307,7 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        self.exit.pair()
     }
 
     fn handle_event(
@@ -338,56 +332,17 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
     }
 }
 
-/// A bound vhost-user listening socket, created before the frontend starts.
-pub struct VhostUserListener {
-    inner: Listener,
-}
+pub use ax_vhost::{listen, VhostUserListener};
 
-impl std::os::fd::AsRawFd for VhostUserListener {
-    /// The listening socket (e.g. to poll for a pending frontend connection).
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
-    }
-}
-
-/// Binds the vhost-user socket (replacing a stale socket file).
-pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
-    let inner = Listener::new(socket, true).map_err(|e| {
-        anyhow!(
-            "cannot listen on vhost-user socket {}: {e} (is the directory writable?)",
-            socket.display()
-        )
-    })?;
-    Ok(VhostUserListener { inner })
-}
-
-/// Serves one vhost-user frontend until it disconnects. Blocking.
+/// Serves one vhost-user frontend until it disconnects (the VM powering off is `Ok`).
+/// Blocking. Errors: a bad [`FsConfig`], or a vhost-user failure ([`ax_vhost::serve`]).
 pub fn serve<F: FileSystem + 'static>(
-    mut listener: VhostUserListener,
+    listener: VhostUserListener,
     server: Arc<Server<F>>,
     cfg: FsConfig,
 ) -> anyhow::Result<()> {
     let backend = Arc::new(FsBackend::new(server, cfg)?);
-    let mut daemon = VhostUserDaemon::new(
-        "ax-fsd".to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| anyhow!("vhost-user daemon: {e}"))?;
-    let result = daemon
-        .start(&mut listener.inner)
-        .and_then(|()| daemon.wait());
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
-    match result {
-        Ok(()) => Ok(()),
-        // The frontend going away (VM powered off) is the normal end.
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(anyhow!("vhost-user: {e}")),
-    }
+    ax_vhost::serve("ax-fsd", backend, listener, &[])
 }
 
 #[cfg(test)]

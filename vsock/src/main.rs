@@ -10,20 +10,6 @@ use std::process::ExitCode;
 
 use ax_vsock::{listen, serve, HybridConfig, DEFAULT_GUEST_CID};
 
-struct StderrLogger(log::LevelFilter);
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.0
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("ax-vsock: {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
 const USAGE: &str = "usage: ax-vsock --socket PATH --uds PATH [--guest-cid N]
   --socket PATH    vhost-user socket to listen on (QEMU: -chardev socket,path=PATH)
   --uds PATH       hybrid vsock socket: host clients send 'CONNECT <port>\\n' here;
@@ -32,16 +18,7 @@ const USAGE: &str = "usage: ax-vsock --socket PATH --uds PATH [--guest-cid N]
 env: AX_VSOCK_LOG=error|warn|info|debug|trace (default info)";
 
 fn main() -> ExitCode {
-    let level = match std::env::var("AX_VSOCK_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Info,
-    };
-    let logger = Box::leak(Box::new(StderrLogger(level)));
-    let _ = log::set_logger(logger);
-    log::set_max_level(level);
+    ax_vhost::log_to_stderr("ax-vsock", "AX_VSOCK_LOG");
 
     let mut socket = None;
     let mut uds = None;

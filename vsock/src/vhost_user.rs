@@ -10,19 +10,17 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
+use ax_vhost::{config_slice, ExitEvent, Watch};
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::muxer::{MuxerOptions, VsockMuxer};
 use crate::HybridConfig;
@@ -42,7 +40,7 @@ pub struct VsockBackend {
     muxer: VsockMuxer,
     mem: Option<Mem>,
     event_idx: bool,
-    exit: (EventConsumer, EventNotifier),
+    exit: ExitEvent,
 }
 
 impl VsockBackend {
@@ -52,7 +50,7 @@ impl VsockBackend {
             muxer: VsockMuxer::new(cfg, opts)?,
             mem: None,
             event_idx: false,
-            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            exit: ExitEvent::new()?,
         })
     }
 
@@ -138,13 +136,7 @@ impl VhostUserBackendMut for VsockBackend {
 
     /// `struct virtio_vsock_config { le64 guest_cid; }` (virtio 1.2 §5.10.4).
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let cfg = self.muxer.guest_cid().to_le_bytes();
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        if end > cfg.len() {
-            return Vec::new();
-        }
-        cfg[start..end].to_vec()
+        config_slice(&self.muxer.guest_cid().to_le_bytes(), offset, size)
     }
 
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
@@ -153,7 +145,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        self.exit.pair()
     }
 
     fn handle_event(
@@ -187,22 +179,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 }
 
-/// A bound vhost-user listening socket, created before the frontend (QEMU) starts.
-pub struct VhostUserListener {
-    inner: Listener,
-}
-
-/// Binds the vhost-user socket (replacing a stale socket file). Call this before starting QEMU,
-/// then hand the listener to [`serve`].
-pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
-    let inner = Listener::new(socket, true).map_err(|e| {
-        anyhow!(
-            "cannot listen on vhost-user socket {}: {e}",
-            socket.display()
-        )
-    })?;
-    Ok(VhostUserListener { inner })
-}
+pub use ax_vhost::{listen, VhostUserListener};
 
 /// Serves one vhost-user frontend on `listener` with default [`MuxerOptions`]; see
 /// [`serve_with`].
@@ -217,7 +194,7 @@ pub fn serve(listener: VhostUserListener, cfg: HybridConfig) -> anyhow::Result<(
 /// [`MuxerOptions::ready_timeout`]). Blocking; run it on a thread. On return the hybrid socket
 /// file is removed and all connections are closed.
 pub fn serve_with(
-    mut listener: VhostUserListener,
+    listener: VhostUserListener,
     cfg: HybridConfig,
     opts: MuxerOptions,
 ) -> anyhow::Result<()> {
@@ -225,38 +202,18 @@ pub fn serve_with(
         .with_context(|| format!("cannot start hybrid vsock on {}", cfg.uds_path.display()))?;
     let muxer_fd = backend.muxer.as_raw_fd();
     let backend = Arc::new(RwLock::new(backend));
-    let mut daemon = VhostUserDaemon::new(
-        "ax-vsock".to_string(),
-        backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| anyhow!("vhost-user daemon: {e}"))?;
-    let handlers = daemon.get_epoll_handlers();
-    let handler = handlers
-        .first()
-        .ok_or_else(|| anyhow!("vhost-user daemon has no thread"))?;
-    handler
-        .register_listener(muxer_fd, EventSet::IN, u64::from(MUXER_EVENT))
-        .map_err(|e| anyhow!("cannot register vsock fd: {e}"))?;
-
-    let result = daemon
-        .start(&mut listener.inner)
-        .and_then(|()| daemon.wait());
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
+    let watch = Watch {
+        fd: muxer_fd,
+        event: MUXER_EVENT,
+        what: "vsock fd",
+    };
+    // A frontend going away (QEMU quit, guest powered off) is the normal end (`Ok`).
+    let result = ax_vhost::serve("ax-vsock", backend.clone(), listener, &[watch]);
     if let Ok(mut b) = backend.write() {
         b.muxer.reset();
     }
     let _ = std::fs::remove_file(&cfg.uds_path);
-    match result {
-        Ok(()) => Ok(()),
-        // A frontend going away (QEMU quit, guest powered off) is the normal end.
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(anyhow!("vhost-user: {e}")),
-    }
+    result
 }
 
 /// Binds `socket`, then [`serve`]s one frontend on it. Blocking.

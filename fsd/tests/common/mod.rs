@@ -1,28 +1,28 @@
 //! A real vhost-user frontend for driving `ax-fsd` without a VM (issue #4: "drive ax-fsd through a
 //! vhost-user frontend harness").
 //!
-//! Guest RAM is a memfd mapped with vm-memory (`GuestMemoryMmap` + `FileOffset`) and shared with
-//! the backend through `VHOST_USER_SET_MEM_TABLE`. Split virtqueues (virtio 1.2 §2.7) are laid
-//! out by hand in that memory; each request is a two-descriptor chain (device-readable request,
-//! device-writable reply buffer, virtio 1.2 §5.11.6), published in the available ring, kicked
-//! through the kick eventfd; the harness waits on the call eventfd and reads the used ring.
+//! Guest RAM is a memfd shared with the backend through `VHOST_USER_SET_MEM_TABLE`, split
+//! virtqueues (virtio 1.2 §2.7) are laid out by hand in that memory (`ax_vhost::testing`);
+//! each request is a two-descriptor chain (device-readable request, device-writable reply
+//! buffer, virtio 1.2 §5.11.6), published in the available ring, kicked through the kick
+//! eventfd; the harness waits on the call eventfd and reads the used ring.
 
 #![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use ax_fsd::fuse::abi::{self, opcode, read_struct, InHeader, OutHeader};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use ax_vhost::testing::{
+    ack_protocol_features, wait_for_socket, GuestRam, Vq, DESC_F_NEXT, DESC_F_WRITE,
+};
+use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use vhost::VhostBackend;
+use vm_memory::{Bytes, GuestAddress};
 
 use vm_memory::ByteValued;
 
@@ -47,22 +47,11 @@ fn queue_base(q: usize) -> u64 {
     0x1_0000 * (q as u64 + 1)
 }
 
-struct Vq {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_avail: u16,
-    last_used: u16,
-    kick: EventFd,
-    call: EventFd,
-}
-
 /// The frontend, the backend process and the guest memory.
 pub struct Harness {
     child: Option<Child>,
     frontend: Option<Frontend>,
-    mem: GuestMemoryMmap,
-    _memfd: File,
+    mem: GuestRam,
     vqs: Vec<Vq>,
     /// The request queue `raw` uses.
     queue: usize,
@@ -144,19 +133,11 @@ impl Harness {
         cmd.stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("stderr file"));
         let mut child = cmd.spawn().expect("spawn the backend");
-        let t0 = Instant::now();
-        while !socket.exists() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "backend exited ({st}) before creating its socket: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the backend did not create its socket"
+        if let Err(e) = wait_for_socket(&mut child, &socket, Duration::from_secs(10)) {
+            panic!(
+                "{e}: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(5));
         }
         let frontend = Frontend::connect(&socket, nq as u64).expect("connect");
         Self::setup(Some(child), frontend, socket, stderr, nq)
@@ -170,20 +151,7 @@ impl Harness {
         nq: usize,
     ) -> Harness {
         // Guest RAM: a memfd, mapped here and sent to the backend.
-        // SAFETY: valid C string.
-        let fd = unsafe { libc::memfd_create(c"ax-fsd-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0, "memfd_create");
-        // SAFETY: fresh fd.
-        let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(MEM_SIZE as u64).unwrap();
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
-            GuestAddress(0),
-            MEM_SIZE,
-            Some(FileOffset::new(memfd.try_clone().unwrap(), 0)),
-        )])
-        .expect("guest memory");
-        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-
+        let mem = GuestRam::new(c"ax-fsd-guest-ram", MEM_SIZE);
         frontend.set_owner().expect("SET_OWNER");
         let features = frontend.get_features().expect("GET_FEATURES");
         let version1 = 1u64 << virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -193,68 +161,19 @@ impl Harness {
             .set_features(features & (version1 | proto))
             .expect("SET_FEATURES");
         if features & proto != 0 {
-            let pf = frontend
-                .get_protocol_features()
-                .expect("GET_PROTOCOL_FEATURES");
-            frontend
-                .set_protocol_features(
-                    pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
-                )
-                .expect("SET_PROTOCOL_FEATURES");
+            ack_protocol_features(&mut frontend);
         }
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: MEM_SIZE as u64,
-            userspace_addr: host,
-            mmap_offset: 0,
-            mmap_handle: memfd.as_raw_fd(),
-        };
-        frontend.set_mem_table(&[region]).expect("SET_MEM_TABLE");
+        frontend
+            .set_mem_table(&[mem.region()])
+            .expect("SET_MEM_TABLE");
 
-        let mut vqs = Vec::new();
-        for q in 0..nq {
-            let base = queue_base(q);
-            let vq = Vq {
-                desc: base,
-                avail: base + 0x1000,
-                used: base + 0x2000,
-                next_avail: 0,
-                last_used: 0,
-                kick: EventFd::new(0).unwrap(),
-                call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            };
-            frontend.set_vring_num(q, QSIZE).expect("SET_VRING_NUM");
-            frontend
-                .set_vring_addr(
-                    q,
-                    &VringConfigData {
-                        queue_max_size: QSIZE,
-                        queue_size: QSIZE,
-                        flags: 0,
-                        desc_table_addr: host + vq.desc,
-                        used_ring_addr: host + vq.used,
-                        avail_ring_addr: host + vq.avail,
-                        log_addr: None,
-                    },
-                )
-                .expect("SET_VRING_ADDR");
-            frontend.set_vring_base(q, 0).expect("SET_VRING_BASE");
-            frontend
-                .set_vring_call(q, &vq.call)
-                .expect("SET_VRING_CALL");
-            frontend
-                .set_vring_kick(q, &vq.kick)
-                .expect("SET_VRING_KICK");
-            frontend
-                .set_vring_enable(q, true)
-                .expect("SET_VRING_ENABLE");
-            vqs.push(vq);
-        }
+        let vqs = (0..nq)
+            .map(|q| Vq::setup(&mut frontend, &mem, q, queue_base(q), QSIZE, true))
+            .collect();
         Harness {
             child,
             frontend: Some(frontend),
             mem,
-            _memfd: memfd,
             vqs,
             queue: REQUEST,
             unique: 0,
@@ -283,38 +202,18 @@ impl Harness {
         let vq = &mut self.vqs[q];
         let mem = &self.mem;
         mem.write_slice(req, GuestAddress(REQ_GPA)).unwrap();
-        // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; } (§2.7.5)
-        let write_desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let d = vq.desc + 16 * i;
-            mem.write_obj(addr, GuestAddress(d)).unwrap();
-            mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
-            mem.write_obj(next, GuestAddress(d + 14)).unwrap();
-        };
-        const NEXT: u16 = 1;
-        const WRITE: u16 = 2;
         if reply_len > 0 {
-            write_desc(0, REQ_GPA, req.len() as u32, NEXT, 1);
-            write_desc(1, REPLY_GPA, reply_len, WRITE, 0);
+            vq.write_desc(mem, 0, REQ_GPA, req.len() as u32, DESC_F_NEXT, 1);
+            vq.write_desc(mem, 1, REPLY_GPA, reply_len, DESC_F_WRITE, 0);
         } else {
-            write_desc(0, REQ_GPA, req.len() as u32, 0, 0);
+            vq.write_desc(mem, 0, REQ_GPA, req.len() as u32, 0, 0);
         }
-        // struct virtq_avail { le16 flags; le16 idx; le16 ring[]; } (§2.7.6)
-        let slot = vq.next_avail % QSIZE;
-        mem.write_obj(0u16, GuestAddress(vq.avail + 4 + 2 * u64::from(slot)))
-            .unwrap();
-        fence(Ordering::SeqCst);
-        vq.next_avail = vq.next_avail.wrapping_add(1);
-        mem.write_obj(vq.next_avail, GuestAddress(vq.avail + 2))
-            .unwrap();
-        fence(Ordering::SeqCst);
-        vq.kick.write(1).unwrap();
-        // struct virtq_used { le16 flags; le16 idx; struct { le32 id; le32 len; } ring[]; }
+        vq.publish(mem, 0);
+        vq.kick();
         let t0 = Instant::now();
-        loop {
-            let idx: u16 = mem.read_obj(GuestAddress(vq.used + 2)).unwrap();
-            if idx != vq.last_used {
-                break;
+        let (id, len) = loop {
+            if let Some(used) = vq.pop_used(mem) {
+                break used;
             }
             // Spin briefly before sleeping on the call eventfd, so a round trip measures the
             // backend rather than this thread's wakeup (the bench, tests/bench.rs).
@@ -322,25 +221,12 @@ impl Harness {
                 std::hint::spin_loop();
                 continue;
             }
-            let mut pfd = libc::pollfd {
-                fd: vq.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
-            let _ = vq.call.read();
+            vq.wait_call(100);
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "no used element from ax-fsd within 20 s"
             );
-        }
-        fence(Ordering::SeqCst);
-        let slot = vq.last_used % QSIZE;
-        let e = vq.used + 4 + 8 * u64::from(slot);
-        let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
-        let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
-        vq.last_used = vq.last_used.wrapping_add(1);
+        };
         assert_eq!(id, 0, "used id is the head we published");
         assert!(len <= reply_len, "used len {len} > buffer {reply_len}");
         let mut out = vec![0u8; len as usize];
