@@ -10,6 +10,7 @@ pub mod driver;
 pub mod error;
 pub mod git;
 pub mod image;
+pub mod launch;
 pub mod paths;
 pub mod secrets;
 pub mod state;

@@ -15,6 +15,7 @@
 use crate::client;
 use crate::driver::{self, axvmm, netstack, qemu, NetDevice, VmSpec};
 use crate::image;
+use crate::launch::{self, LaunchRecord};
 use crate::state::{self, now_ms, AgentState, Status};
 use agentd::proto::{self, Exec, Frame, Role, Setup, Shutdown, WinSize};
 use anyhow::{anyhow, Context, Result};
@@ -171,7 +172,9 @@ impl Supervisor {
             Some(repo) => self.start_fsd(&repo, &tx)?,
             None => Vec::new(),
         };
-        let net = self.start_netstack(&tx)?;
+        // The rendered agent definition (`axctl run` wrote it; none for older agents).
+        let rec = LaunchRecord::load(&self.dir)?;
+        let (net, resolved) = self.start_netstack(&tx, rec.as_ref())?;
         let spec = VmSpec {
             // The ELF vmlinux boots through its PVH entry, skipping decompression in the guest.
             kernel: img.vmlinux.clone().unwrap_or_else(|| img.kernel.clone()),
@@ -263,17 +266,84 @@ impl Supervisor {
             }
             None => conn,
         };
-        self.run_agent(conn, tx, rx, vm_status)
+        let env = match &rec {
+            Some(rec) if !rec.files.is_empty() => {
+                drop(conn);
+                self.write_guest_files(&rec.files)?;
+                let conn = client::connect(&self.dir)?.0;
+                return self.run_agent(conn, rec.env.clone(), &resolved, tx, rx, vm_status);
+            }
+            Some(rec) => rec.env.clone(),
+            None => BTreeMap::new(),
+        };
+        self.run_agent(conn, env, &resolved, tx, rx, vm_status)
+    }
+
+    /// Writes the agent's native config files into the guest (an aux EXEC per file, the
+    /// contents on its stdin; docs/agents.md "What a run does").
+    fn write_guest_files(&self, files: &[launch::GuestFile]) -> Result<()> {
+        for f in files {
+            let (mut c, _) = client::connect(&self.dir)?;
+            let exec = Exec {
+                argv: launch::write_file_argv(f),
+                env: BTreeMap::new(),
+                cwd: None,
+                tty: None,
+                role: Role::Aux,
+            };
+            proto::write_frame(&mut c, &Frame::Exec(exec))?;
+            for chunk in f.contents.as_bytes().chunks(proto::MAX_CHUNK) {
+                proto::write_frame(&mut c, &Frame::Stdin(chunk.to_vec()))?;
+            }
+            proto::write_frame(&mut c, &Frame::Stdin(Vec::new()))?;
+            let mut err = Vec::new();
+            loop {
+                match proto::read_frame(&mut c)
+                    .with_context(|| format!("writing {} in the guest", f.path))?
+                {
+                    Frame::Started(_) | Frame::Stdout(_) => {}
+                    Frame::Stderr(b) => err.extend_from_slice(&b),
+                    Frame::Exit(e) if e.code == Some(0) => break,
+                    Frame::Exit(e) => {
+                        return Err(anyhow!(
+                            "cannot write {} in the guest (exit {}): {}",
+                            f.path,
+                            e.shell_code(),
+                            String::from_utf8_lossy(&err).trim()
+                        ))
+                    }
+                    Frame::Error(e) => {
+                        return Err(anyhow!(
+                            "cannot write {} in the guest: {}",
+                            f.path,
+                            e.message
+                        ))
+                    }
+                    other => {
+                        return Err(anyhow!(
+                            "agentd answered a file write with {:?}",
+                            other.kind()
+                        ))
+                    }
+                }
+            }
+        }
+        self.log.line(format!(
+            "wrote {} agent config files into the guest",
+            files.len()
+        ));
+        Ok(())
     }
 
     fn run_agent(
         &mut self,
         mut conn: UnixStream,
+        mut env: BTreeMap<String, String>,
+        resolved: &[crate::secrets::ResolvedSecret],
         tx: Sender<Event>,
         rx: Receiver<Event>,
         vm_status: Arc<Mutex<Option<ExitStatus>>>,
     ) -> Result<()> {
-        let mut env = BTreeMap::new();
         env.insert("AX_AGENT_NAME".to_string(), self.st.name.clone());
         let exec = Exec {
             argv: self.st.argv.clone(),
@@ -299,6 +369,13 @@ impl Supervisor {
         }
         self.st.status = Status::Running;
         self.save();
+        let stored = LaunchRecord::stored_names(resolved);
+        if !stored.is_empty() {
+            if let Err(e) = crate::secrets::mark_used(&stored) {
+                self.log
+                    .line(format!("cannot record the secrets' use: {e:#}"));
+            }
+        }
         // --timeout counts the agent's own run time, from its start (not the VM's boot).
         if let Some(secs) = self.st.timeout_secs {
             let tx = tx.clone();
@@ -604,16 +681,27 @@ impl Supervisor {
     /// config (with the secrets' values) goes to its stdin, never to disk; its socket is
     /// `net.sock` (vhost-user for ax-vmm, a netdev stream for QEMU), its log `netstack.log`,
     /// the agent's CA certificate `ca.pem`.
-    fn start_netstack(&self, tx: &Sender<Event>) -> Result<Option<NetUp>> {
+    fn start_netstack(
+        &self,
+        tx: &Sender<Event>,
+        rec: Option<&LaunchRecord>,
+    ) -> Result<(Option<NetUp>, Vec<crate::secrets::ResolvedSecret>)> {
         let choice = netstack::NetChoice::load(&self.dir)?;
         if !choice.enabled {
             self.log.line("no network (--no-net)");
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
-        let fragment = match &choice.config_file {
+        let mut fragment = match &choice.config_file {
             Some(p) => Some(netstack::load_fragment(p)?),
             None => None,
         };
+        // The agent's secrets: their values from the store or this process's environment
+        // (inherited from `axctl run`), with the placeholders the guest was rendered with.
+        let mut resolved = Vec::new();
+        if let Some(rec) = rec {
+            resolved = crate::secrets::resolve(&rec.secrets)?;
+            fragment = Some(launch::net_fragment(rec, &resolved, fragment));
+        }
         let ledger = crate::paths::ledger_path();
         let (text, cfg, env) = netstack::build_config(
             &self.st.name,
@@ -681,12 +769,15 @@ impl Supervisor {
                 let _ = tx.send(Event::NetstackExited(status));
             }
         });
-        Ok(Some(NetUp {
-            socket: sock,
-            cmdline: netstack::cmdline_value(&cfg),
-            ca_pem,
-            env,
-        }))
+        Ok((
+            Some(NetUp {
+                socket: sock,
+                cmdline: netstack::cmdline_value(&cfg),
+                ca_pem,
+                env,
+            }),
+            resolved,
+        ))
     }
 
     /// SETUP on `conn`: the agent's CA into the guest trust store, the placeholders into the

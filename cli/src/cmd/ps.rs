@@ -29,12 +29,36 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `axctl inspect NAME [--json]`.
+/// The agent's metered LLM calls from the ledger (docs/ledger.md): the calls recorded under
+/// its name since it was created (a name reused after `axctl rm` starts from zero). `None`
+/// when there is no ledger yet.
+fn usage(s: &AgentState) -> Result<Option<crate::cmd::cost::Sums>> {
+    use ax_netstack::meter::ledger::{Filter, Ledger};
+    let Some(l) = Ledger::open_read(&crate::paths::ledger_path())? else {
+        return Ok(None);
+    };
+    let rows = l.calls(&Filter {
+        agent: Some(s.name.clone()),
+        since_ms: Some(s.created_ms as i64),
+    })?;
+    let (_, total) = crate::cmd::cost::summarize(&rows, crate::cmd::cost::By::Agent);
+    Ok(Some(total))
+}
+
+/// `axctl inspect NAME [--json]`. The JSON is the agent's state plus `state_dir` and
+/// `usage` (the `axctl cost --json` sums of its LLM calls: `calls`, `input_tokens`,
+/// `output_tokens`, `cache_read_tokens`, `cache_write_tokens`, `cost_micro_usd`,
+/// `cost_usd`, `unpriced_calls`; null without a ledger).
 pub fn inspect(name: &str, json: bool) -> Result<i32> {
     let (dir, s) = state::load(name)?;
+    let used = usage(&s).unwrap_or_else(|e| {
+        eprintln!("axctl: cannot read the ledger: {e:#}");
+        None
+    });
     if json {
         let mut v = serde_json::to_value(&s)?;
         v["state_dir"] = dir.display().to_string().into();
+        v["usage"] = serde_json::to_value(&used)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
@@ -93,6 +117,30 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
     }
     if let Some(r) = &s.reason {
         rows.push(("Reason", r.clone()));
+    }
+    if let Some(u) = used.filter(|u| u.calls > 0) {
+        rows.push((
+            "Tokens",
+            format!(
+                "{} in, {} out, {} cache read, {} cache write ({} LLM calls)",
+                u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.calls
+            ),
+        ));
+        rows.push((
+            "Cost",
+            format!(
+                "${:.4}{}",
+                u.cost_micro_usd as f64 / 1e6,
+                if u.unpriced_calls > 0 {
+                    format!(
+                        " ({} calls of unpriced models counted as 0)",
+                        u.unpriced_calls
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ));
     }
     if let Some(t) = s.timeout_secs {
         rows.push(("Timeout", format!("{t}s")));

@@ -24,14 +24,14 @@ pub struct RunArgs {
     /// Which VMM runs the guest.
     #[arg(long, value_enum, default_value = "auto")]
     pub vmm: VmmChoice,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub cpus: u32,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(128..=65536))]
-    pub memory: u32,
+    /// Virtual CPUs [default: the agent definition's `cpus`, else 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB [default: the agent definition's `memory`, else 1024].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(128..=65536))]
+    pub memory: Option<u32>,
     /// Stop the agent after it has run this long (e.g. 30s, 10m, 2h; boot not counted); it is
-    /// then marked failed.
+    /// then marked failed [default: the agent definition's `timeout`, else none].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// Image id (or unique prefix) to boot; default: the newest built image.
@@ -69,7 +69,18 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let t0 = Instant::now();
-    let agent = agents::find(&args.agent)?;
+    // The definition: the repository's .ax/agents (of --repo, else around the current
+    // directory), the user's, the built-ins (docs/agents.md).
+    let agent = match &args.repo {
+        Some(r) => {
+            let root = gix::discover(r)
+                .ok()
+                .and_then(|g| g.workdir().map(|w| w.to_path_buf()));
+            agents::load(&agents::Dirs::new(root.as_deref()), &args.agent)?
+        }
+        None if args.no_repo => agents::load(&agents::Dirs::new(None), &args.agent)?,
+        None => agents::find(&args.agent)?,
+    };
     if let Some(n) = &args.name {
         state::validate_name(n)?;
     }
@@ -91,6 +102,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
     let net = check_net(&args)?;
+    // Missing secrets stop the run here, before anything is built or started (exit 2, with
+    // the `axctl secrets add` that fixes it). The supervisor resolves them again.
+    if net.enabled {
+        crate::secrets::resolve(&agent.secrets)?;
+    }
     let vmm = driver::resolve(args.vmm)?;
     let img = match image::resolve(args.image.as_deref())? {
         Some(i) => i,
@@ -106,18 +122,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Some(n) => (n.clone(), state::create_dir(n)?),
         None => state::create_unique(&state::slug(&args.prompt))?,
     };
+    let rec = match crate::launch::prepare(&agent, &name, &args.prompt, net.enabled)
+        .and_then(|(rec, _)| rec.save(&dir).map(|_| rec))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let st = AgentState {
         name: name.clone(),
         agent: agent.name.to_string(),
         prompt: args.prompt.clone(),
-        argv: agent.argv(&args.prompt),
+        argv: rec.argv.clone(),
         image_id: img.id.clone(),
         vmm: vmm.to_string(),
         kernel_cmdline: None,
         accel: driver::accel_for(vmm).as_str().to_string(),
-        cpus: args.cpus,
-        memory_mib: args.memory,
-        timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
+        cpus: args.cpus.or(rec.cpus).unwrap_or(1),
+        memory_mib: args.memory.or(rec.memory_mib).unwrap_or(1024),
+        timeout_secs: args
+            .timeout
+            .map(|d| d.as_secs().max(1))
+            .or(rec.timeout_secs),
         tty: !args.wait,
         repo: None,
         branch: None,
