@@ -1,27 +1,24 @@
 //! The vhost-user-net backend driven by a real vhost-user frontend (vhost's `Frontend`), no VM:
 //! guest RAM is a memfd shared through `VHOST_USER_SET_MEM_TABLE`, split virtqueues (virtio 1.2
-//! §2.7) are laid out by hand in it, buffers are published in the available ring and kicked
-//! through the kick eventfds; results are read from the used rings.
+//! §2.7) are laid out by hand in it (`ax_vhost::testing`), buffers are published in the
+//! available ring and kicked through the kick eventfds; results are read from the used rings.
 //!
 //! The frames go to a loopback [`FramePort`] in this process (what the guest sends comes back
 //! to it), so these tests check the virtio-net framing (§5.1.6), mergeable receive buffers,
 //! frames waiting for receive buffers, and bad guest input, independently of the stack.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ax_netstack::vhost_user::{self, FramePort, NetConfig, Stats, HDR_LEN};
-use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
+use ax_vhost::testing::{ack_protocol_features, wait_for_socket, GuestRam, Vq, DESC_F_WRITE};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vhost::VhostBackend;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 4 << 20;
@@ -75,20 +72,9 @@ impl FramePort for Loopback {
     }
 }
 
-struct Vq {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_avail: u16,
-    last_used: u16,
-    kick: EventFd,
-    call: EventFd,
-}
-
 struct Harness {
     frontend: Frontend,
-    mem: GuestMemoryMmap,
-    _memfd: File,
+    mem: GuestRam,
     vqs: Vec<Vq>,
     server: Option<std::thread::JoinHandle<anyhow::Result<Stats>>>,
     _dir: tempfile::TempDir,
@@ -123,23 +109,11 @@ impl Harness {
         h
     }
 
-    /// Connects to a backend listening on `sock` and negotiates.
     /// Connects to a backend listening on `sock` and negotiates; `extra` feature bits
     /// (mergeable buffers, EVENT_IDX) are acked on top of the basic ones.
     fn connect(sock: &Path, extra: u64, dir: tempfile::TempDir) -> Harness {
         let mut frontend = Frontend::connect(sock, 2).expect("connect");
-        // SAFETY: valid C string; the fd is owned at once.
-        let fd = unsafe { libc::memfd_create(c"net-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(MEM_SIZE as u64).unwrap();
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
-            GuestAddress(0),
-            MEM_SIZE,
-            Some(FileOffset::new(memfd.try_clone().unwrap(), 0)),
-        )])
-        .unwrap();
-        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let mem = GuestRam::new(c"net-guest-ram", MEM_SIZE);
 
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
@@ -153,61 +127,18 @@ impl Harness {
         assert_eq!(offered & want, want, "offered {offered:#x}");
         frontend.set_features(want).unwrap();
         if offered & proto != 0 {
-            let pf = frontend.get_protocol_features().unwrap();
-            frontend
-                .set_protocol_features(
-                    pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
-                )
-                .unwrap();
+            ack_protocol_features(&mut frontend);
         }
-        frontend
-            .set_mem_table(&[VhostUserMemoryRegionInfo {
-                guest_phys_addr: 0,
-                memory_size: MEM_SIZE as u64,
-                userspace_addr: host,
-                mmap_offset: 0,
-                mmap_handle: memfd.as_raw_fd(),
-            }])
-            .unwrap();
-        let mut vqs = Vec::new();
-        for q in 0..2 {
-            let base = 0x1_0000 * (q as u64 + 1);
-            let vq = Vq {
-                desc: base,
-                avail: base + 0x1000,
-                used: base + 0x2000,
-                next_avail: 0,
-                last_used: 0,
-                kick: EventFd::new(0).unwrap(),
-                call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            };
-            frontend.set_vring_num(q, QSIZE).unwrap();
-            frontend
-                .set_vring_addr(
-                    q,
-                    &VringConfigData {
-                        queue_max_size: QSIZE,
-                        queue_size: QSIZE,
-                        flags: 0,
-                        desc_table_addr: host + vq.desc,
-                        used_ring_addr: host + vq.used,
-                        avail_ring_addr: host + vq.avail,
-                        log_addr: None,
-                    },
-                )
-                .unwrap();
-            frontend.set_vring_base(q, 0).unwrap();
-            frontend.set_vring_call(q, &vq.call).unwrap();
-            frontend.set_vring_kick(q, &vq.kick).unwrap();
-            if offered & proto != 0 {
-                frontend.set_vring_enable(q, true).unwrap();
-            }
-            vqs.push(vq);
-        }
+        frontend.set_mem_table(&[mem.region()]).unwrap();
+        let vqs = (0..2)
+            .map(|q| {
+                let base = 0x1_0000 * (q as u64 + 1);
+                Vq::setup(&mut frontend, &mem, q, base, QSIZE, offered & proto != 0)
+            })
+            .collect();
         Harness {
             frontend,
             mem,
-            _memfd: memfd,
             vqs,
             server: None,
             _dir: dir,
@@ -224,27 +155,14 @@ impl Harness {
         let i = vq.next_avail % QSIZE;
         let addr = Self::buf_addr(q, i);
         self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-        let d = vq.desc + 16 * u64::from(i);
-        self.mem.write_obj(addr, GuestAddress(d)).unwrap();
-        self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-        self.mem
-            .write_obj(if writable { 2u16 } else { 0 }, GuestAddress(d + 12))
-            .unwrap();
-        self.mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
-        self.mem
-            .write_obj(i, GuestAddress(vq.avail + 4 + 2 * u64::from(i)))
-            .unwrap();
-        fence(Ordering::SeqCst);
-        vq.next_avail = vq.next_avail.wrapping_add(1);
-        self.mem
-            .write_obj(vq.next_avail, GuestAddress(vq.avail + 2))
-            .unwrap();
-        fence(Ordering::SeqCst);
+        let flags = if writable { DESC_F_WRITE } else { 0 };
+        vq.write_desc(&self.mem, i, addr, len, flags, 0);
+        vq.publish(&self.mem, i);
         i
     }
 
     fn kick(&self, q: usize) {
-        self.vqs[q].kick.write(1).unwrap();
+        self.vqs[q].kick();
     }
 
     /// Posts `n` empty receive buffers of `len` bytes and kicks the receive queue.
@@ -269,28 +187,15 @@ impl Harness {
         let t0 = Instant::now();
         while out.len() < n {
             let vq = &mut self.vqs[q];
-            let idx: u16 = self.mem.read_obj(GuestAddress(vq.used + 2)).unwrap();
-            if idx == vq.last_used {
+            let Some((id, len)) = vq.pop_used(&self.mem) else {
                 assert!(
                     t0.elapsed() < Duration::from_secs(10),
                     "queue {q}: {} of {n} used elements after 10 s",
                     out.len()
                 );
-                let mut pfd = libc::pollfd {
-                    fd: vq.call.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
-                let _ = vq.call.read();
+                vq.wait_call(50);
                 continue;
-            }
-            fence(Ordering::SeqCst);
-            let e = vq.used + 4 + 8 * u64::from(vq.last_used % QSIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(e)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).unwrap();
-            vq.last_used = vq.last_used.wrapping_add(1);
+            };
             let mut data = vec![0u8; len as usize];
             self.mem
                 .read_slice(&mut data, GuestAddress(Self::buf_addr(q, id as u16)))
@@ -304,8 +209,11 @@ impl Harness {
     fn assert_no_used(&self, q: usize, wait: Duration) {
         std::thread::sleep(wait);
         let vq = &self.vqs[q];
-        let idx: u16 = self.mem.read_obj(GuestAddress(vq.used + 2)).unwrap();
-        assert_eq!(idx, vq.last_used, "unexpected used element on queue {q}");
+        assert_eq!(
+            vq.used_idx(&self.mem),
+            vq.last_used,
+            "unexpected used element on queue {q}"
+        );
     }
 
     /// Disconnects; returns the backend's final counters.
@@ -420,12 +328,7 @@ fn with_event_idx_the_backend_asks_for_a_kick_when_out_of_buffers() {
     };
     let mut h = Harness::connect(&sock, VIRTIO_RING_F_EVENT_IDX, dir);
     h.server = Some(server);
-    let avail_event = |h: &Harness| -> u16 {
-        let vq = &h.vqs[RXQ];
-        h.mem
-            .read_obj(GuestAddress(vq.used + 4 + 8 * u64::from(QSIZE)))
-            .unwrap()
-    };
+    let avail_event = |h: &Harness| h.vqs[RXQ].avail_event(&h.mem);
     h.post_rx(1, 2048);
     for i in 0..3 {
         port.inject(frame(80, i));
@@ -586,15 +489,8 @@ fn the_binary_serves_the_stack_and_exits_on_disconnect() {
         .unwrap()
         .write_all(b"agent = \"vhost-test\"\n")
         .unwrap();
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ax-netstack exited early"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(20), "no socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&mut child, &sock, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("ax-netstack: {e}"));
     let pem = std::fs::read_to_string(&ca).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     let mut h = Harness::connect(&sock, VIRTIO_NET_F_MRG_RXBUF, tempfile::tempdir().unwrap());
