@@ -532,3 +532,27 @@ fn three_agents_at_once_on_one_repository() {
     }
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
 }
+
+#[test]
+fn a_missing_key_stops_the_run_before_anything_starts() {
+    let env = Env::new();
+    let o = env
+        .axctl()
+        .env_remove("ANTHROPIC_API_KEY")
+        .args(["run", "--agent", "claude", "--no-repo", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("secret ANTHROPIC_API_KEY is not stored")
+            && err.contains("axctl secrets add ANTHROPIC_API_KEY --host api.anthropic.com"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    let agents = env.state.path().join("ax/agents");
+    assert!(
+        !agents.exists() || std::fs::read_dir(&agents).unwrap().next().is_none(),
+        "no agent left behind"
+    );
+}
