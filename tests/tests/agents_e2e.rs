@@ -182,7 +182,7 @@ fn check_ledger(env: &Env, name: &str, reqs: &[Recorded], openai: bool) {
 fn check_branch(repo: &Path, name: &str) {
     let branch = format!("ax/{name}");
     let diff = git(repo, &["diff", "--name-status", "main", &branch]);
-    assert_eq!(diff, "M\tREADME.md\nA\tNOTES.md\n", "{branch} vs main");
+    assert_eq!(diff, "A\tNOTES.md\nM\tREADME.md\n", "{branch} vs main");
     assert_eq!(git(repo, &["show", &format!("{branch}:NOTES.md")]), NOTES);
     assert_eq!(
         git(repo, &["show", &format!("{branch}:README.md")]),
