@@ -20,11 +20,13 @@
 //!   content decoding, the streaming search-and-replace under secrets).
 //! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses.
 //! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
+//! - [`jail`]: Landlock, seccomp, capabilities and namespaces after setup (docs/jail.md).
 //! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
 
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod jail;
 pub mod meter;
 pub mod policy;
 pub mod proxy;

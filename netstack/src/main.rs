@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ax-netstack (--socket PATH | --stream PATH) --config - [--ca-out FILE] [--print-ca]
-//!             [--mac MAC] [--config-space]
+//!             [--mac MAC] [--config-space] [--no-jail] [--seccomp kill|log]
 //! ```
 //! Reads the per-agent config (TOML, `config::Config`; it holds secret values, so the
 //! supervisor pipes it on stdin and it never touches the disk), generates the agent's CA,
@@ -14,14 +14,17 @@
 //! frontend disconnected, 1 on a runtime failure, 2 on a usage or config error (one line
 //! naming the origin, line and column).
 //!
-//! Not yet: the process is not jailed (namespaces, Landlock, seccomp) after setup.
+//! Once the frontend has connected, before the stack starts, the process jails itself
+//! (`ax_netstack::jail`, docs/jail.md).
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ax_netstack::config::Config;
 use ax_netstack::context::Context;
+use ax_netstack::jail;
 use ax_netstack::stack::{GuestPort, Netstack};
 use ax_netstack::stream;
 use ax_netstack::vhost_user::{self, FramePort, NetConfig};
@@ -57,6 +60,14 @@ struct Args {
     /// fills it itself and enables rings before acking the protocol features.
     #[arg(long)]
     config_space: bool,
+    /// Do not jail the process (Landlock, seccomp, capabilities, namespaces); for debugging
+    /// only (docs/jail.md).
+    #[arg(long)]
+    no_jail: bool,
+    /// What a syscall outside the jail's allowlist does: kill (default) or log (the kernel
+    /// logs it, `dmesg | grep type=1326`, and lets it through).
+    #[arg(long, value_name = "kill|log", default_value = "kill")]
+    seccomp: ax_jail::SeccompMode,
 }
 
 /// The stack's guest port as the backend's [`FramePort`].
@@ -158,27 +169,33 @@ fn run(args: &Args, config: Config, mac: [u8; 6]) -> anyhow::Result<()> {
         use std::io::Write;
         std::io::stdout().flush()?;
     }
-    let (stack, port) = Netstack::start(ctx).context("cannot start the stack")?;
     let what = format!(
         "agent {agent}: guest {guest}/{prefix}, gateway and DNS {gateway}, MTU {}",
         net.mtu
     );
+    // The stack (its threads) starts after the jail, which needs a single-threaded process.
     let (path, stats) = match (&args.socket, &args.stream) {
         (Some(sock), _) => {
             let listener = vhost_user::listen(sock)?;
             log::info!("{what}; serving vhost-user-net on {}", sock.display());
-            (sock, vhost_user::serve(listener, Port(port), net))
+            enter_jail(args, &ctx, sock, listener.as_raw_fd())?;
+            let (stack, port) = Netstack::start(ctx).context("cannot start the stack")?;
+            let stats = vhost_user::serve(listener, Port(port), net);
+            drop(stack);
+            (sock, stats)
         }
         (None, Some(path)) => {
             let listener = stream::listen(path)?;
             log::info!("{what}; serving a QEMU netdev stream on {}", path.display());
+            enter_jail(args, &ctx, path, listener.as_raw_fd())?;
+            let (stack, port) = Netstack::start(ctx).context("cannot start the stack")?;
             let stats = stream::serve(listener, Port(port)).map_err(anyhow::Error::from);
+            drop(stack);
             (path, stats)
         }
         (None, None) => unreachable!("clap requires --socket or --stream"),
     };
-    drop(stack);
-    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path); // --no-jail: still there
     let stats = stats?;
     log::info!(
         "frontend disconnected: {} frames from the guest ({} dropped), {} to the guest ({} dropped)",
@@ -187,6 +204,30 @@ fn run(args: &Args, config: Config, mac: [u8; 6]) -> anyhow::Result<()> {
         stats.rx_frames,
         stats.rx_dropped
     );
+    Ok(())
+}
+
+/// Loads what the jail would refuse later ([`jail::prepare`]), waits until the frontend has
+/// connected to `socket` (`listener`: its listening fd), removes the socket file (no second
+/// frontend can connect, and the jailed process could not remove it later), then jails the
+/// process (docs/jail.md). With `--no-jail` it only warns.
+fn enter_jail(
+    args: &Args,
+    ctx: &Context,
+    socket: &Path,
+    listener: std::os::fd::RawFd,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if args.no_jail {
+        log::warn!("running WITHOUT the jail (--no-jail): a guest exploit reaches the host");
+        return Ok(());
+    }
+    jail::prepare(ctx);
+    jail::wait_for_frontend(listener).context("waiting for the frontend to connect")?;
+    let _ = std::fs::remove_file(socket);
+    let policy = jail::Policy::for_ledger(ctx.config.meter.ledger.as_deref(), args.seccomp);
+    let report = jail::apply(&policy)?;
+    log::info!("{report}");
     Ok(())
 }
 

@@ -21,7 +21,6 @@ use crate::http::rewrite::{Action, Blocked, Patterns, Stream};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, Uri};
-use std::io::Read;
 use std::sync::Arc;
 
 /// Well-known key prefixes kept in placeholders (longest first where they overlap).
@@ -50,13 +49,25 @@ const MIN_RANDOM: usize = 32;
 /// Headers a bound secret's placeholder is substituted in.
 const SUBST_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key"];
 
-/// `N` bytes from the OS random source (`/dev/urandom`). Panics if it cannot be read (no
-/// usable source of randomness: nothing here would be safe).
+/// `N` bytes from the OS random source (getrandom(2): the urandom pool, no file to open, so
+/// it works inside the jail, docs/jail.md). Panics if it fails (no usable source of
+/// randomness: nothing here would be safe).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("cannot read /dev/urandom; ax-netstack needs the OS random source");
+    let mut got = 0;
+    while got < N {
+        // SAFETY: getrandom(2) writes at most N - got bytes at b[got..].
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), N - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            assert!(
+                e.kind() == std::io::ErrorKind::Interrupted,
+                "getrandom failed: {e}; ax-netstack needs the OS random source"
+            );
+            continue;
+        }
+        got += n as usize;
+    }
     b
 }
 

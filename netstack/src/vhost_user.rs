@@ -523,6 +523,13 @@ pub struct VhostUserListener {
     inner: Listener,
 }
 
+impl std::os::fd::AsRawFd for VhostUserListener {
+    /// The listening socket (polled for a pending frontend before the jail, `jail.rs`).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+    }
+}
+
 /// Binds the vhost-user socket (replacing a stale socket file). Call it before starting the
 /// VMM, then hand the listener to [`serve`].
 pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
