@@ -24,7 +24,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -115,41 +115,14 @@ impl<F: FileSystem> FsBackend<F> {
         };
         let mem = atomic.memory();
         let event_idx = *self.event_idx.read().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
-            let chains: Vec<_> = {
-                let mut st = vring.get_mut();
-                let q = st.get_queue_mut();
-                if !q.ready() {
-                    return Ok(());
-                }
-                match q.iter(mem.clone()) {
-                    Ok(it) => it.collect(),
-                    Err(e) => {
-                        warn!("virtio-fs: bad available ring: {e}");
-                        return Ok(());
-                    }
-                }
-            };
-            let any = !chains.is_empty();
-            for chain in chains {
-                let head = chain.head_index();
-                let used = self.process_chain(&mem, chain);
-                vring.add_used(head, used).map_err(io::Error::other)?;
-            }
-            if any && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                if poll && self.poll_for_work(vring, &mem) {
-                    continue;
-                }
-                break;
-            }
-        }
-        Ok(())
+        ax_vhost::process_available(
+            vring,
+            &mem,
+            event_idx,
+            "virtio-fs: bad available ring",
+            |chain| self.process_chain(&mem, chain),
+            || poll && self.poll_for_work(vring, &mem),
+        )
     }
 
     /// Spins up to `cfg.poll` watching the available ring; `true` as soon as the driver added a

@@ -8,6 +8,8 @@
 //! - [`serve`] runs a `vhost_user_backend::VhostUserDaemon` for exactly one frontend, with
 //!   extra file descriptors the backend wants polled ([`Watch`]), and treats the frontend
 //!   going away as the normal end;
+//! - [`process_available`]: the loop over a driver-to-device queue's available ring (with
+//!   `VIRTIO_RING_F_EVENT_IDX` notification suppression);
 //! - [`config_slice`] and [`ExitEvent`]: the parts of `VhostUserBackend` every device fills
 //!   in the same way (`get_config`, `exit_event`);
 //! - [`log_to_stderr`]: the processes' logger (`<prog>: <LEVEL>: <message>` on stderr, level
@@ -28,10 +30,12 @@ use vmm_sys_util::event::{
 };
 
 mod logging;
+mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use logging::log_to_stderr;
+pub use queue::process_available;
 
 /// A bound vhost-user listening socket, created before the frontend starts (its existence on
 /// disk tells the supervisor the backend is ready).
