@@ -769,3 +769,32 @@ async fn response_trailers_are_scrubbed() {
         key.value.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_h2_goaway_is_reconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["h2"]).await;
+    let key = anthropic();
+    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, API, &["h2"]).await;
+    let hdr = [("x-api-key", key.placeholder.clone())];
+    let (status, _, text) = g.text("GET", "/goaway", &hdr, "").await;
+    assert_eq!(status, 200, "{text}");
+    for _ in 0..2 {
+        let (status, _, text) = g.text("GET", "/plain", &hdr, "").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let conns = up.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        conns >= 2,
+        "a new upstream connection after GOAWAY ({conns})"
+    );
+    let seen = up.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().filter(|s| s.target.ends_with("/plain")).count() == 2,
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.version == Version::HTTP_2 && s.headers["x-api-key"] == key.value.as_str()));
+}

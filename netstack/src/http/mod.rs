@@ -15,7 +15,7 @@ use body::{full, BlockSlot, Pipe, ProxyBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::{http1 as c1, http2 as c2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +25,9 @@ use std::sync::Arc;
 pub enum Upstream {
     /// HTTP/1.1: one request at a time; re-connected when the server closed it.
     H1(tokio::sync::Mutex<Option<c1::SendRequest<ProxyBody>>>),
-    /// HTTP/2: requests multiplexed; re-connected when the server closed it (GOAWAY).
-    H2(tokio::sync::Mutex<c2::SendRequest<ProxyBody>>),
+    /// HTTP/2: requests multiplexed; re-connected when the server closed it (GOAWAY). The
+    /// number counts connections, so that concurrent failures re-connect once.
+    H2(tokio::sync::Mutex<(u64, c2::SendRequest<ProxyBody>)>),
     /// The upstream could not be reached or verified: every request gets 502 with this text.
     Failed(String),
 }
@@ -36,9 +37,10 @@ impl Upstream {
     pub async fn handshake<S: crate::IoStream>(io: S, h2: bool) -> anyhow::Result<Upstream> {
         let io = TokioIo::new(io);
         if h2 {
-            Ok(Upstream::H2(tokio::sync::Mutex::new(
+            Ok(Upstream::H2(tokio::sync::Mutex::new((
+                0,
                 h2_handshake(io).await?,
-            )))
+            ))))
         } else {
             Ok(Upstream::H1(tokio::sync::Mutex::new(Some(
                 h1_handshake(io).await?,
@@ -141,6 +143,31 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     if h.get(header::TE).is_some_and(|v| v != "trailers") {
         h.remove(header::TE);
     }
+}
+
+/// Whether a failed upstream request may be sent again: a refused stream (never processed,
+/// RFC 9113 §8.7) always; a connection that went away (GOAWAY, closed, canceled) under the
+/// request only for safe methods (RFC 9110 §9.2.1), which may have been processed.
+fn retryable(e: &anyhow::Error, method: &Method) -> bool {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if h.is_canceled() || h.is_closed() {
+        return safe;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(h);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if text.contains("refused stream") {
+            return true;
+        }
+        if text.contains("connection error") || text.contains("go away") {
+            return safe;
+        }
+        src = e.source();
+    }
+    false
 }
 
 /// A copy of a request head without extensions (for the meter, before substitution).
@@ -305,6 +332,7 @@ impl Proxy {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let (c2, name) = (ctx.clone(), self.name.clone());
+        let empty = body.is_end_stream();
         let req_body = Pipe::new(body)
             .with_rewrite(rewrite, exact)
             .with_trailers(Box::new(move |t| {
@@ -313,8 +341,24 @@ impl Proxy {
             .block_slot(blocked.clone())
             .count_into(up_bytes.clone())
             .boxed_unsync();
+        // A request without a body can be sent again on a new connection if the old one
+        // refused it (HTTP/2 REFUSED_STREAM or GOAWAY racing the request, RFC 9113 §8.7; an
+        // HTTP/1.1 connection closed before the request went out).
+        let retry = empty.then(|| copy_head(&parts));
         let mut call = provider.map(|p| ctx.meter.begin(p, &meter_head));
-        let sent = self.send(Request::from_parts(parts, req_body)).await;
+        let mut sent = self.send(Request::from_parts(parts, req_body), false).await;
+        if let (Err(e), Some(head)) = (&sent, retry) {
+            if retryable(e, &method) {
+                log::debug!(
+                    "flow {} {}: retrying on a new connection: {e:#}",
+                    self.flow.id,
+                    self.name
+                );
+                sent = self
+                    .send(Request::from_parts(head, body::full("")), true)
+                    .await;
+            }
+        }
         if let Some(why) = blocked.lock().unwrap().take() {
             if let Some(c) = call.take() {
                 c.finish(crate::meter::Outcome::Aborted(
@@ -327,7 +371,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 let why = format!(
-                    "ax-netstack: the upstream request to {} failed: {e}",
+                    "ax-netstack: the upstream request to {} failed: {e:#}",
                     self.name
                 );
                 if let Some(c) = call.take() {
@@ -458,19 +502,25 @@ impl Proxy {
         Response::from_parts(parts, full(""))
     }
 
-    /// Sends one request upstream; HTTP/1.1 connections the server closed are re-opened once.
-    async fn send(&self, req: Request<ProxyBody>) -> anyhow::Result<Response<Incoming>> {
+    /// Sends one request upstream; HTTP/1.1 connections the server closed are re-opened, and
+    /// HTTP/2 ones after GOAWAY. `fresh`: open a new connection first (a retry).
+    async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        fresh: bool,
+    ) -> anyhow::Result<Response<Incoming>> {
         match &self.upstream {
             Upstream::H2(m) => {
-                let mut s = m.lock().await.clone();
-                if s.ready().await.is_err() {
+                let (gen, mut s) = m.lock().await.clone();
+                if fresh || s.ready().await.is_err() {
                     let mut guard = m.lock().await;
-                    if guard.is_closed() {
+                    if guard.0 == gen {
+                        // Nobody replaced the broken connection yet.
                         let io =
                             crate::tls::reconnect(&self.ctx, &self.flow, &self.name, true).await?;
-                        *guard = h2_handshake(TokioIo::new(io)).await?;
+                        *guard = (gen + 1, h2_handshake(TokioIo::new(io)).await?);
                     }
-                    s = guard.clone();
+                    s = guard.1.clone();
                     drop(guard);
                     s.ready().await?;
                 }
@@ -479,8 +529,8 @@ impl Proxy {
             Upstream::H1(m) => {
                 let mut guard = m.lock().await;
                 let usable = match guard.as_mut() {
-                    Some(s) => s.ready().await.is_ok(),
-                    None => false,
+                    Some(s) if !fresh => s.ready().await.is_ok(),
+                    _ => false,
                 };
                 if !usable {
                     *guard = None;

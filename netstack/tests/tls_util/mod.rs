@@ -61,6 +61,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// `/sse` and streaming `/v1/messages` wait for one permit before their second half.
     pub release: Arc<Semaphore>,
+    /// TLS connections accepted so far.
+    pub connections: Arc<AtomicU64>,
 }
 
 /// A test CA plus a server config for `names`, offering `alpn`.
@@ -102,6 +104,8 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let release = Arc::new(Semaphore::new(0));
     let (s2, r2) = (seen.clone(), release.clone());
+    let connections = Arc::new(AtomicU64::new(0));
+    let c2 = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -109,26 +113,41 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
             };
             tcp.set_nodelay(true).unwrap();
             let (acceptor, seen, release) = (acceptor.clone(), s2.clone(), r2.clone());
+            let conns = c2.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let svc = hyper::service::service_fn(move |req| {
+                let first = conns.fetch_add(1, Ordering::Relaxed) == 0;
+                // `/goaway` on the first connection ends it gracefully (GOAWAY) while answering.
+                let goaway = Arc::new(tokio::sync::Notify::new());
+                let g2 = goaway.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (seen, release) = (seen.clone(), release.clone());
+                    if first && req.uri().path() == "/goaway" {
+                        g2.notify_one();
+                    }
                     async move { Ok::<_, std::convert::Infallible>(serve(req, seen, release).await) }
                 });
                 let io = TokioIo::new(tls);
-                let _ = if h2 {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await
+                if h2 {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = goaway.notified() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 } else {
-                    hyper::server::conn::http1::Builder::new()
+                    let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
                         .with_upgrades()
-                        .await
-                };
+                        .await;
+                }
             });
         }
     });
@@ -137,6 +156,7 @@ pub async fn upstream(names: &[&str], alpn: &[&str]) -> Upstream {
         ca_pem,
         seen,
         release,
+        connections,
     }
 }
 
