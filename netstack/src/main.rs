@@ -85,30 +85,8 @@ impl FramePort for Port {
     }
 }
 
-struct StderrLogger(log::LevelFilter);
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.0
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            eprintln!("ax-netstack: {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn main() -> ExitCode {
-    let level = match std::env::var("AX_NETSTACK_LOG").as_deref() {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Info,
-    };
-    let _ = log::set_logger(Box::leak(Box::new(StderrLogger(level))));
-    log::set_max_level(level);
+    ax_vhost::log_to_stderr("ax-netstack", "AX_NETSTACK_LOG");
     let args = Args::parse();
     let mac = match vhost_user::parse_mac(&args.mac) {
         Ok(m) => m,

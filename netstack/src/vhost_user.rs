@@ -23,14 +23,12 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use anyhow::anyhow;
+use ax_vhost::{config_slice, process_available, ExitEvent, Watch};
 use log::{debug, trace, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
@@ -40,9 +38,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 /// Length of `struct virtio_net_hdr` with `VIRTIO_F_VERSION_1` (virtio 1.2 §5.1.6).
 pub const HDR_LEN: usize = 12;
@@ -171,7 +167,7 @@ pub struct NetBackend<P: FramePort> {
     /// A frame taken from the port that did not fit the receive buffers posted so far.
     pending: Option<Vec<u8>>,
     stats: Stats,
-    exit: (EventConsumer, EventNotifier),
+    exit: ExitEvent,
 }
 
 impl<P: FramePort> NetBackend<P> {
@@ -186,7 +182,7 @@ impl<P: FramePort> NetBackend<P> {
             mrg_rxbuf: false,
             pending: None,
             stats: Stats::default(),
-            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            exit: ExitEvent::new()?,
         })
     }
 
@@ -211,27 +207,12 @@ impl<P: FramePort> NetBackend<P> {
             return Ok(());
         };
         let mem = atomic.memory();
-        loop {
-            if self.event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
-            let chains: Vec<_> = {
-                let mut st = vring.get_mut();
-                let q = st.get_queue_mut();
-                if !q.ready() {
-                    return Ok(());
-                }
-                match q.iter(mem.clone()) {
-                    Ok(it) => it.collect(),
-                    Err(e) => {
-                        warn!("virtio-net: bad transmit ring: {e}");
-                        return Ok(());
-                    }
-                }
-            };
-            let any = !chains.is_empty();
-            for chain in chains {
-                let head = chain.head_index();
+        process_available(
+            vring,
+            &mem,
+            self.event_idx,
+            "virtio-net: bad transmit ring",
+            |chain| {
                 match read_tx(&mem, chain) {
                     Ok(frame) => {
                         trace!("virtio-net: tx {} bytes", frame.len());
@@ -243,15 +224,10 @@ impl<P: FramePort> NetBackend<P> {
                         debug!("virtio-net: dropping a guest frame: {why}");
                     }
                 }
-                vring.add_used(head, 0).map_err(io::Error::other)?;
-            }
-            if any && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
-            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
-        }
+                0
+            },
+            || false,
+        )
     }
 
     /// Writes frames from the port (and the pending one) into the guest's receive buffers
@@ -476,10 +452,7 @@ impl<P: FramePort> VhostUserBackendMut for NetBackend<P> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let c = self.config_bytes();
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        c.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+        config_slice(&self.config_bytes(), offset, size)
     }
 
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
@@ -488,7 +461,7 @@ impl<P: FramePort> VhostUserBackendMut for NetBackend<P> {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        self.exit.pair()
     }
 
     fn handle_event(
@@ -518,68 +491,26 @@ impl<P: FramePort> VhostUserBackendMut for NetBackend<P> {
     }
 }
 
-/// A bound vhost-user listening socket, created before the frontend starts.
-pub struct VhostUserListener {
-    inner: Listener,
-}
-
-impl std::os::fd::AsRawFd for VhostUserListener {
-    /// The listening socket (polled for a pending frontend before the jail, `jail.rs`).
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
-    }
-}
-
-/// Binds the vhost-user socket (replacing a stale socket file). Call it before starting the
-/// VMM, then hand the listener to [`serve`].
-pub fn listen(socket: &Path) -> anyhow::Result<VhostUserListener> {
-    let inner = Listener::new(socket, true).map_err(|e| {
-        anyhow!(
-            "cannot listen on vhost-user socket {}: {e} (is the directory writable?)",
-            socket.display()
-        )
-    })?;
-    Ok(VhostUserListener { inner })
-}
+pub use ax_vhost::{listen, VhostUserListener};
 
 /// Serves one vhost-user frontend until it disconnects (vhost-user spec, back-end side);
 /// returns the final [`Stats`]. Blocking: run it on a thread. A frontend going away (the VM
 /// powered off) is `Ok`.
 pub fn serve<P: FramePort>(
-    mut listener: VhostUserListener,
+    listener: VhostUserListener,
     port: P,
     cfg: NetConfig,
 ) -> anyhow::Result<Stats> {
     let rx_fd = port.rx_eventfd();
     let backend = Arc::new(RwLock::new(NetBackend::new(port, cfg)?));
-    let mut daemon = VhostUserDaemon::new(
-        "ax-netstack".to_string(),
-        backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| anyhow!("vhost-user daemon: {e}"))?;
-    let handler = daemon
-        .get_epoll_handlers()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("vhost-user daemon has no thread"))?;
-    handler
-        .register_listener(rx_fd, EventSet::IN, u64::from(PORT_EVENT))
-        .map_err(|e| anyhow!("cannot register the stack's eventfd: {e}"))?;
-    let result = daemon
-        .start(&mut listener.inner)
-        .and_then(|()| daemon.wait());
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
+    let watch = Watch {
+        fd: rx_fd,
+        event: PORT_EVENT,
+        what: "the stack's eventfd",
+    };
+    let result = ax_vhost::serve("ax-netstack", backend.clone(), listener, &[watch]);
     let stats = backend.read().map(|b| b.stats()).unwrap_or_default();
-    match result {
-        Ok(()) => Ok(stats),
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(stats),
-        Err(e) => Err(anyhow!("vhost-user: {e}")),
-    }
+    result.map(|()| stats)
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! crate keeps only its device logic.
 //!
 //! - [`listen`] binds the vhost-user Unix socket (vhost-user spec, "Back-end" role, server
-//!   mode) before the frontend starts; [`VhostUserListener::wait_for_frontend`] blocks until
-//!   the frontend connected (the jails go on from there, docs/jail.md);
+//!   mode) before the frontend starts; [`wait_for_frontend`] blocks until the frontend
+//!   connected (the jails go on from there, docs/jail.md);
 //! - [`serve`] runs a `vhost_user_backend::VhostUserDaemon` for exactly one frontend, with
 //!   extra file descriptors the backend wants polled ([`Watch`]), and treats the frontend
 //!   going away as the normal end;
@@ -51,25 +51,31 @@ impl AsRawFd for VhostUserListener {
 }
 
 impl VhostUserListener {
-    /// Blocks until a frontend is waiting on the socket (a pending connection: POLLIN), so a
-    /// jail can go on after it connected and before anything is served. Retries on EINTR.
-    /// Errors: poll(2) failing otherwise.
+    /// Blocks until a frontend is waiting on the socket; see [`wait_for_frontend`].
     pub fn wait_for_frontend(&self) -> io::Result<()> {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no timeout.
-            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if n > 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if n < 0 && e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        wait_for_frontend(self)
+    }
+}
+
+/// Blocks until a frontend is waiting on the listening socket `listener` (a pending
+/// connection: POLLIN), so a jail can go on after it connected and before anything is
+/// served. Any listening socket does (a [`VhostUserListener`], a `UnixListener`, a raw fd).
+/// Retries on EINTR. Errors: poll(2) failing otherwise.
+pub fn wait_for_frontend(listener: &impl AsRawFd) -> io::Result<()> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n > 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if n < 0 && e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
