@@ -6,10 +6,15 @@
 //! the client has sent back: each step is a tool call or the final message. Other requests
 //! get a short text answer. The stream follows the documented event sequence:
 //! `response.created`, `response.in_progress`, per output item `response.output_item.added`,
-//! its deltas (`response.function_call_arguments.delta` / `response.custom_tool_call_input.delta`
-//! or `response.content_part.added` + `response.output_text.delta` + `response.output_text.done`
-//! + `response.content_part.done`), `response.output_item.done`, then `response.completed`
-//! with the usage. Non-streaming requests get the final response object as JSON.
+//! its deltas (`response.function_call_arguments.delta` / `response.custom_tool_call_input.delta`,
+//! or for text `response.content_part.added`, `response.output_text.delta`,
+//! `response.output_text.done`, `response.content_part.done`), `response.output_item.done`,
+//! then `response.completed` with the usage. Non-streaming requests get the final response
+//! object as JSON.
+//!
+//! The pinned Codex first tries the Responses WebSocket (`GET /v1/responses` with
+//! `Upgrade: websocket`); this server answers 404, and Codex falls back to HTTPS + SSE after
+//! a few attempts. Those upgrade requests are recorded too.
 
 use super::{split_text, sse_event, Recorded, Reply, Script, Usage};
 use serde_json::{json, Value};
