@@ -317,7 +317,7 @@ fn two_processes_write_one_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.sqlite");
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = ["p1", "p2"]
+    let children: Vec<_> = ["p1", "p2", "p3", "p4"]
         .iter()
         .map(|agent| {
             std::process::Command::new(&exe)
@@ -334,7 +334,7 @@ fn two_processes_write_one_ledger() {
     }
     let l = Ledger::open_read(&db).unwrap().unwrap();
     let tokens: u64 = (0..30).map(|i| 1000 + i).sum();
-    for agent in ["p1", "p2"] {
+    for agent in ["p1", "p2", "p3", "p4"] {
         assert_eq!(
             l.agent_totals(agent).unwrap(),
             ((tokens * 5) as i64, tokens)

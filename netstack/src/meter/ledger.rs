@@ -17,6 +17,17 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long a writer waits for another process's write transaction before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`Ledger::open`] retries a setup that found the database busy (about 4 s).
+const OPEN_RETRIES: u32 = 30;
+
+/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock.
+fn is_busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<rusqlite::Error>()
+            .and_then(|e| e.sqlite_error_code()),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -169,15 +180,29 @@ impl Ledger {
         let conn = Connection::open(path)
             .with_context(|| format!("ledger: cannot open {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // journal_mode=WAL is persistent in the file; setting it needs a write lock, which
-        // busy_timeout covers.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("ledger: cannot use WAL on {}", path.display()))?;
-        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         let l = Ledger { conn };
-        l.migrate()
-            .with_context(|| format!("ledger {}", path.display()))?;
-        Ok(l)
+        // Two netstacks opening a new ledger at once (agents started together): switching
+        // the journal mode can fail with SQLITE_BUSY at once, without the busy handler
+        // (SQLite does not wait where waiting could deadlock). Retry the setup a while.
+        let mut attempt = 0;
+        loop {
+            match l.setup(durable) {
+                Ok(()) => return Ok(l),
+                Err(e) if is_busy(&e) && attempt < OPEN_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10 * attempt.min(20) as u64));
+                }
+                Err(e) => return Err(e.context(format!("ledger {}", path.display()))),
+            }
+        }
+    }
+
+    /// WAL journal (persistent in the file), the sync level, and the schema.
+    fn setup(&self, durable: bool) -> anyhow::Result<()> {
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn
+            .pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        self.migrate()
     }
 
     /// Opens an existing ledger for reading (`axctl cost`/`audit`). `Ok(None)`: no ledger yet.
