@@ -156,15 +156,17 @@ fn claude_code_completes_the_scripted_conversation() {
     let (home, work) = (tmp.path().join("home"), tmp.path().join("repo"));
     make_repo(&work);
     let w = work.to_str().unwrap();
-    let server = Server::start(anthropic::ClaudeScript::write_then_edit(
-        w,
-        "NOTES.md",
-        NOTES,
-        "README.md",
-        "version = 1",
-        "version = 2",
-    )
-    .with_probe(PROBE));
+    let server = Server::start(
+        anthropic::ClaudeScript::write_then_edit(
+            w,
+            "NOTES.md",
+            NOTES,
+            "README.md",
+            "version = 1",
+            "version = 2",
+        )
+        .with_probe(PROBE),
+    );
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, &server.ca_pem).unwrap();
     let secrets = BTreeMap::from([("ANTHROPIC_API_KEY".to_string(), ANTHROPIC_KEY.to_string())]);
@@ -229,8 +231,9 @@ fn claude_code_completes_the_scripted_conversation() {
     check_repo(&work);
 }
 
-#[test]
-fn codex_completes_the_scripted_conversation() {
+/// Codex against the Responses server: over HTTPS + SSE (the server refuses the WebSocket,
+/// Codex falls back) or over the WebSocket.
+fn codex_conversation(websocket: bool) {
     let tmp = tempfile::tempdir().unwrap();
     // The CLI and its code-mode host (which runs the `exec` tool's JavaScript).
     let bin = match host::unpack_locked(
@@ -243,14 +246,16 @@ fn codex_completes_the_scripted_conversation() {
     };
     let (home, work) = (tmp.path().join("home"), tmp.path().join("repo"));
     make_repo(&work);
-    let server = Server::start(openai::CodexScript::write_then_edit(
+    let mut script = openai::CodexScript::write_then_edit(
         "NOTES.md",
         NOTES,
         "README.md",
         "version = 1",
         "version = 2",
     )
-    .with_probe(PROBE));
+    .with_probe(PROBE);
+    script.websocket = websocket;
+    let server = Server::start(script);
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, &server.ca_pem).unwrap();
     let secrets = BTreeMap::from([("OPENAI_API_KEY".to_string(), OPENAI_KEY.to_string())]);
@@ -280,6 +285,15 @@ fn codex_completes_the_scripted_conversation() {
     );
     assert_eq!(code, 0, "codex failed");
     let reqs = server.requests();
+    // The transport the test asked for carried the conversation.
+    let want = if websocket { "WS" } else { "POST" };
+    assert!(
+        reqs.iter()
+            .filter(|r| r.step.is_some())
+            .all(|r| r.method == want),
+        "{}",
+        server.summary()
+    );
     let steps: Vec<usize> = reqs.iter().filter_map(|r| r.step).collect();
     assert_eq!(
         steps,
@@ -303,4 +317,14 @@ fn codex_completes_the_scripted_conversation() {
         "{out}"
     );
     check_repo(&work);
+}
+
+#[test]
+fn codex_completes_the_scripted_conversation() {
+    codex_conversation(false);
+}
+
+#[test]
+fn codex_completes_the_scripted_conversation_over_the_websocket() {
+    codex_conversation(true);
 }

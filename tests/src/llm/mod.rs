@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod host;
 pub mod openai;
+pub mod ws;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -102,6 +103,11 @@ impl Reply {
 /// A provider script: turns a request (already recorded, body complete) into an answer.
 pub trait Script: Send + Sync + 'static {
     fn reply(&self, req: &Recorded) -> Reply;
+    /// Whether a WebSocket upgrade is accepted ([`ws`]); each client message then becomes a
+    /// request with method `WS` whose body is the message with `"stream": true` added.
+    fn websocket(&self) -> bool {
+        false
+    }
 }
 
 /// A test CA and a server certificate for `names` (DNS names, and IP addresses given as
@@ -214,6 +220,7 @@ impl Server {
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades()
                             .await;
                     });
                 }
@@ -282,6 +289,13 @@ async fn handle(
     script: Arc<dyn Script>,
     reqs: Arc<Mutex<Vec<Recorded>>>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if is_ws && script.websocket() {
+        return Ok(websocket(req, script, reqs));
+    }
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -328,6 +342,82 @@ async fn handle(
         .body(ChanBody(rx).boxed())
         .unwrap();
     Ok(resp)
+}
+
+/// Accepts a WebSocket upgrade and serves the script over it (see [`ws`]).
+fn websocket(
+    mut req: hyper::Request<Incoming>,
+    script: Arc<dyn Script>,
+    reqs: Arc<Mutex<Vec<Recorded>>>,
+) -> hyper::Response<Body> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
+        .collect();
+    let target = req.uri().to_string();
+    reqs.lock().unwrap().push(Recorded {
+        method: "GET".into(),
+        target: target.clone(),
+        headers: headers.clone(),
+        body: Vec::new(),
+        status: 101,
+        usage: None,
+        model: None,
+        step: None,
+    });
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = on.await else { return };
+        let mut io = TokioIo::new(up);
+        while let Some(msg) = ws::read_message(&mut io).await {
+            let mut body: serde_json::Value =
+                serde_json::from_slice(&msg).unwrap_or(serde_json::Value::Null);
+            if let Some(o) = body.as_object_mut() {
+                o.insert("stream".into(), true.into());
+            }
+            let mut rec = Recorded {
+                method: "WS".into(),
+                target: target.clone(),
+                headers: headers.clone(),
+                body: serde_json::to_vec(&body).unwrap(),
+                status: 0,
+                usage: None,
+                model: None,
+                step: None,
+            };
+            let reply = script.reply(&rec);
+            rec.status = reply.status;
+            rec.usage = reply.usage;
+            rec.model = reply.model.clone();
+            rec.step = reply.step;
+            reqs.lock().unwrap().push(rec);
+            for c in &reply.chunks {
+                let data = ws::sse_data(c).unwrap_or(c);
+                if ws::write_frame(&mut io, 0x1, data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    hyper::Response::builder()
+        .status(101)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", ws::accept_key(&key))
+        .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
+        .unwrap()
 }
 
 /// Request bodies may be compressed (Codex sends zstd or gzip when it can); only gzip is

@@ -33,9 +33,15 @@ pub enum Step {
     Text(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Default)]
 pub struct CodexScript {
     pub steps: Vec<Step>,
+    /// Accept the Responses WebSocket (Codex's preferred transport) instead of refusing it.
+    pub websocket: bool,
+    /// Response id → (tool outputs seen so far, main conversation): requests that continue a
+    /// response (`previous_response_id`, the WebSocket's incremental input) add to it.
+    chain: std::sync::Mutex<std::collections::HashMap<String, (usize, bool)>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl CodexScript {
@@ -61,6 +67,9 @@ impl CodexScript {
             ),
         };
         CodexScript {
+            websocket: false,
+            chain: Default::default(),
+            next_id: Default::default(),
             steps: vec![
                 patch(format!(
                     "*** Begin Patch\n*** Add File: {new_file}\n{added}*** End Patch\n"
@@ -181,18 +190,33 @@ pub fn tool_names(body: &Value) -> Vec<String> {
 }
 
 impl Script for CodexScript {
+    fn websocket(&self) -> bool {
+        self.websocket
+    }
+
     fn reply(&self, req: &Recorded) -> Reply {
         let body = req.json();
         let path = req.path();
-        if req.method != "POST" || !path.ends_with("/responses") {
+        if !(req.method == "POST" || req.method == "WS") || !path.ends_with("/responses") {
             return Reply::json(
                 404,
                 &json!({"error": {"type": "invalid_request_error", "message": format!("{} {path}: not scripted", req.method)}}),
             );
         }
-        let main = !tool_names(&body).is_empty();
+        let prev = body["previous_response_id"]
+            .as_str()
+            .and_then(|p| self.chain.lock().unwrap().get(p).copied());
+        let (base, prev_main) = prev.unwrap_or((0, false));
+        let main = prev_main || !tool_names(&body).is_empty();
+        let seen = base + tool_outputs(&body);
+        let id = format!(
+            "resp_ax{:04}",
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.chain.lock().unwrap().insert(id.clone(), (seen, main));
         let (item, usage, step) = if main {
-            let n = tool_outputs(&body).min(self.steps.len() - 1);
+            let n = seen.min(self.steps.len() - 1);
             let item = match &self.steps[n] {
                 Step::Function { name, arguments } => json!({
                     "type": "function_call", "id": format!("fc_ax{n:02}"), "status": "completed",
@@ -212,7 +236,6 @@ impl Script for CodexScript {
                 None,
             )
         };
-        let id = format!("resp_ax{:04}", req.body.len() % 10000);
         let completed = response(&id, "completed", std::slice::from_ref(&item), Some(usage));
         let mut reply = if body["stream"].as_bool().unwrap_or(false) {
             sse(&id, &item, &completed)
