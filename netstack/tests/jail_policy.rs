@@ -341,6 +341,9 @@ fn landlock_refuses_tcp_bind_and_allows_tcp_connect() {
     expect_ok("landlock net", st);
 }
 
+/// A named syscall attempt: its result (-2: a setup call failed).
+type Probe = (&'static str, fn() -> i64);
+
 /// One syscall in a jailed child; the child's wait status.
 fn try_in_jail(f: fn() -> i64) -> i32 {
     in_jailed_child(&Policy::default(), || {
@@ -358,7 +361,7 @@ fn try_in_jail(f: fn() -> i64) -> i32 {
 
 #[test]
 fn syscalls_outside_the_allowlist_kill_and_soft_denied_ones_fail() {
-    let kill: [(&str, fn() -> i64); 9] = [
+    let kill: [Probe; 9] = [
         ("bind", || tcp_bind().map(|_| 0).unwrap_or(-1)),
         ("execve", || {
             let p = CString::new("/bin/true").unwrap();
@@ -406,7 +409,7 @@ fn syscalls_outside_the_allowlist_kill_and_soft_denied_ones_fail() {
         }
         assert_eq!(killed_by(st), Some(libc::SIGSYS), "{what}: status {st:#x}");
     }
-    let soft: [(&str, fn() -> i64); 3] = [
+    let soft: [Probe; 3] = [
         // SAFETY (all): integer arguments / a zeroed clone_args.
         ("socket(AF_UNIX)", || unsafe {
             libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as i64
