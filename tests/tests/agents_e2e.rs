@@ -142,12 +142,15 @@ fn price_micro_usd(model: &str, u: &Usage) -> i64 {
 
 /// Checks `axctl cost --agent NAME --json` against what the server answered. Every request
 /// to the API endpoint is a ledger row (Codex's refused WebSocket upgrades too: no usage,
-/// no model, so unpriced); the answered ones carry the scripted usage. `openai`: the
+/// no model, so unpriced; on an accepted WebSocket, each message), the answered ones with
+/// the scripted usage. `openai`: the
 /// provider's input count includes cached tokens, the ledger's does not.
 fn check_ledger(env: &Env, name: &str, reqs: &[Recorded], openai: bool) {
     let endpoint: Vec<&Recorded> = reqs
         .iter()
         .filter(|r| r.path() == "/v1/messages" || r.path() == "/v1/responses")
+        // An accepted WebSocket upgrade is no call; each message on it is.
+        .filter(|r| r.status != 101)
         .collect();
     let unanswered = endpoint.iter().filter(|r| r.usage.is_none()).count() as u64;
     let metered: Vec<(&Recorded, Usage)> = reqs
@@ -363,6 +366,18 @@ fn claude_code_in_the_guest_writes_and_edits_through_the_netstack() {
 
 #[test]
 fn codex_in_the_guest_writes_and_edits_through_the_netstack() {
+    codex_e2e(false);
+}
+
+/// The same over the Responses WebSocket, which the pinned Codex prefers whenever the server
+/// accepts the upgrade (the real API does).
+#[test]
+#[ignore = "ax-netstack splices WebSocket upgrades without metering them: the ledger misses every call (netstack/src/http/mod.rs, meter)"]
+fn codex_over_the_responses_websocket_is_metered() {
+    codex_e2e(true);
+}
+
+fn codex_e2e(websocket: bool) {
     if !require_qemu() {
         return;
     }
@@ -371,16 +386,16 @@ fn codex_in_the_guest_writes_and_edits_through_the_netstack() {
     let env = Env::new();
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());
-    let server = Server::start(
-        openai::CodexScript::write_then_edit(
-            "NOTES.md",
-            NOTES,
-            "README.md",
-            "version = 1",
-            "version = 2",
-        )
-        .with_probe(&probe_command()),
-    );
+    let mut script = openai::CodexScript::write_then_edit(
+        "NOTES.md",
+        NOTES,
+        "README.md",
+        "version = 1",
+        "version = 2",
+    )
+    .with_probe(&probe_command());
+    script.websocket = websocket;
+    let server = Server::start(script);
     let cfg = net_config(tmp.path(), "api.openai.com", &server);
     // The key is a stored secret (value on stdin).
     let mut add = env
