@@ -268,7 +268,7 @@ pub fn soft_deny_rules() -> Rules {
 /// of each group). Never allowed: `execve`/`execveat`, `fork`/`vfork` (clone without
 /// CLONE_THREAD), `bind`, `listen`, sockets other than TCP/UDP over IPv4/IPv6, `ptrace`,
 /// `mount`/`umount2`/`pivot_root`, `unshare`/`setns`, `bpf`, `kill`, `setuid`/`capset`,
-/// executable memory, `ioctl` beyond FIONBIO/FIOCLEX/FIONCLEX.
+/// executable memory, `ioctl` beyond FIONBIO/FIOCLEX/FIONCLEX/FIONREAD.
 pub fn rules() -> Rules {
     use libc::*;
     let mut r = Rules::new();
@@ -378,7 +378,8 @@ pub fn rules() -> Rules {
             F_OFD_SETLKW as u64,
         ],
     );
-    allow_arg_in(&mut r, SYS_ioctl, 1, &[FIONBIO, FIOCLEX, FIONCLEX]);
+    // FIONREAD: glibc's resolver sizes each UDP answer before reading it (res_send).
+    allow_arg_in(&mut r, SYS_ioctl, 1, &[FIONBIO, FIOCLEX, FIONCLEX, FIONREAD]);
     // Files, confined by Landlock: the ledger (SQLite: pread/pwrite, fsync/fdatasync, the
     // -shm mapping, truncating the WAL, existence checks, unlinking the WAL when the last
     // connection closes — refused by Landlock, SQLite goes on), the resolver's files
@@ -463,7 +464,7 @@ mod tests {
         ] {
             assert!(!r.contains_key(&nr), "syscall {nr} allowed");
         }
-        assert_eq!(r[&libc::SYS_ioctl].len(), 3);
+        assert_eq!(r[&libc::SYS_ioctl].len(), 4);
         // 2 families × 2 types, + AF_UNIX/AF_NETLINK for the soft-deny filter.
         assert_eq!(r[&libc::SYS_socket].len(), 6);
         for mode in [SeccompMode::Kill, SeccompMode::Log] {

@@ -1,9 +1,9 @@
 //! The jailed ax-netstack binary (docs/jail.md, "The ax-netstack jail"): once QEMU's netdev
 //! stream (here: this test) has connected, every thread carries the seccomp filters,
 //! NoNewPrivs and no capability, the socket file is gone, and the jailed process still
-//! answers ARP and DNS — the DNS answer for `localhost` goes through the host's getaddrinfo
-//! inside the jail. `--no-jail` shows none of it; `--seccomp log` is accepted, `trap` is a
-//! usage error.
+//! answers ARP and DNS — the DNS answers for `localhost` (/etc/hosts) and for a `.invalid`
+//! name (glibc's `dns` service) go through the host's getaddrinfo inside the jail.
+//! `--no-jail` shows none of it; `--seccomp log` is accepted, `trap` is a usage error.
 
 #[path = "stack_support/mod.rs"]
 mod stack_support;
@@ -179,6 +179,22 @@ fn arp_and_dns(r: &mut Running) {
         rcode(&resp),
         0,
         "localhost resolves through the host's resolver (NOERROR)"
+    );
+    // A name that misses /etc/hosts goes on to glibc's `dns` service (resolv.conf, a UDP
+    // query): NXDOMAIN, or SERVFAIL where the host has no working resolver; never a kill
+    // (`finish` checks the exit status).
+    r.send(&udp_frame(
+        GW_IP,
+        40001,
+        53,
+        &dns_query(8, "ax-netstack-jail-test.invalid", 1),
+    ));
+    let resp = r.dns_reply();
+    assert_eq!(&resp[..2], &8u16.to_be_bytes(), "the reply to our query");
+    assert!(
+        [2, 3].contains(&rcode(&resp)),
+        "NXDOMAIN or SERVFAIL, got rcode {}",
+        rcode(&resp)
     );
 }
 

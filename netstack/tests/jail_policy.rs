@@ -222,6 +222,18 @@ fn the_jailed_stack_proxies_tcp_resolves_names_and_writes_the_ledger() {
     );
 }
 
+/// A name that misses /etc/hosts and goes on to the `dns` service (RFC 6761 `.invalid`).
+const NO_SUCH_NAME: &str = "ax-netstack-jail-test.invalid";
+
+/// getaddrinfo's outcome as a number: 0 found, 1 no such name, 2 other failure.
+fn lookup_kind(name: &str) -> i32 {
+    match ax_netstack::stack::dns::host_lookup(name) {
+        Ok(_) => 0,
+        Err(ax_netstack::stack::dns::Lookup::NoName) => 1,
+        Err(_) => 2,
+    }
+}
+
 #[test]
 fn files_outside_the_ledger_and_resolver_config_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,6 +243,7 @@ fn files_outside_the_ledger_and_resolver_config_are_refused() {
     let policy = Policy::for_ledger(Some(&db), SeccompMode::Kill);
     assert_eq!(policy.read_write_files.len(), 2, "{policy:?}");
     let d = dir.path().to_path_buf();
+    let outside = lookup_kind(NO_SUCH_NAME);
     let st = in_jailed_child(&policy, || {
         if open(&db, libc::O_RDWR).is_err() {
             return 10;
@@ -273,6 +286,11 @@ fn files_outside_the_ledger_and_resolver_config_are_refused() {
         // The host resolver works (files: /etc/hosts) ...
         if ax_netstack::stack::dns::host_lookup("localhost").is_err() {
             return 18;
+        }
+        // ... also through the `dns` service (resolv.conf, a UDP query to its nameserver):
+        // the same outcome as outside the jail for a name no one has.
+        if lookup_kind(NO_SUCH_NAME) != outside {
+            return 21;
         }
         // ... and a shared library first needed inside the jail (an NSS module of a
         // service reached later) cannot be loaded: refused quietly, no SIGSYS.
