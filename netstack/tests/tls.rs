@@ -662,6 +662,33 @@ async fn http1_upgrade_is_spliced_after_substitution() {
     assert_eq!(seen.headers["upgrade"], "ax-echo");
 }
 
+/// A WebSocket upgrade to an LLM API path would bypass metering: refused with 404 (clients
+/// fall back to HTTPS), never forwarded, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_an_llm_api_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[API], &["http/1.1"]).await;
+    let key = anthropic();
+    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, API, &["http/1.1"]).await;
+    let hdrs = [
+        ("connection", "upgrade".to_string()),
+        ("upgrade", "websocket".to_string()),
+        ("x-api-key", key.placeholder.clone()),
+    ];
+    let resp = g.send("GET", "/v1/messages", &hdrs, "").await;
+    assert_eq!(resp.status(), 404);
+    assert!(up.seen.lock().unwrap().is_empty(), "forwarded upstream");
+    let rows = ledger_requests(dir.path());
+    assert!(
+        rows.iter().any(|r| r.status == 404
+            && r.blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("WebSocket"))),
+        "{rows:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_http1_is_reconnected() {
     let dir = tempfile::tempdir().unwrap();

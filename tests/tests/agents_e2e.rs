@@ -369,11 +369,11 @@ fn codex_in_the_guest_writes_and_edits_through_the_netstack() {
     codex_e2e(false);
 }
 
-/// The same over the Responses WebSocket, which the pinned Codex prefers whenever the server
-/// accepts the upgrade (the real API does).
+/// The server offers the Responses WebSocket, which the pinned Codex prefers whenever the
+/// upgrade is accepted (the real API accepts it). ax-netstack refuses WebSocket upgrades to LLM
+/// APIs (they would pass unmetered), Codex falls back to HTTPS + SSE, and every call is metered.
 #[test]
-#[ignore = "ax-netstack splices WebSocket upgrades without metering them: the ledger misses every call (netstack/src/http/mod.rs, meter)"]
-fn codex_over_the_responses_websocket_is_metered() {
+fn codex_offered_the_responses_websocket_is_still_metered() {
     codex_e2e(true);
 }
 

@@ -243,6 +243,17 @@ impl Proxy {
             return self.refuse(&method, &path, StatusCode::FORBIDDEN, b.0);
         }
         let provider = ctx.meter.provider_for(&self.name, &path);
+        if provider.is_some() && parts.headers.contains_key(header::UPGRADE) {
+            // A WebSocket to an LLM API (Codex prefers the Responses WebSocket) would be
+            // spliced unmetered and unscrubbed; refused with 404, which clients read as "no
+            // WebSocket here" and fall back to HTTPS + SSE, which is metered.
+            return self.refuse(
+                &method,
+                &path,
+                StatusCode::NOT_FOUND,
+                "ax-netstack: WebSocket transports to LLM APIs are refused (not metered yet); use HTTPS".into(),
+            );
+        }
         if provider.is_some() {
             if let Err(e) = ctx.meter.check_cap() {
                 return self.refuse(&method, &path, StatusCode::TOO_MANY_REQUESTS, e.to_string());
