@@ -53,14 +53,15 @@ pub struct LaunchRecord {
     pub timeout_secs: Option<u64>,
 }
 
-/// Renders `agent` for instance `name` and `prompt` (batch mode). With `net`, its secrets
+/// Renders `agent` for instance `name`: with a `prompt` its batch command, without one its
+/// interactive command (usage error when it has none). With `net`, its secrets
 /// are resolved (usage error naming `axctl secrets add …` when a required one is missing)
 /// and each gets a fresh placeholder; without a network the agent gets no secrets at all.
 /// Returns the record and the resolved secrets.
 pub fn prepare(
     agent: &Agent,
     name: &str,
-    prompt: &str,
+    prompt: Option<&str>,
     net: bool,
 ) -> Result<(LaunchRecord, Vec<ResolvedSecret>)> {
     let resolved = if net {
@@ -77,10 +78,12 @@ pub fn prepare(
             )
         })
         .collect();
-    let l = agent.launch(
-        Mode::Batch,
-        &LaunchVars::new(name, Some(prompt), &placeholders),
-    )?;
+    let mode = if prompt.is_some() {
+        Mode::Batch
+    } else {
+        Mode::Interactive
+    };
+    let l = agent.launch(mode, &LaunchVars::new(name, prompt, &placeholders))?;
     let rec = LaunchRecord {
         agent: agent.name.clone(),
         argv: l.argv,

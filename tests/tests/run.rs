@@ -215,8 +215,13 @@ fn attach_to_a_running_shell_through_tmux() {
     }
     ensure_image();
     let env = Env::new();
-    let o = env.run(&["run", "--name", "tty", "--prompt", "exec sh -i"]);
-    assert!(o.status.success());
+    // No --prompt: the agent's interactive command (`bash -l` for `shell`) on a terminal.
+    let o = env.run(&["run", "--name", "tty"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // An interactive session cannot be --wait'ed on (exit 2 naming the fix).
+    let w = env.run(&["run", "--name", "tty-wait", "--wait"]);
+    assert_eq!(w.status.code(), Some(2));
+    assert!(text(&w.stderr).contains("axctl attach"), "{}", text(&w.stderr));
     let st = env.wait_for("tty", Duration::from_secs(90), |v| {
         v["status"] != "starting"
     });

@@ -62,9 +62,11 @@ pub struct RunArgs {
     /// Stay in the foreground: stream the agent's output, forward stdin, exit with its code.
     #[arg(short, long)]
     pub wait: bool,
-    /// What the agent should do (for the `shell` agent: a shell command).
+    /// What the agent should do (for the `shell` agent: a shell command). Without it the
+    /// agent's interactive command runs in the background on a terminal (e.g. Claude Code's
+    /// TUI, `bash -l` for `shell`): `axctl attach NAME` to use it.
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
@@ -84,11 +86,23 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(n) = &args.name {
         state::validate_name(n)?;
     }
-    if args.prompt.trim().is_empty() {
-        return Err(usage(
-            "the prompt is empty",
-            "say what the agent should do: --prompt '…'",
-        ));
+    match &args.prompt {
+        Some(p) if p.trim().is_empty() => {
+            return Err(usage(
+                "the prompt is empty",
+                "say what the agent should do: --prompt '…' (or leave it out for an interactive session)",
+            ))
+        }
+        None if args.wait => {
+            return Err(usage(
+                "an interactive session (no --prompt) runs in the background",
+                format!(
+                    "drop --wait and use `axctl attach NAME`, or give --prompt '…' with --wait (agent {})",
+                    agent.name
+                ),
+            ))
+        }
+        _ => {}
     }
     // The identity's config and --author are checked before anything is built or started.
     let branch_cfg = crate::config::load()?.branch;
@@ -120,9 +134,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let (name, dir) = match &args.name {
         Some(n) => (n.clone(), state::create_dir(n)?),
-        None => state::create_unique(&state::slug(&args.prompt))?,
+        None => state::create_unique(&state::slug(
+            args.prompt.as_deref().unwrap_or(&agent.name),
+        ))?,
     };
-    let rec = match crate::launch::prepare(&agent, &name, &args.prompt, net.enabled)
+    let rec = match crate::launch::prepare(&agent, &name, args.prompt.as_deref(), net.enabled)
         .and_then(|(rec, _)| rec.save(&dir).map(|_| rec))
     {
         Ok(r) => r,
@@ -134,7 +150,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let st = AgentState {
         name: name.clone(),
         agent: agent.name.to_string(),
-        prompt: args.prompt.clone(),
+        prompt: args.prompt.clone().unwrap_or_default(),
         argv: rec.argv.clone(),
         image_id: img.id.clone(),
         vmm: vmm.to_string(),
