@@ -22,6 +22,7 @@
 //! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
 //! - [`jail`]: Landlock, seccomp, capabilities and namespaces after setup (docs/jail.md).
 //! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
+//! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames on a socket).
 
 pub mod config;
 pub mod context;
