@@ -4,31 +4,11 @@
 
 use ax_tests::{ensure_image, require_qemu, Env};
 use std::path::Path;
-use std::process::Command;
 
 const REAL_KEY: &str = "sk-ant-api03-REALKEYdotenvtest0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
 
 fn git(repo: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    ax_tests::git(repo, args).trim().to_string()
 }
 
 #[test]

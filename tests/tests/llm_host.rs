@@ -25,28 +25,7 @@ pub const README: &str = "# demo\n\nversion = 1\n";
 const PROBE: &str = "echo probe-$((6*7))";
 pub const NOTES: &str = "Notes written by the scripted agent.\n";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use ax_tests::git;
 
 /// A git repository with README.md committed.
 fn make_repo(dir: &Path) {

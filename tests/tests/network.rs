@@ -57,27 +57,7 @@ fn make_certs(dir: &Path) -> String {
     ca_cert.pem()
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use ax_tests::git;
 
 /// A bare repository `repo.git` under `root` with one commit holding README.
 fn make_repo(root: &Path) {
