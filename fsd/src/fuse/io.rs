@@ -52,38 +52,6 @@ impl VecSink {
     }
 }
 
-/// `pread(2)` of `len` bytes at `offset` into `ptr`, retrying EINTR and short reads; short only
-/// at end of file.
-///
-/// # Safety
-/// `ptr` must be valid for writes of `len` bytes.
-pub unsafe fn pread_raw(fd: RawFd, ptr: *mut u8, len: usize, offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: the caller guarantees `ptr..ptr+len` is writable.
-        let n = unsafe {
-            libc::pread64(
-                fd,
-                ptr.add(done).cast(),
-                len - done,
-                (offset + done as u64) as i64,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        done += n as usize;
-    }
-    Ok(done)
-}
-
 impl ReadSink for VecSink {
     fn room(&self) -> usize {
         self.max.saturating_sub(self.buf.len())
@@ -94,7 +62,9 @@ impl ReadSink for VecSink {
         let start = self.buf.len();
         self.buf.resize(start + len, 0);
         // SAFETY: the range was just allocated.
-        let r = unsafe { pread_raw(fd, self.buf[start..].as_mut_ptr(), len, offset) };
+        let r = unsafe {
+            crate::union::sys::pread_raw(fd, self.buf[start..].as_mut_ptr(), len, offset)
+        };
         let n = *r.as_ref().unwrap_or(&0);
         self.buf.truncate(start + n);
         r

@@ -318,17 +318,21 @@ pub fn listxattr_fd(fd: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
     }
 }
 
-/// pread(2), retrying on EINTR; short only at EOF.
-pub fn pread(fd: &impl AsRawFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+/// `pread(2)` of `len` bytes at `offset` into `ptr`, retrying EINTR and short reads; short only
+/// at end of file.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+pub unsafe fn pread_raw(fd: RawFd, ptr: *mut u8, len: usize, offset: u64) -> io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the slice is valid.
+    while done < len {
+        // SAFETY: the caller guarantees `ptr..ptr+len` is writable.
         let n = unsafe {
             libc::pread64(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                (off + done as u64) as i64,
+                fd,
+                ptr.add(done).cast(),
+                len - done,
+                (offset + done as u64) as i64,
             )
         };
         if n < 0 {
@@ -344,6 +348,12 @@ pub fn pread(fd: &impl AsRawFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
         done += n as usize;
     }
     Ok(done)
+}
+
+/// pread(2) into `buf`, retrying on EINTR; short only at EOF ([`pread_raw`]).
+pub fn pread(fd: &impl AsRawFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: the slice is valid for writes of its length.
+    unsafe { pread_raw(fd.as_raw_fd(), buf.as_mut_ptr(), buf.len(), off) }
 }
 
 /// pwrite(2) of the whole buffer.
