@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: branch extraction for a one-file change in a large repository (issue #4, goal <= 1 s).
+"""Benchmark: branch extraction for a one-file change in a large repository (goal <= 1 s).
 
 Usage: bench/branch.py [-n RUNS] [--files N] [--mb MB] [--axctl PATH] [--dir DIR]
 

@@ -1,8 +1,8 @@
-//! The synthesized `/workspace/.env` (issue #5, `docs/network.md` "Secrets"): the secrets'
+//! The synthesized `/workspace/.env` (`docs/network.md` "The guest side"): the secrets'
 //! placeholders that SETUP carries, as `NAME=placeholder` lines, for tools that read a
 //! dotenv file instead of the environment. It is never committed: `/.env` goes into the
 //! agent's own `.git/info/exclude` (so `git add -A` in the guest leaves it out) and the host
-//! builds `ax/<name>` with the agent's exclude rules (cli/src/git/upper.rs).
+//! builds `ax/<name>` with the agent's exclude rules (crate ax-branch, `branch/src/upper.rs`).
 //!
 //! A repository that has its own `.env` keeps it untouched (nothing is written then).
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ax-vmm spawn benchmark (issue #3, "Must show").
+"""ax-vmm spawn benchmark: VMM spawn to first guest serial byte, whole run, teardown.
 
 Usage: vmm/bench/spawn.py [-n RUNS] [--vmm PATH] [--firecracker PATH] [--cloud-hypervisor PATH]
                           [--memory-mib N] [--ax-arg=--no-jail ...] [--markdown]

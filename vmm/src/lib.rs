@@ -1,4 +1,4 @@
-//! ax-vmm: the KVM microVM monitor (issue #3).
+//! ax-vmm: the KVM microVM monitor.
 //!
 //! One small process per agent VM: guest RAM from a memfd ([`memory`]), a KVM VM with the
 //! in-kernel irqchip ([`vm`]), vCPUs with a CPUID template ([`vcpu`], [`cpuid`]), a kernel
