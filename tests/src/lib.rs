@@ -6,6 +6,10 @@
 //! README's test command does). Each [`Env`] has its own `XDG_STATE_HOME` (agents) and
 //! shares one image cache, `<target>/ax-test-cache` (or `$AX_TEST_CACHE`), built once under a
 //! file lock by [`ensure_image`].
+//!
+//! A test whose prerequisite is missing prints a loud SKIP line ([`skip`], [`require_qemu`]);
+//! with `AX_TEST_REQUIRE_VM=1` (`.ci/run` sets it) it fails instead. Only a host without
+//! hardware KVM still skips then ([`skip_without_hardware_kvm`]).
 
 pub mod llm;
 
@@ -230,21 +234,52 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Skips (loudly) when QEMU is missing: the suite's VM tests need it.
+/// The environment variable that turns skips into failures: `.ci/run` sets it.
+pub const REQUIRE_VM: &str = "AX_TEST_REQUIRE_VM";
+
+/// Whether [`REQUIRE_VM`] is set (to anything but empty or `0`). Then a test whose
+/// prerequisite is missing (QEMU, or another tool scripts/deps installs) fails instead of
+/// skipping: CI must never pass because nothing ran.
+pub fn require_vm() -> bool {
+    std::env::var_os(REQUIRE_VM).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `true` when QEMU is there. Without it: a loud SKIP (and `false`), or a panic under
+/// [`require_vm`]: the suite's VM tests need it.
 pub fn require_qemu() -> bool {
     if which("qemu-system-x86_64").is_some() {
         return true;
     }
     skip(
         "VM tests",
-        "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)",
+        "qemu-system-x86_64 not installed (apt-get install qemu-system-x86; scripts/deps does)",
     );
     false
 }
 
-/// Prints a loud `SKIP: <test>: <why>` line straight to the process's stderr, so it shows
-/// even when the test harness captures output (`eprintln!` would be captured).
+/// A test cannot run because something the project installs is missing (QEMU, python3, git,
+/// tmux, a cached agent CLI, …): prints a loud `SKIP: <test>: <why>` line straight to the
+/// process's stderr, so it shows even when the test harness captures output (`eprintln!`
+/// would be captured). Under [`require_vm`] (CI) it panics with the same text instead.
+///
+/// Not for a host without hardware KVM (a kvm-pvm `/dev/kvm`, no VMX/SVM): no package
+/// installs that, so such a test calls [`skip_without_hardware_kvm`], which always skips.
 pub fn skip(test: &str, why: &str) {
+    assert!(
+        !require_vm(),
+        "{test}: {why}; {REQUIRE_VM} is set, so a missing prerequisite fails the test instead of \
+         skipping it (scripts/deps installs what the tests need)"
+    );
+    print_skip(test, why);
+}
+
+/// A test that needs hardware KVM (ax-vmm running the real guest image) on a host without it:
+/// a loud SKIP line, also under [`require_vm`].
+pub fn skip_without_hardware_kvm(test: &str, why: &str) {
+    print_skip(test, why);
+}
+
+fn print_skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "SKIP: {test}: {why}");
 }

@@ -2,6 +2,8 @@
 //! `iasl -d`, and the DSDT's disassembly is compiled back with `iasl` (acpica-tools; CI installs it
 //! via scripts/deps).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -71,7 +73,10 @@ fn disassemble_all(dir: &Path, cfg: &AcpiConfig) -> Vec<(String, String)> {
 #[test]
 fn iasl_disassembles_every_table() {
     if !iasl_installed() {
-        eprintln!("SKIP: iasl not installed (apt-get install acpica-tools)");
+        common::skip_missing_tool(
+            "iasl_disassembles_every_table",
+            "iasl not installed (apt-get install acpica-tools; scripts/deps does)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
 //! The vhost-user frontend under the real ax-vmm binary (jailed, as in production), against
-//! a real virtio-fs backend: virtiofsd (`cargo install --locked virtiofsd`, done by
-//! scripts/deps) until ax-fsd (issue #4) exists. The test guest (tests/guests/virtio_fs.S)
-//! reads the tag, sends FUSE_INIT through the device and prints the reply. Needs /dev/kvm
-//! and virtiofsd; without either each test prints a loud SKIP line.
+//! a real virtio-fs backend other than our own ax-fsd: virtiofsd (`cargo install --locked
+//! virtiofsd`, done by scripts/deps). The test guest (tests/guests/virtio_fs.S) reads the tag,
+//! sends FUSE_INIT through the device and prints the reply. Needs /dev/kvm (without it each
+//! test prints a loud SKIP line) and virtiofsd (missing: a loud SKIP line, or a failure under
+//! `AX_TEST_REQUIRE_VM`, which CI sets).
 
 mod common;
 
@@ -60,7 +61,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     }
     let v = virtiofsd_path();
     if v.is_none() {
-        skip(
+        skip_missing_tool(
             test,
             "virtiofsd not installed (scripts/deps installs it: cargo install --locked virtiofsd)",
         );
