@@ -21,7 +21,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::usage;
-use crate::git::{Identity, Person};
+use ax_branch::{Identity, Person};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -67,7 +67,7 @@ pub fn load() -> Result<Config> {
 }
 
 /// 1-based line and column of byte offset `at` in `text`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.chars().rev().take_while(|&c| c != '\n').count() + 1;

@@ -3,18 +3,14 @@
 //! Both binaries call [`main`]; the modules are public to the crate's tests.
 
 pub mod agents;
-pub mod client;
 pub mod cmd;
 pub mod config;
-pub mod driver;
-pub mod error;
-pub mod git;
-pub mod image;
-pub mod launch;
-pub mod paths;
 pub mod secrets;
-pub mod state;
-pub mod supervisor;
+pub mod table;
+
+// The crates below the command line, under the names the commands use.
+pub(crate) use ax_common::{error, paths};
+pub(crate) use ax_supervisor::{client, driver, state};
 
 use clap::{Parser, Subcommand};
 
@@ -106,13 +102,13 @@ enum Cmd {
     /// Build and list guest images.
     Image {
         #[command(subcommand)]
-        cmd: image::ImageCmd,
+        cmd: cmd::image::ImageCmd,
     },
-    /// (internal) Snapshot / branch plumbing (issue #4), for tests and debugging.
+    /// (internal) Snapshot / branch plumbing, for tests and debugging.
     #[command(name = "__git", hide = true)]
     Git {
         #[command(subcommand)]
-        cmd: git::GitCmd,
+        cmd: cmd::git::GitCmd,
     },
     /// (internal) The per-agent supervisor process started by `run`.
     #[command(name = "__supervise", hide = true)]
@@ -163,9 +159,9 @@ pub fn main() -> ! {
         Cmd::Agents { json } => cmd::agents::agents(json),
         Cmd::Secrets { cmd } => cmd::secrets::run(cmd),
         Cmd::Accounts { json } => cmd::accounts::accounts(json),
-        Cmd::Image { cmd } => image::run(cmd),
-        Cmd::Git { cmd } => git::run_cmd(cmd),
-        Cmd::Supervise { name, attached } => supervisor::run(&name, attached),
+        Cmd::Image { cmd } => cmd::image::run(cmd),
+        Cmd::Git { cmd } => cmd::git::run(cmd),
+        Cmd::Supervise { name, attached } => cmd::supervise::run(&name, attached),
     };
     match result {
         Ok(code) => std::process::exit(code),

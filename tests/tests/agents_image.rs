@@ -2,7 +2,7 @@
 //! disk, agentd mounts it read-only on /opt/ax, and the pinned CLIs run from PATH and report
 //! exactly the versions of image/agents.lock.toml.
 
-use ax_cli::image::agents;
+use ax_image::agents;
 use ax_tests::{ensure_image, require_qemu, Env};
 
 /// The commands run in the guest, one per runtime, each introduced by a `== <name>` line.

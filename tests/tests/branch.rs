@@ -1,5 +1,5 @@
 //! Snapshot and branch extraction (issue #4) against real git repositories. The `git` CLI sets
-//! repositories up and checks results; the work itself is done by `ax_cli::git` (gix).
+//! repositories up and checks results; the work itself is done by `ax_branch` (gix).
 //! Upper layers are built by hand in overlayfs's format (whiteouts are `mknod c 0 0`, which
 //! needs CAP_MKNOD: those tests print SKIP without it). The identity tests drive the real `axctl`
 //! (`commit` on agent state dirs as `run` leaves them; one `run --author` with a real guest).
@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ax_cli::git::{
+use ax_branch::{
     build_branch, build_branch_with, snapshot, BranchOptions, Identity, Snapshot, SNAPSHOT_MESSAGE,
 };
 use sha2::Digest;
@@ -641,7 +641,7 @@ fn bad_names_are_refused() {
 /// Writes an agent's state dir as `axctl run` leaves it for a repository run: `state.json`
 /// (exited), `snapshot.json` + `objects/` (the snapshot), `upper/` with one new file.
 fn crafted_agent(env: &ax_tests::Env, f: &Fixture, name: &str, identity: Option<Identity>) {
-    use ax_cli::state::{AgentState, Status, Timings};
+    use ax_supervisor::state::{AgentState, Status, Timings};
     let dir = env.agent_dir(name);
     std::fs::create_dir_all(dir.join("upper")).unwrap();
     let snap = snapshot(&f.repo, &dir.join("objects")).unwrap();
@@ -803,7 +803,7 @@ fn guest_git_config_holds_any_identity() {
         committer: None,
         time: None,
     };
-    ax_cli::git::prepare_guest_git(&f.repo, &snap, &gitdir, "t1", &odd, "/run/ax/objects").unwrap();
+    ax_branch::prepare_guest_git(&f.repo, &snap, &gitdir, "t1", &odd, "/run/ax/objects").unwrap();
     let cfg = gitdir.join("config");
     let get = |key: &str| {
         git(

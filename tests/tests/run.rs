@@ -1,6 +1,6 @@
 //! `axctl run` and friends against the real guest image under QEMU (TCG here).
 
-use ax_cli::driver::hardware_kvm;
+use ax_supervisor::driver::hardware_kvm;
 use ax_tests::{ensure_image, require_qemu, Env};
 use std::io::Write;
 use std::process::{Command, Stdio};

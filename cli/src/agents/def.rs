@@ -6,6 +6,7 @@
 //! of that value (`file.toml:3:11: …`).
 
 use super::render::Template;
+use crate::config::line_col;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,106 +94,7 @@ impl<'de> Deserialize<'de> for Command {
     }
 }
 
-/// A secret the agent needs: `{ name = "ANTHROPIC_API_KEY", hosts = ["api.anthropic.com"] }`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretReq {
-    /// Name in the secret store (`axctl secrets add NAME`) and in `axctl`'s environment.
-    pub name: String,
-    /// Hosts the agent needs it for (shown in listings and in the fix-it hint when it is
-    /// missing). The hosts it is actually sent to are the store's binding (docs/secrets.md).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Environment variable in the guest holding the placeholder; default: `name`.
-    #[serde(default)]
-    pub env: Option<String>,
-    /// A missing optional secret is skipped instead of failing the run.
-    #[serde(default)]
-    pub optional: bool,
-    /// Also substitute in request bodies (netstack `body = true`).
-    #[serde(default)]
-    pub body: bool,
-}
-
-impl SecretReq {
-    /// The guest environment variable: `env`, else `name`.
-    pub fn env_var(&self) -> &str {
-        self.env.as_deref().unwrap_or(&self.name)
-    }
-}
-
-/// Egress policy, the same shape as the netstack's `[policy]` (netstack/src/config.rs), so the
-/// supervisor can copy it into the netstack config as is.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Action when no rule matches.
-    #[serde(default = "Action::allow")]
-    pub default: Action,
-    /// Rules in order, `[[policy.rule]]`; the first match decides.
-    #[serde(default, rename = "rule")]
-    pub rules: Vec<Rule>,
-}
-
-/// What happens to a connection (netstack `Action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Allow,
-    Deny,
-    Intercept,
-}
-
-impl Action {
-    fn allow() -> Action {
-        Action::Allow
-    }
-}
-
-/// One policy rule: `{ host = "*.github.com", ports = [443], action = "allow" }`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Exact name, `*.suffix`, or `*`.
-    pub host: HostPattern,
-    /// Ports; empty: all.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    pub action: Action,
-}
-
-/// A policy host pattern: an exact host name, `*.suffix` or `*`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct HostPattern(pub String);
-
-impl<'de> Deserialize<'de> for HostPattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let name = s.strip_prefix("*.").unwrap_or(&s);
-        if s == "*" || valid_host(name) {
-            Ok(HostPattern(s.to_ascii_lowercase()))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "host {s:?} is not a host name, \"*.suffix\" or \"*\""
-            )))
-        }
-    }
-}
-
-/// True for a DNS host name: labels of letters, digits and `-`, separated by dots (no
-/// scheme, port, path or wildcard).
-pub fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
+pub use ax_supervisor::launch::{valid_host, Action, HostPattern, Policy, Rule, SecretReq};
 
 /// Virtual CPUs, 1..=64.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -481,15 +383,6 @@ pub fn error_at(text: &str, origin: &str, at: usize, message: String) -> DefErro
     }
 }
 
-/// 1-based line and column (in characters) of byte offset `at` in `text`.
-pub fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[start..].chars().count() + 1)
-}
 
 #[cfg(test)]
-#[path = "def_tests.rs"]
 mod tests;

@@ -17,6 +17,7 @@ pub use def::{Action, McpConfig, Policy, Rule, SecretReq};
 pub use resolve::Dirs;
 
 use crate::error::usage;
+use ax_supervisor::secret::ResolvedSecret;
 use anyhow::Result;
 use def::{Command, DefFile, FileSpec, GuestPath, Mcp};
 use serde::Serialize;
@@ -228,7 +229,7 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     /// Files to write before starting, in order (parent directories created, mode applied).
     pub files: Vec<GuestFile>,
-    /// What to resolve with [`crate::secrets::resolve`] and hand to the netstack.
+    /// What to resolve (`axctl`'s secret store) and hand to the netstack.
     pub secrets: Vec<SecretReq>,
     /// Egress policy for the netstack (`None`: the netstack's default).
     pub policy: Option<Policy>,
@@ -259,37 +260,10 @@ impl Launch {
     /// pipes to `ax-netstack`; it holds secret values, so it must never be written to disk.
     pub fn netstack_fragment(
         &self,
-        resolved: &[crate::secrets::ResolvedSecret],
+        resolved: &[ResolvedSecret],
         placeholders: &BTreeMap<String, String>,
     ) -> toml::Table {
-        let mut t = toml::Table::new();
-        let secrets: Vec<toml::Value> = resolved
-            .iter()
-            .map(|r| {
-                let mut s = toml::Table::new();
-                s.insert("name".into(), r.name.clone().into());
-                s.insert("value".into(), r.value.clone().into());
-                s.insert(
-                    "hosts".into(),
-                    toml::Value::Array(r.hosts.iter().map(|h| h.clone().into()).collect()),
-                );
-                s.insert("body".into(), r.body.into());
-                if let Some(p) = placeholders.get(&r.name) {
-                    s.insert("placeholder".into(), p.clone().into());
-                }
-                toml::Value::Table(s)
-            })
-            .collect();
-        if !secrets.is_empty() {
-            t.insert("secret".into(), toml::Value::Array(secrets));
-        }
-        if let Some(p) = &self.policy {
-            t.insert(
-                "policy".into(),
-                toml::Value::try_from(p).expect("a policy is plain data"),
-            );
-        }
-        t
+        ax_supervisor::netconf::secrets_fragment(resolved, placeholders, self.policy.as_ref())
     }
 }
 

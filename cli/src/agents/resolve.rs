@@ -125,7 +125,7 @@ pub fn load(dirs: &Dirs, name: &str) -> Result<Option<Agent>, DefError> {
         .map_err(|mut e| {
             // Point at `extends` when there is one: the missing piece may be in the base.
             if let Some(at) = text.find("extends") {
-                let (l, c) = def::line_col(&text, at);
+                let (l, c) = crate::config::line_col(&text, at);
                 e.line = l;
                 e.col = c;
             }

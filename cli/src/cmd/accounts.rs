@@ -79,7 +79,7 @@ pub fn accounts(json: bool) -> Result<i32> {
             ]
         })
         .collect();
-    crate::cmd::ps::print_table(
+    crate::table::print_table(
         &["PROVIDER", "CREDENTIAL", "SOURCE", "VALUE", "HOSTS"],
         &table,
     );

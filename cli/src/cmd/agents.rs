@@ -68,7 +68,7 @@ pub fn agents(json: bool) -> Result<i32> {
             ]
         })
         .collect();
-    crate::cmd::ps::print_table(&["NAME", "SOURCE", "SECRETS", "ABOUT"], &table);
+    crate::table::print_table(&["NAME", "SOURCE", "SECRETS", "ABOUT"], &table);
     Ok(0)
 }
 

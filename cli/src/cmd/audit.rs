@@ -3,7 +3,7 @@
 //! (method, host, path without query string, status, bytes, why blocked) — from the ledger
 //! (`paths::ledger_path()`, docs/ledger.md).
 
-use crate::cmd::cost::utc_time;
+use crate::table::utc_time;
 use crate::error;
 use crate::paths;
 use anyhow::Result;
@@ -91,7 +91,7 @@ pub fn audit(args: AuditArgs) -> Result<i32> {
                 ]
             })
             .collect();
-        crate::cmd::ps::print_table(
+        crate::table::print_table(
             &[
                 "TIME", "FLOW", "DECISION", "HOST", "ADDRESS", "UP", "DOWN", "REASON",
             ],
@@ -122,7 +122,7 @@ pub fn audit(args: AuditArgs) -> Result<i32> {
                 ]
             })
             .collect();
-        crate::cmd::ps::print_table(
+        crate::table::print_table(
             &[
                 "TIME", "FLOW", "METHOD", "HOST", "PATH", "STATUS", "UP", "DOWN", "BLOCKED",
             ],

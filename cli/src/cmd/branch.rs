@@ -1,48 +1,13 @@
 //! `axctl diff` and `axctl commit`: the agent's changes to its repository.
 
-use crate::error::usage;
-use crate::git::{self, BranchResult, Snapshot};
-use crate::state::{self, AgentState};
+use crate::cmd::supervise::CliHost;
+use crate::state::{self, no_repo};
 use anyhow::{Context, Result};
-use std::path::Path;
-
-/// Builds branch `ax/<name>` from the agent's snapshot and upper layer (`docs/branch.md`).
-/// Safe while the agent runs (a later build moves the branch forward) and after a crash of the
-/// VM or of ax-fsd: finished writes are in the upper layer.
-pub fn build(dir: &Path, st: &AgentState) -> Result<BranchResult> {
-    let repo = st.repo.as_ref().ok_or_else(|| no_repo(&st.name))?;
-    let snap: Snapshot = serde_json::from_slice(
-        &std::fs::read(dir.join("snapshot.json")).context("reading snapshot.json")?,
-    )
-    .context("parsing snapshot.json")?;
-    let upper = dir.join("upper");
-    let guest_git = upper.join(".git");
-    // The identity fixed at `run`; agents from before it was recorded get the current config's.
-    let identity = match &st.identity {
-        Some(id) => id.clone(),
-        None => crate::config::load()?.branch.identity(&st.name)?,
-    };
-    git::build_branch(
-        repo,
-        &snap,
-        &upper,
-        guest_git.is_dir().then_some(guest_git.as_path()),
-        &st.name,
-        &identity,
-    )
-}
-
-fn no_repo(name: &str) -> anyhow::Error {
-    usage(
-        format!("agent '{name}' has no repository"),
-        "only agents started with --repo have a branch",
-    )
-}
 
 /// `axctl commit NAME`: (re)builds `ax/<name>` now and prints the branch and commit.
 pub fn commit(name: &str) -> Result<i32> {
     let (dir, mut st) = state::load(name)?;
-    let b = build(&dir, &st)?;
+    let b = state::build_branch(&dir, &st, &CliHost)?;
     println!(
         "{} {}",
         b.branch.trim_start_matches("refs/heads/"),

@@ -75,33 +75,6 @@ impl Sums {
     }
 }
 
-/// The UTC calendar date of `ms` since the epoch, `YYYY-MM-DD` (proleptic Gregorian;
-/// H. Hinnant's `civil_from_days`).
-pub fn utc_date(ms: i64) -> String {
-    let z = ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of `ms` since the epoch.
-pub fn utc_time(ms: i64) -> String {
-    let s = ms.div_euclid(1000).rem_euclid(86_400);
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        utc_date(ms),
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
 /// Groups `rows` by `by`: (key, sums) sorted by key, and the total.
 pub fn summarize(rows: &[CallRow], by: By) -> (Vec<(String, Sums)>, Sums) {
     let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
@@ -111,7 +84,7 @@ pub fn summarize(rows: &[CallRow], by: By) -> (Vec<(String, Sums)>, Sums) {
             By::Agent => r.agent.clone(),
             By::Model if r.model.is_empty() => "(unknown)".to_string(),
             By::Model => r.model.clone(),
-            By::Day => utc_date(r.time_ms),
+            By::Day => crate::table::utc_date(r.time_ms),
         };
         groups.entry(key).or_default().add(r);
         total.add(r);
@@ -203,7 +176,7 @@ pub fn cost(args: CostArgs) -> Result<i32> {
     };
     let mut table: Vec<[String; 7]> = groups.iter().map(|(k, s)| row(k, s)).collect();
     table.push(row("TOTAL", &total));
-    crate::cmd::ps::print_table(&header, &table);
+    crate::table::print_table(&header, &table);
     if total.unpriced_calls > 0 {
         let mut models: Vec<&str> = rows
             .iter()
@@ -219,20 +192,4 @@ pub fn cost(args: CostArgs) -> Result<i32> {
         );
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(
-            utc_time(951_782_400_000 + 3_723_000),
-            "2000-02-29T01:02:03Z"
-        );
-        assert_eq!(utc_date(1_763_769_600_000), "2025-11-22");
-        assert_eq!(utc_date(-1), "1969-12-31");
-    }
 }

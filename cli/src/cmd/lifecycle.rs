@@ -27,7 +27,7 @@ fn stop_agent(name: &str) -> Result<state::AgentState> {
         .supervisor_pid
         .context("the agent has no supervisor yet; try again in a moment")?;
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    let deadline = Instant::now() + crate::supervisor::STOP_GRACE + Duration::from_secs(15);
+    let deadline = Instant::now() + ax_supervisor::STOP_GRACE + Duration::from_secs(15);
     while state::supervisor_alive(pid) {
         if Instant::now() > deadline {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -1,6 +1,7 @@
 //! `axctl ps` and `axctl inspect`: read the state directories.
 
 use crate::state::{self, now_ms, AgentState};
+use crate::table::{age, print_table};
 use anyhow::Result;
 
 /// `axctl ps [--all] [--json]`: live agents (all with `--all`), oldest first.
@@ -160,38 +161,3 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// Human age: `12s`, `5m`, `3h`, `2d`.
-pub fn age(created_ms: u64) -> String {
-    let s = now_ms().saturating_sub(created_ms) / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
-/// Prints left-aligned columns separated by three spaces.
-pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{:<width$}   ", c, width = w[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(|s| s.as_str()).collect());
-    }
-}

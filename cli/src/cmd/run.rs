@@ -1,16 +1,39 @@
 //! `axctl run`: start an agent in a new microVM.
 
-use crate::agents;
-use crate::driver::{self, netstack, VmmChoice};
+use crate::agents::{self, Agent, LaunchVars, Mode};
+use crate::driver::{self, VmmChoice};
 use crate::error::usage;
-use crate::image;
+use crate::secrets;
 use crate::state::{self, now_ms, AgentState, Status, Timings};
+use ax_image as image;
+use ax_supervisor::launch::{GuestFile, LaunchRecord};
+use ax_supervisor::netconf;
+use ax_supervisor::secret::ResolvedSecret;
+use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// `--vmm`: which VMM runs the guest (ax-supervisor's [`VmmChoice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmmArg {
+    Auto,
+    Ax,
+    Qemu,
+}
+
+impl From<VmmArg> for VmmChoice {
+    fn from(v: VmmArg) -> Self {
+        match v {
+            VmmArg::Auto => VmmChoice::Auto,
+            VmmArg::Ax => VmmChoice::Ax,
+            VmmArg::Qemu => VmmChoice::Qemu,
+        }
+    }
+}
 
 /// `axctl run` flags.
 #[derive(Debug, clap::Args)]
@@ -23,7 +46,7 @@ pub struct RunArgs {
     pub agent: String,
     /// Which VMM runs the guest.
     #[arg(long, value_enum, default_value = "auto")]
-    pub vmm: VmmChoice,
+    pub vmm: VmmArg,
     /// Virtual CPUs [default: the agent definition's `cpus`, else 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: Option<u32>,
@@ -119,9 +142,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     // Missing secrets stop the run here, before anything is built or started (exit 2, with
     // the `axctl secrets add` that fixes it). The supervisor resolves them again.
     if net.enabled {
-        crate::secrets::resolve(&agent.secrets)?;
+        secrets::resolve(&agent.secrets)?;
     }
-    let vmm = driver::resolve(args.vmm)?;
+    let vmm = driver::resolve(args.vmm.into())?;
     let img = match image::resolve(args.image.as_deref())? {
         Some(i) => i,
         None if args.image.is_none() => {
@@ -138,7 +161,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             args.prompt.as_deref().unwrap_or(&agent.name),
         ))?,
     };
-    let rec = match crate::launch::prepare(&agent, &name, args.prompt.as_deref(), net.enabled)
+    let rec = match prepare(&agent, &name, args.prompt.as_deref(), net.enabled)
         .and_then(|(rec, _)| rec.save(&dir).map(|_| rec))
     {
         Ok(r) => r,
@@ -274,9 +297,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
 }
 
 /// Checks the network flags (usage errors, exit 2) and returns what to record in `net.json`.
-fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
+fn check_net(args: &RunArgs) -> Result<netconf::NetChoice> {
     if args.no_net {
-        return Ok(netstack::NetChoice {
+        return Ok(netconf::NetChoice {
             enabled: false,
             config_file: None,
         });
@@ -284,9 +307,9 @@ fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
     let config_file = match &args.net_config {
         Some(p) => {
             let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            let fragment = netstack::load_fragment(&abs)?;
+            let fragment = netconf::load_fragment(&abs)?;
             // The same checks the supervisor's config will get (placeholders do not matter).
-            netstack::build_config(
+            netconf::build_config(
                 "check",
                 std::path::Path::new("/"),
                 Some(fragment),
@@ -296,8 +319,8 @@ fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
         }
         None => None,
     };
-    netstack::find_binary()?;
-    Ok(netstack::NetChoice {
+    netconf::find_binary()?;
+    Ok(netconf::NetChoice {
         enabled: true,
         config_file,
     })
@@ -308,7 +331,7 @@ fn check_net(args: &RunArgs) -> Result<netstack::NetChoice> {
 fn snapshot_repo(
     repo: &std::path::Path,
     dir: &std::path::Path,
-    identity: &crate::git::Identity,
+    identity: &ax_branch::Identity,
 ) -> Result<std::path::PathBuf> {
     let root = std::fs::canonicalize(repo).map_err(|e| {
         usage(
@@ -316,7 +339,7 @@ fn snapshot_repo(
             "give the path of a git work tree",
         )
     })?;
-    let snap = crate::git::snapshot(&root, &dir.join("objects")).map_err(|e| {
+    let snap = ax_branch::snapshot(&root, &dir.join("objects")).map_err(|e| {
         usage(
             format!(
                 "cannot snapshot {} as a git repository: {e:#}",
@@ -325,10 +348,10 @@ fn snapshot_repo(
             "give the path of a git work tree (git init, or clone one)",
         )
     })?;
-    std::fs::write(dir.join("snapshot.json"), serde_json::to_vec_pretty(&snap)?)
+    std::fs::write(dir.join(ax_branch::SNAPSHOT_FILE), serde_json::to_vec_pretty(&snap)?)
         .context("writing snapshot.json")?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
-    crate::git::prepare_guest_git(
+    ax_branch::prepare_guest_git(
         &root,
         &snap,
         &dir.join("upper/.git"),
@@ -338,4 +361,129 @@ fn snapshot_repo(
     )
     .context("preparing the agent's .git")?;
     Ok(root)
+}
+
+/// Renders `agent` for instance `name`: with a `prompt` its batch command, without one its
+/// interactive command (usage error when it has none). With `net`, its secrets
+/// are resolved (usage error naming `axctl secrets add …` when a required one is missing)
+/// and each gets a fresh placeholder; without a network the agent gets no secrets at all.
+/// Returns the record and the resolved secrets.
+pub fn prepare(
+    agent: &Agent,
+    name: &str,
+    prompt: Option<&str>,
+    net: bool,
+) -> Result<(LaunchRecord, Vec<ResolvedSecret>)> {
+    let resolved = if net {
+        secrets::resolve(&agent.secrets)?
+    } else {
+        Vec::new()
+    };
+    let placeholders: BTreeMap<String, String> = resolved
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                ax_netstack::secrets::placeholder_for(&r.name, &r.value),
+            )
+        })
+        .collect();
+    let mode = if prompt.is_some() {
+        Mode::Batch
+    } else {
+        Mode::Interactive
+    };
+    let l = agent.launch(mode, &LaunchVars::new(name, prompt, &placeholders))?;
+    let rec = LaunchRecord {
+        agent: agent.name.clone(),
+        argv: l.argv,
+        env: l.env,
+        files: l
+            .files
+            .into_iter()
+            .map(|f| GuestFile {
+                path: f.path,
+                mode: f.mode,
+                contents: f.contents,
+            })
+            .collect(),
+        secrets: l.secrets,
+        placeholders,
+        policy: l.policy,
+        cpus: l.cpus,
+        memory_mib: l.memory_mib,
+        timeout_secs: l.timeout.map(|d| d.as_secs().max(1)),
+    };
+    Ok((rec, resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(name: &str, value: &str, host: &str) -> ResolvedSecret {
+        ResolvedSecret {
+            name: name.into(),
+            value: value.into(),
+            hosts: vec![host.into()],
+            body: false,
+            env: name.into(),
+            origin: secrets::Origin::Environment,
+        }
+    }
+
+    #[test]
+    fn claude_record_has_placeholders_and_the_fragment_the_values() {
+        let dirs = agents::Dirs {
+            repo: None,
+            user: std::path::PathBuf::from("/nonexistent/ax-agents"),
+        };
+        let agent = agents::load(&dirs, "claude").unwrap();
+        let real = "sk-ant-api03-realrealrealrealrealrealrealrealrealreal";
+        let ph = BTreeMap::from([(
+            "ANTHROPIC_API_KEY".to_string(),
+            "sk-ant-api03-axph1".to_string(),
+        )]);
+        let l = agent
+            .launch(Mode::Batch, &LaunchVars::new("a1", Some("do it"), &ph))
+            .unwrap();
+        let rec = LaunchRecord {
+            agent: "claude".into(),
+            argv: l.argv,
+            env: l.env,
+            files: Vec::new(),
+            secrets: l.secrets,
+            placeholders: ph,
+            policy: None,
+            cpus: None,
+            memory_mib: None,
+            timeout_secs: None,
+        };
+        assert_eq!(rec.argv.last().unwrap(), "do it");
+        assert_eq!(rec.env["ANTHROPIC_API_KEY"], "sk-ant-api03-axph1");
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains(real));
+
+        let r = [resolved("ANTHROPIC_API_KEY", real, "api.anthropic.com")];
+        let f = netconf::net_fragment(&rec, &r, None);
+        let s = &f["secret"].as_array().unwrap()[0];
+        assert_eq!(s["value"].as_str(), Some(real));
+        assert_eq!(s["placeholder"].as_str(), Some("sk-ant-api03-axph1"));
+
+        // A --net-config secret of the same name wins; others are kept; its policy wins.
+        let user: toml::Table = toml::from_str(
+            "[[secret]]\nname = \"ANTHROPIC_API_KEY\"\nvalue = \"v2\"\nhosts = [\"h\"]\n\
+             [policy]\ndefault = \"deny\"\n",
+        )
+        .unwrap();
+        let mut rec2 = rec.clone();
+        rec2.policy = Some(toml::from_str("default = \"allow\"").unwrap());
+        let f = netconf::net_fragment(&rec2, &r, Some(user));
+        let a = f["secret"].as_array().unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0]["value"].as_str(), Some("v2"));
+        assert_eq!(f["policy"]["default"].as_str(), Some("deny"));
+        let f = netconf::net_fragment(&rec2, &r, None);
+        assert_eq!(f["policy"]["default"].as_str(), Some("allow"));
+    }
 }

@@ -332,13 +332,13 @@ fn ls(json: bool) -> Result<i32> {
                     if r.body { " (+body)" } else { "" }
                 ),
                 match e.last_used {
-                    Some(t) => format!("{} ago", crate::cmd::ps::age(t * 1000)),
+                    Some(t) => format!("{} ago", crate::table::age(t * 1000)),
                     None => "never".into(),
                 },
             ]
         })
         .collect();
-    crate::cmd::ps::print_table(&["NAME", "VALUE", "HOSTS", "LAST USED"], &table);
+    crate::table::print_table(&["NAME", "VALUE", "HOSTS", "LAST USED"], &table);
     Ok(0)
 }
 

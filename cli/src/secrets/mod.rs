@@ -14,10 +14,9 @@ pub use store::{
     add_at, mark_used, mark_used_at, now, remove_at, store_path, update, Entry, Store, VERSION,
 };
 
-use crate::agents::SecretReq;
+use ax_supervisor::launch::SecretReq;
 use crate::error::usage;
 use anyhow::Result;
-use serde::Serialize;
 
 /// Hosts a well-known secret name is bound to when it comes from the environment or from
 /// `secrets import` / `secrets add` without `--host`.
@@ -39,68 +38,8 @@ pub const PROVIDERS: &[(&str, &[&str])] = &[
     ("github", &["GITHUB_TOKEN", "GH_TOKEN"]),
 ];
 
-/// A masked value for display: a recognisable lowercase prefix such as `sk-ant-` or `ghp_`
-/// (only when the value is at least 16 characters), `…`, and the last 4 characters (only
-/// when the value is at least 16 characters; shorter values show nothing of themselves).
-pub fn mask(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    if chars.len() < 16 {
-        return "…".into();
-    }
-    // Leading segments of lowercase letters each ending in '-' or '_', at most 12 chars.
-    let mut prefix_len = 0;
-    let mut i = 0;
-    while i < chars.len() {
-        let start = i;
-        while i < chars.len() && chars[i].is_ascii_lowercase() {
-            i += 1;
-        }
-        if i == start || i >= chars.len() || !(chars[i] == '-' || chars[i] == '_') || i + 1 > 12 {
-            break;
-        }
-        i += 1;
-        prefix_len = i;
-    }
-    let prefix: String = chars[..prefix_len].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{prefix}…{tail}")
-}
+pub use ax_supervisor::secret::{mask, Origin, ResolvedSecret};
 
-/// Where a resolved secret's value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// The store.
-    Stored,
-    /// `axctl`'s environment (well-known names only).
-    Environment,
-}
-
-/// A secret ready for the netstack's `[[secret]]`: name, real value, bound hosts, body flag,
-/// plus the guest variable that holds its placeholder.
-#[derive(Clone)]
-pub struct ResolvedSecret {
-    pub name: String,
-    pub value: String,
-    pub hosts: Vec<String>,
-    pub body: bool,
-    /// The guest environment variable (the requirement's `env`).
-    pub env: String,
-    pub origin: Origin,
-}
-
-impl std::fmt::Debug for ResolvedSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResolvedSecret")
-            .field("name", &self.name)
-            .field("value", &mask(&self.value))
-            .field("hosts", &self.hosts)
-            .field("body", &self.body)
-            .field("env", &self.env)
-            .field("origin", &self.origin)
-            .finish()
-    }
-}
 
 /// Looks one name up: the store, then (for well-known names) the environment via `env`.
 /// The hosts are the store's binding, or the well-known binding for environment values.
@@ -213,7 +152,7 @@ pub fn check_hosts(hosts: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for h in hosts {
         let l = h.trim().to_ascii_lowercase();
-        if !crate::agents::def::valid_host(&l) {
+        if !ax_supervisor::launch::valid_host(&l) {
             return Err(usage(
                 format!("--host {h:?} is not a host name"),
                 "give the exact name the secret may be sent to, e.g. --host api.example.com (no https://, port, path or *)",

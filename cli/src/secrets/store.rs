@@ -132,7 +132,7 @@ fn read(path: &Path) -> Result<BTreeMap<String, Entry>> {
     let f: StoreFile = toml::from_str(&text).map_err(|e| {
         let (line, col) = e
             .span()
-            .map(|s| crate::agents::def::line_col(&text, s.start))
+            .map(|s| crate::config::line_col(&text, s.start))
             .unwrap_or((1, 1));
         usage(
             format!(

@@ -28,7 +28,7 @@ pub fn npm_caches() -> Vec<PathBuf> {
 pub fn unpack_locked(pkg_path: &str, member: &str, dest: &Path) -> Result<PathBuf, String> {
     let text = std::fs::read_to_string(crate::agents_lock_path()).map_err(|e| e.to_string())?;
     let lock =
-        ax_cli::image::agents::parse(&text, "agents.lock.toml").map_err(|e| e.to_string())?;
+        ax_image::agents::parse(&text, "agents.lock.toml").map_err(|e| e.to_string())?;
     let pkg = lock
         .runtimes
         .iter()
@@ -38,7 +38,7 @@ pub fn unpack_locked(pkg_path: &str, member: &str, dest: &Path) -> Result<PathBu
     let caches = npm_caches();
     let tgz = caches
         .iter()
-        .filter_map(|d| ax_cli::image::agents_fetch::cached_path(d, pkg).ok())
+        .filter_map(|d| ax_image::agents_fetch::cached_path(d, pkg).ok())
         .find(|p| p.is_file())
         .ok_or_else(|| {
             format!(

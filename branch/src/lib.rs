@@ -1,4 +1,4 @@
-//! Git plumbing for ax (issue #4): the **snapshot** of the host repository taken at `axctl run`
+//! ax-branch, git plumbing for ax: the **snapshot** of the host repository taken at `axctl run`
 //! (the read-only lower layer) and the **branch** `ax/<name>` built from lower + upper when the
 //! agent exits or on `axctl commit NAME`. Everything is done with gix; the `git` CLI is never run
 //! here (tests use it to set up repositories and to check results).
@@ -246,63 +246,35 @@ mod hex_opt {
     }
 }
 
-/// `axctl __git …` (hidden): run the snapshot / branch steps by hand, for tests and debugging.
-#[derive(Debug, clap::Subcommand)]
-pub enum GitCmd {
-    /// Snapshot REPO's working tree into OBJECTS (a private loose-object dir); prints JSON.
-    Snapshot { repo: PathBuf, objects: PathBuf },
-    /// Build branch ax/NAME from a snapshot (JSON file from `snapshot`) and an upper dir.
-    Branch {
-        repo: PathBuf,
-        /// The JSON printed by `axctl __git snapshot`.
-        #[arg(long)]
-        snapshot: PathBuf,
-        #[arg(long)]
-        upper: PathBuf,
-        /// The guest's .git directory (default: UPPER/.git when it exists).
-        #[arg(long)]
-        guest_git: Option<PathBuf>,
-        /// Email domain of the agent identity.
-        #[arg(long, default_value = "ax.invalid")]
-        email_domain: String,
-        name: String,
-    },
-}
+/// `<state dir>/snapshot.json`: the [`Snapshot`] an agent started from (docs/state.md).
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
 
-/// Runs a hidden `__git` subcommand; results as JSON on stdout.
-pub fn run_cmd(cmd: GitCmd) -> Result<i32> {
-    match cmd {
-        GitCmd::Snapshot { repo, objects } => {
-            let t = std::time::Instant::now();
-            let snap = snapshot(&repo, &objects)?;
-            eprintln!("snapshot: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-            println!("{}", serde_json::to_string_pretty(&snap)?);
-        }
-        GitCmd::Branch {
-            repo,
-            snapshot: snap_file,
-            upper,
-            guest_git,
-            email_domain,
-            name,
-        } => {
-            let snap: Snapshot = serde_json::from_slice(
-                &std::fs::read(&snap_file)
-                    .with_context(|| format!("reading {}", snap_file.display()))?,
-            )
-            .with_context(|| format!("parsing {}", snap_file.display()))?;
-            let guest_git = guest_git.or_else(|| {
-                let g = upper.join(".git");
-                g.is_dir().then_some(g)
-            });
-            let id = Identity::agent_with_domain(&name, &email_domain);
-            let t = std::time::Instant::now();
-            let r = build_branch(&repo, &snap, &upper, guest_git.as_deref(), &name, &id)?;
-            eprintln!("branch: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-            println!("{}", serde_json::to_string_pretty(&r)?);
-        }
-    }
-    Ok(0)
+/// Builds branch `ax/<name>` for the agent whose state directory is `dir`: its snapshot
+/// ([`SNAPSHOT_FILE`]), its upper layer (`<dir>/upper`) and the commits in the guest's own
+/// `.git` there (docs/branch.md), into `repo` with `identity`. Safe while the agent runs (a
+/// later build moves the branch forward) and after a crash of the VM or of ax-fsd: finished
+/// writes are in the upper layer. Errors: an unreadable or corrupt snapshot, and those of
+/// [`build_branch`].
+pub fn build_for_agent(
+    dir: &Path,
+    repo: &Path,
+    name: &str,
+    identity: &Identity,
+) -> Result<BranchResult> {
+    let snap: Snapshot = serde_json::from_slice(
+        &std::fs::read(dir.join(SNAPSHOT_FILE)).context("reading snapshot.json")?,
+    )
+    .context("parsing snapshot.json")?;
+    let upper = dir.join("upper");
+    let guest_git = upper.join(".git");
+    build_branch(
+        repo,
+        &snap,
+        &upper,
+        guest_git.is_dir().then_some(guest_git.as_path()),
+        name,
+        identity,
+    )
 }
 
 #[cfg(test)]

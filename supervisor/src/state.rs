@@ -88,12 +88,12 @@ pub struct AgentState {
     pub repo: Option<PathBuf>,
     /// The branch `ax/<name>` built when the agent ended.
     #[serde(default)]
-    pub branch: Option<crate::git::BranchResult>,
+    pub branch: Option<ax_branch::BranchResult>,
     /// Author and committer of ax's commits on `ax/<name>` (also `user.name`/`user.email` of
     /// the agent's `.git`), fixed at `run` from the config's `[branch]` and `--author`, so a
     /// later `axctl commit` uses the same. `None` (agents from before): the current config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<crate::git::Identity>,
+    pub identity: Option<ax_branch::Identity>,
     pub status: Status,
     /// Set when status is `exited`: the shell-style exit code (128+N for signal N).
     pub exit_code: Option<i32>,
@@ -308,6 +308,31 @@ fn reconcile(dir: &Path, mut st: AgentState) -> AgentState {
         }
     }
     st
+}
+
+/// Builds (or moves forward) branch `ax/<name>` for the agent `st` whose state directory is
+/// `dir` (ax_branch::build_for_agent), with the identity recorded at `run`, else `host`'s
+/// default for agents from before identities were recorded. Errors: an agent without a
+/// repository (usage, exit 2), and those of building the branch.
+pub fn build_branch(
+    dir: &Path,
+    st: &AgentState,
+    host: &dyn crate::Host,
+) -> Result<ax_branch::BranchResult> {
+    let repo = st.repo.as_ref().ok_or_else(|| no_repo(&st.name))?;
+    let identity = match &st.identity {
+        Some(id) => id.clone(),
+        None => host.default_identity(&st.name)?,
+    };
+    ax_branch::build_for_agent(dir, repo, &st.name, &identity)
+}
+
+/// The usage error for branch commands on an agent started without `--repo`.
+pub fn no_repo(name: &str) -> anyhow::Error {
+    usage(
+        format!("agent '{name}' has no repository"),
+        "only agents started with --repo have a branch",
+    )
 }
 
 #[cfg(test)]

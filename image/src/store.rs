@@ -194,7 +194,7 @@ pub fn install(tmp: &Path, root: &Path, id: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::manifest::tests::sample;
+    use crate::manifest::tests::sample;
 
     fn fake_image(root: &Path, id: &str, mtime: u64) {
         let d = root.join(id);

@@ -14,7 +14,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha512};
 
 use super::agents::NpmPackage;
-use super::manifest::hex;
+use super::digest::hex;
 use crate::error;
 
 /// sha512 of a file, streamed.
@@ -261,7 +261,7 @@ mod tests {
     /// The real npm against a registry that refuses connections (a closed loopback port).
     #[test]
     fn real_npm_with_an_unreachable_registry() {
-        let Some(real) = crate::image::tools::find("npm") else {
+        let Some(real) = crate::tools::find("npm") else {
             eprintln!("SKIP: real_npm_with_an_unreachable_registry: npm not installed (apt-get install npm)");
             return;
         };

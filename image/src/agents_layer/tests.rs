@@ -2,7 +2,7 @@
 //! layer cache, and byte-for-byte reproducible erofs output.
 
 use super::*;
-use crate::image::agents::{self, NpmPackage, Runtime};
+use crate::agents::{self, NpmPackage, Runtime};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 

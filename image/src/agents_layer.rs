@@ -25,7 +25,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::agents::{AgentsLock, NpmPackage, Place, Runtime};
-use super::manifest::{self, Output};
+use super::digest::{self, Output};
 use super::{agents_fetch, exec};
 
 /// The layer's file name inside an image directory.
@@ -67,7 +67,7 @@ pub struct RuntimeInfo {
 /// The manifest section for `runtimes` of `lock`.
 pub fn info(lock: &AgentsLock, lock_text: &str, runtimes: &[&Runtime]) -> AgentsInfo {
     AgentsInfo {
-        lock_sha256: manifest::sha256_bytes(lock_text.as_bytes()),
+        lock_sha256: digest::sha256_bytes(lock_text.as_bytes()),
         compression: lock.compression.clone(),
         uuid: lock.erofs_uuid.clone(),
         runtimes: runtimes
@@ -89,10 +89,10 @@ pub fn layer_key(lock_text: &str, runtimes: &[&Runtime], epoch: u64, mkfs_versio
     let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
     let text = format!(
         "ax agents layer {LAYOUT_VERSION}\nlock {}\nruntimes {}\nepoch {epoch}\nerofs-utils {mkfs_version}\n",
-        manifest::sha256_bytes(lock_text.as_bytes()),
+        digest::sha256_bytes(lock_text.as_bytes()),
         names.join(",")
     );
-    manifest::sha256_bytes(text.as_bytes())[..16].to_string()
+    digest::sha256_bytes(text.as_bytes())[..16].to_string()
 }
 
 fn safe_rel(p: &Path) -> bool {
@@ -343,7 +343,7 @@ pub fn build_or_reuse(job: &LayerJob, note: &mut dyn FnMut(&str)) -> anyhow::Res
         .join(format!(".agents-{key}.{}.tmp", std::process::id()));
     mkfs(job.lock, &tree, &tmp, job.epoch, job.log)?;
     std::fs::remove_dir_all(&tree)?;
-    let output = manifest::sha256_file(&tmp)?;
+    let output = digest::sha256_file(&tmp)?;
     std::fs::rename(&tmp, &path)?;
     std::fs::write(&sidecar, serde_json::to_string(&output)?)?;
     prune_unused(job.layers_dir, Some(&path));
@@ -387,5 +387,4 @@ pub fn install_into(layer: &Layer, out_dir: &Path) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-#[path = "agents_layer_tests.rs"]
 mod tests;

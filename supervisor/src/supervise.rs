@@ -13,10 +13,12 @@
 //! mirroring output to the inherited descriptors (the `--wait` client went away).
 
 use crate::client;
-use crate::driver::{self, axvmm, netstack, qemu, NetDevice, VmSpec};
-use crate::image;
+use crate::driver::{self, axvmm, qemu, NetDevice, VmSpec};
 use crate::launch::{self, LaunchRecord};
+use crate::netconf;
+use crate::secret::ResolvedSecret;
 use crate::state::{self, now_ms, AgentState, Status};
+use crate::Host;
 use agentd::proto::{self, Exec, Frame, Role, Setup, Shutdown, WinSize};
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{SigSet, Signal as NixSignal};
@@ -83,7 +85,12 @@ impl Log {
 }
 
 /// Entry point of `axctl __supervise`. Returns the process exit code.
-pub fn run(name: &str, attached: bool) -> Result<i32> {
+/// The supervisor process of agent `name` (`axctl __supervise NAME [--attached]`): runs the
+/// agent to its end and returns the exit code the process should exit with (the agent's own
+/// code, 1 when it failed). `host` gives the secrets' values and the default commit identity.
+/// Errors: only those before the state is loaded (an unknown agent); later failures are
+/// recorded in `state.json` as `failed` with the reason.
+pub fn run(name: &str, attached: bool, host: &dyn Host) -> Result<i32> {
     let start = Instant::now();
     // Block handled signals before any thread exists, so every thread inherits the mask and
     // only the sigwait thread takes them.
@@ -112,6 +119,7 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
         st,
         log: log.clone(),
         attached,
+        host,
     };
     let result = sup.boot_and_run(start);
     if let Err(e) = &result {
@@ -135,14 +143,15 @@ pub fn run(name: &str, attached: bool) -> Result<i32> {
     })
 }
 
-struct Supervisor {
+struct Supervisor<'h> {
     dir: PathBuf,
     st: AgentState,
     log: Arc<Log>,
     attached: bool,
+    host: &'h dyn Host,
 }
 
-impl Supervisor {
+impl Supervisor<'_> {
     fn save(&self) {
         if let Err(e) = state::save(&self.dir, &self.st) {
             self.log.line(format!("cannot save state: {e:#}"));
@@ -160,7 +169,7 @@ impl Supervisor {
     }
 
     fn boot_and_run(&mut self, start: Instant) -> Result<()> {
-        let img = image::resolve(Some(&self.st.image_id))?
+        let img = ax_image::resolve(Some(&self.st.image_id))?
             .ok_or_else(|| anyhow!("image {} is gone from the cache", self.st.image_id))?;
         let (tx, rx) = channel::<Event>();
         spawn_signal_thread(tx.clone());
@@ -195,7 +204,7 @@ impl Supervisor {
             agents: img.agents.clone(),
             net: net.as_ref().map(|n| NetDevice {
                 socket: n.socket.clone(),
-                mac: netstack::GUEST_MAC.to_string(),
+                mac: netconf::GUEST_MAC.to_string(),
             }),
         };
         self.st.kernel_cmdline = Some(spec.cmdline.clone());
@@ -339,7 +348,7 @@ impl Supervisor {
         &mut self,
         mut conn: UnixStream,
         mut env: BTreeMap<String, String>,
-        resolved: &[crate::secrets::ResolvedSecret],
+        resolved: &[ResolvedSecret],
         tx: Sender<Event>,
         rx: Receiver<Event>,
         vm_status: Arc<Mutex<Option<ExitStatus>>>,
@@ -371,7 +380,7 @@ impl Supervisor {
         self.save();
         let stored = LaunchRecord::stored_names(resolved);
         if !stored.is_empty() {
-            if let Err(e) = crate::secrets::mark_used(&stored) {
+            if let Err(e) = self.host.mark_used(&stored) {
                 self.log
                     .line(format!("cannot record the secrets' use: {e:#}"));
             }
@@ -593,7 +602,7 @@ impl Supervisor {
     /// share of the host's object directory (the alternate of the agent's `.git`). Returns
     /// their (vhost-user socket, tag) once they listen.
     fn start_fsd(&self, repo: &Path, tx: &Sender<Event>) -> Result<Vec<(PathBuf, String)>> {
-        let snap: crate::git::Snapshot = serde_json::from_slice(
+        let snap: ax_branch::Snapshot = serde_json::from_slice(
             &std::fs::read(self.dir.join("snapshot.json")).context("reading snapshot.json")?,
         )?;
         let git_dir = gix::open(repo)
@@ -685,25 +694,25 @@ impl Supervisor {
         &self,
         tx: &Sender<Event>,
         rec: Option<&LaunchRecord>,
-    ) -> Result<(Option<NetUp>, Vec<crate::secrets::ResolvedSecret>)> {
-        let choice = netstack::NetChoice::load(&self.dir)?;
+    ) -> Result<(Option<NetUp>, Vec<ResolvedSecret>)> {
+        let choice = netconf::NetChoice::load(&self.dir)?;
         if !choice.enabled {
             self.log.line("no network (--no-net)");
             return Ok((None, Vec::new()));
         }
         let mut fragment = match &choice.config_file {
-            Some(p) => Some(netstack::load_fragment(p)?),
+            Some(p) => Some(netconf::load_fragment(p)?),
             None => None,
         };
         // The agent's secrets: their values from the store or this process's environment
         // (inherited from `axctl run`), with the placeholders the guest was rendered with.
         let mut resolved = Vec::new();
         if let Some(rec) = rec {
-            resolved = crate::secrets::resolve(&rec.secrets)?;
-            fragment = Some(launch::net_fragment(rec, &resolved, fragment));
+            resolved = self.host.resolve_secrets(&rec.secrets)?;
+            fragment = Some(netconf::net_fragment(rec, &resolved, fragment));
         }
         let ledger = crate::paths::ledger_path();
-        let (text, cfg, env) = netstack::build_config(
+        let (text, cfg, env) = netconf::build_config(
             &self.st.name,
             &ledger,
             fragment,
@@ -713,7 +722,7 @@ impl Supervisor {
         let ca = self.dir.join("ca.pem");
         let _ = std::fs::remove_file(&sock);
         let _ = std::fs::remove_file(&ca);
-        let bin = netstack::find_binary()?;
+        let bin = netconf::find_binary()?;
         let log = File::create(self.dir.join("netstack.log"))?;
         let mut cmd = Command::new(bin);
         // ax-vmm speaks vhost-user; QEMU gets a netdev stream (netstack/src/stream.rs).
@@ -728,7 +737,7 @@ impl Supervisor {
         .arg("--ca-out")
         .arg(&ca)
         .arg("--mac")
-        .arg(netstack::GUEST_MAC)
+        .arg(netconf::GUEST_MAC)
         // ax-vmm reads MAC and MTU from the backend; QEMU fills them itself.
         .args((self.st.vmm == "ax").then_some("--config-space"))
         .stdin(Stdio::piped())
@@ -772,7 +781,7 @@ impl Supervisor {
         Ok((
             Some(NetUp {
                 socket: sock,
-                cmdline: netstack::cmdline_value(&cfg),
+                cmdline: netconf::cmdline_value(&cfg),
                 ca_pem,
                 env,
             }),
@@ -805,7 +814,7 @@ impl Supervisor {
         if self.st.repo.is_none() {
             return;
         }
-        let result = crate::cmd::branch::build(&self.dir, &self.st);
+        let result = state::build_branch(&self.dir, &self.st, self.host);
         match result {
             Ok(b) => {
                 self.log.line(format!(

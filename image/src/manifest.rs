@@ -4,11 +4,9 @@
 //! path, only SOURCE_DATE_EPOCH and content hashes, and serialises in a fixed field order.
 //! The image id is derived from the output hashes alone ([`image_id`]).
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Current manifest format version.
 pub const SCHEMA: u32 = 1;
@@ -128,14 +126,7 @@ pub struct RootfsInfo {
     pub uuid: String,
 }
 
-/// One output file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Output {
-    /// sha256 of the file.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
+pub use crate::digest::Output;
 
 /// The image's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,41 +166,7 @@ impl Manifest {
     }
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// sha256 of a byte slice, hex.
-pub fn sha256_bytes(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// sha256 and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<Output> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok(Output {
-        sha256: hex(&h.finalize()),
-        size,
-    })
-}
+pub use crate::digest::{hex, sha256_bytes, sha256_file};
 
 /// Length of an image id in hex digits.
 pub const ID_LEN: usize = 12;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::error;
 
 /// The lock file shipped with this axctl (embedded at compile time).
-pub const EMBEDDED: &str = include_str!("../../../image/debian.lock.toml");
+pub const EMBEDDED: &str = include_str!("../debian.lock.toml");
 
 /// Parsed lock file.
 #[derive(Debug, Clone, Deserialize)]

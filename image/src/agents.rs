@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error;
 
 /// The agents lock shipped with this axctl (embedded at compile time).
-pub const EMBEDDED: &str = include_str!("../../../image/agents.lock.toml");
+pub const EMBEDDED: &str = include_str!("../agents.lock.toml");
 
 /// The runtime every `node = true` runtime needs on `PATH`.
 pub const NODE_RUNTIME: &str = "node";

@@ -8,6 +8,8 @@
 //! parser and pipes it to ax-netstack on stdin: secret values never reach the state dir.
 
 use crate::error::usage;
+use crate::launch::LaunchRecord;
+use crate::secret::ResolvedSecret;
 use anyhow::{Context, Result};
 use ax_netstack::config::{Config, Limits, Policy, Route};
 use serde::{Deserialize, Serialize};
@@ -146,13 +148,95 @@ pub fn cmdline_value(cfg: &Config) -> String {
 /// Finds ax-netstack: beside axctl, else in `PATH`.
 pub fn find_binary() -> Result<PathBuf> {
     crate::paths::sibling_binary(BINARY)
-        .or_else(|| super::qemu::which(BINARY))
+        .or_else(|| crate::driver::qemu::which(BINARY))
         .ok_or_else(|| {
             usage(
                 "ax-netstack not found beside axctl or in PATH",
                 "install it (scripts/install, or cargo build -p ax-netstack), or run with --no-net",
             )
         })
+}
+
+/// The agent's part of the netstack config (netstack/src/config.rs, docs/network.md): one
+/// `[[secret]]` per resolved secret (`name`, real `value`, the store's `hosts`, `body`, and
+/// `placeholder` from `placeholders` when it has one: the same value the guest was rendered
+/// with) and `[policy]` when the definition has one. It holds secret values, so it must never
+/// be written to disk; the supervisor pipes it to `ax-netstack`.
+pub fn secrets_fragment(
+    resolved: &[ResolvedSecret],
+    placeholders: &BTreeMap<String, String>,
+    policy: Option<&crate::launch::Policy>,
+) -> toml::Table {
+    let mut t = toml::Table::new();
+    let secrets: Vec<toml::Value> = resolved
+        .iter()
+        .map(|r| {
+            let mut s = toml::Table::new();
+            s.insert("name".into(), r.name.clone().into());
+            s.insert("value".into(), r.value.clone().into());
+            s.insert(
+                "hosts".into(),
+                toml::Value::Array(r.hosts.iter().map(|h| h.clone().into()).collect()),
+            );
+            s.insert("body".into(), r.body.into());
+            if let Some(p) = placeholders.get(&r.name) {
+                s.insert("placeholder".into(), p.clone().into());
+            }
+            toml::Value::Table(s)
+        })
+        .collect();
+    if !secrets.is_empty() {
+        t.insert("secret".into(), toml::Value::Array(secrets));
+    }
+    if let Some(p) = policy {
+        t.insert(
+            "policy".into(),
+            toml::Value::try_from(p).expect("a policy is plain data"),
+        );
+    }
+    t
+}
+
+/// The netstack config fragment for a run: `user` (the `--net-config` file) plus the
+/// agent's secrets (`resolved`, with the placeholders of `rec`) and policy. A `[[secret]]`
+/// of the same name in `user` wins over the agent's, as does a `[policy]` there.
+pub fn net_fragment(
+    rec: &LaunchRecord,
+    resolved: &[ResolvedSecret],
+    user: Option<toml::Table>,
+) -> toml::Table {
+    let agent_part = secrets_fragment(resolved, &rec.placeholders, rec.policy.as_ref());
+    let mut t = user.unwrap_or_default();
+    let user_names: Vec<String> = match t.get("secret") {
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(toml::Value::Array(secrets)) = agent_part.get("secret") {
+        let add: Vec<toml::Value> = secrets
+            .iter()
+            .filter(|s| {
+                let n = s.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                !user_names.iter().any(|u| u == n)
+            })
+            .cloned()
+            .collect();
+        if !add.is_empty() {
+            match t
+                .entry("secret")
+                .or_insert_with(|| toml::Value::Array(Vec::new()))
+            {
+                toml::Value::Array(a) => a.extend(add),
+                other => *other = toml::Value::Array(add),
+            }
+        }
+    }
+    if let Some(p) = agent_part.get("policy") {
+        t.entry("policy").or_insert_with(|| p.clone());
+    }
+    t
 }
 
 #[cfg(test)]

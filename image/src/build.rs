@@ -427,11 +427,11 @@ mod tests {
     /// the same SOURCE_DATE_EPOCH into two stores give byte-identical files and the same id,
     /// and the image boots under QEMU TCG to the point where the kernel runs /init (agentd).
     ///
-    /// `cargo build -p agentd && cargo test -p ax-cli image::build::tests::real_build -- --ignored --nocapture`
+    /// `cargo build -p agentd && cargo test -p ax-image build::tests::real_build -- --ignored --nocapture`
     #[test]
     #[ignore = "slow (minutes): real mmdebstrap builds and a QEMU boot; needs root"]
     fn real_build_is_reproducible_and_boots() {
-        // target/debug/deps/ax_cli-… → target/debug/agentd
+        // target/debug/deps/ax_image-… → target/debug/agentd
         let exe = std::env::current_exe().unwrap();
         let agentd = exe.parent().unwrap().parent().unwrap().join("agentd");
         assert!(
@@ -520,7 +520,7 @@ mod tests {
                 "-append",
                 &format!(
                     "console=ttyS0 panic=-1 tsc_early_khz={}",
-                    crate::driver::host_tsc_khz().unwrap_or(0)
+                    ax_common::host::tsc_khz().unwrap_or(0)
                 ),
             ])
             .arg("-drive")

@@ -1,0 +1,11 @@
+//! ax-common: what every host-side ax crate shares.
+//!
+//! - [`error`]: the error type that maps to the CLI's exit codes (2 usage/config, 1 runtime)
+//!   and carries a "how to fix it" hint.
+//! - [`paths`]: where ax keeps things (XDG cache/state/config dirs, the ledger, helper
+//!   binaries shipped beside `axctl`).
+//! - [`host`]: host facts measured once (the TSC rate handed to TCG guests).
+
+pub mod error;
+pub mod host;
+pub mod paths;
