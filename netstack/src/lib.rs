@@ -1,4 +1,4 @@
-//! `ax-netstack`: every byte a guest sends leaves through here (issue #5).
+//! `ax-netstack`: every byte a guest sends leaves through here.
 //!
 //! One process per agent, a vhost-user-net backend holding a userspace TCP/IP stack (smoltcp).
 //! Guest TCP connections are proxied to real host sockets after the egress policy allowed

@@ -1,4 +1,4 @@
-//! `ax-netstack`: the network of one agent (issue #5).
+//! `ax-netstack`: the network of one agent.
 //!
 //! ```text
 //! ax-netstack (--socket PATH | --stream PATH) --config - [--ca-out FILE] [--print-ca]

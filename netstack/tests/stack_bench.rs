@@ -1,4 +1,4 @@
-//! Throughput bench (issue #5 "bench"): TCP through the stack versus a direct loopback
+//! Throughput bench: TCP through the stack versus a direct loopback
 //! connection, in one run. Ignored by default; run it in release mode:
 //!
 //! ```sh

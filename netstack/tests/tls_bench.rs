@@ -1,4 +1,4 @@
-//! Latency bench (issue #5 "bench"): time to the first response byte through `tls::intercept`
+//! Latency bench: time to the first response byte through `tls::intercept`
 //! versus a direct TLS connection to the same loopback upstream, in one run, interleaved.
 //! Ignored by default; run it in release mode:
 //!
