@@ -15,5 +15,6 @@
 pub mod fuse;
 pub mod jail;
 pub mod journal;
+pub mod overlay;
 pub mod union;
 pub mod vhost_user;

@@ -1,6 +1,8 @@
 //! The resolution cache: share-relative path → the node's state in both layers
-//! ([`Layered`]: the upper `O_PATH` fd, the lower node, whether lower has the name, the
-//! attributes), so an op on a known node costs no walk from the layer roots (issue #4 bench).
+//! ([`super::layers::Layered`]: the upper `O_PATH` fd, the lower node, whether lower has the
+//! name, the attributes), so an op on a known node costs no walk from the layer roots (the
+//! latency bench, fsd/tests/bench.rs). The cache itself does not look inside the state: it is
+//! generic over it.
 //!
 //! Only positive entries are kept. An entry is the truth as long as nothing changes the layers
 //! under it, and every change goes through the union, which invalidates what it touched
@@ -20,27 +22,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::layers::Layered;
+use super::path::under;
 
-/// The cache; see the module docs.
-pub struct ResolveCache {
-    inner: Mutex<Inner>,
+/// The cache of `T`s (the union's: [`super::layers::Layered`]); see the module docs.
+pub struct ResolveCache<T> {
+    inner: Mutex<Inner<T>>,
     cap: usize,
 }
 
-struct Inner {
-    map: HashMap<Vec<u8>, Arc<Layered>>,
+struct Inner<T> {
+    map: HashMap<Vec<u8>, Arc<T>>,
     gen: u64,
 }
 
-/// Is `path` equal to `prefix` or below it? (The root, `""`, is above everything.)
-pub(super) fn under(path: &[u8], prefix: &[u8]) -> bool {
-    prefix.is_empty()
-        || path == prefix
-        || (path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/'))
-}
-
-impl ResolveCache {
+impl<T> ResolveCache<T> {
     /// A cache of at most `cap` entries (≥ 16).
     pub fn new(cap: usize) -> Self {
         Self {
@@ -52,18 +47,18 @@ impl ResolveCache {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The entry for `path`, or on a miss the current generation (pass it to [`Self::insert`]).
-    pub fn get(&self, path: &[u8]) -> Result<Arc<Layered>, u64> {
+    pub fn get(&self, path: &[u8]) -> Result<Arc<T>, u64> {
         let g = self.lock();
         g.map.get(path).cloned().ok_or(g.gen)
     }
 
     /// Stores `state` for `path` unless an invalidation happened since generation `gen`.
-    pub fn insert(&self, path: &[u8], state: Arc<Layered>, gen: u64) {
+    pub fn insert(&self, path: &[u8], state: Arc<T>, gen: u64) {
         let mut g = self.lock();
         if g.gen != gen {
             return;
@@ -105,41 +100,4 @@ impl ResolveCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state() -> Arc<Layered> {
-        Arc::new(Layered {
-            upper: None,
-            lower: None,
-            lower_exists: false,
-            // SAFETY: stat64 is plain data; all-zero is a valid value.
-            st: unsafe { std::mem::zeroed() },
-            lower_list: Default::default(),
-        })
-    }
-
-    #[test]
-    fn generations_invalidation_and_bound() {
-        let c = ResolveCache::new(16);
-        let g = c.get(b"a").err().unwrap();
-        c.insert(b"a", state(), g);
-        c.insert(b"a/b", state(), g);
-        c.insert(b"ab", state(), g);
-        assert!(c.get(b"a/b").is_ok());
-        c.invalidate_tree(b"a");
-        assert!(c.get(b"a").is_err() && c.get(b"a/b").is_err());
-        assert!(c.get(b"ab").is_ok(), "a sibling with a common prefix stays");
-        // A reader that started before an invalidation does not store.
-        let g = c.get(b"x").err().unwrap();
-        c.invalidate(b"y");
-        c.insert(b"x", state(), g);
-        assert!(c.get(b"x").is_err());
-        for i in 0..100 {
-            let g = c.get(b"").err().unwrap();
-            c.insert(format!("n{i}").as_bytes(), state(), g);
-        }
-        assert!(c.len() <= 16);
-        assert!(under(b"a/b", b"") && under(b"a", b"a") && !under(b"ab", b"a"));
-    }
-}
+mod tests;

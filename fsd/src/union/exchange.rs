@@ -7,9 +7,9 @@
 
 use std::io;
 
-use super::layers::{err, split};
-use super::{kind_of, lock, sys, UnionFs};
-use crate::union::cache::under;
+use super::path::{split, under};
+use super::sys::{self, err};
+use super::{kind_of, lock, UnionFs};
 
 impl UnionFs {
     /// Swaps `opath` (`oldname` in its parent) and `npath` (`newname`). ENOENT when either is
@@ -41,11 +41,11 @@ impl UnionFs {
         // The caller invalidates both subtrees in the cache; the ids swap with the nodes.
         if src.is_dir() {
             let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
-            self.layers.set_opaque(&d)?;
+            self.layers.marks.set_opaque(&d)?;
         }
         if dst.is_dir() {
             let d = sys::openat(&oup, oldname, libc::O_PATH, 0)?;
-            self.layers.set_opaque(&d)?;
+            self.layers.marks.set_opaque(&d)?;
         }
         lock(&self.inodes).exchange_trees(opath, npath);
         // Each name now holds the other node: a replacement (created after deleted folds to

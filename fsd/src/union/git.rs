@@ -20,8 +20,7 @@ use gix::hash::ObjectId;
 use gix::objs::tree::EntryKind;
 use gix::objs::{Find as _, FindHeader as _};
 
-use super::layers::err;
-use super::sys;
+use super::sys::{self, err};
 
 /// What a tree entry is, as the union presents it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -506,3 +505,6 @@ pub enum GitFile {
     /// A large blob inflated into an unnamed temporary file.
     Fd(OwnedFd),
 }
+
+#[cfg(test)]
+mod tests;

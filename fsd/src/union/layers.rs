@@ -1,11 +1,12 @@
 //! Layer resolution, copy-up, whiteouts and merged listings: the overlayfs semantics
 //! (Documentation/filesystems/overlayfs.rst) implemented in user space over two directory fds.
 //!
-//! Paths here are *share-relative byte strings* built only from names the guest sent through
-//! LOOKUP/CREATE/... after [`validate_name`]: no `/`, no `.`/`..`, no NUL. Every component is
-//! opened with `openat(parent_fd, name, O_PATH | O_NOFOLLOW)` from a layer root, so a symlink
-//! anywhere in a path is never traversed on the host: as a last component it is opened as the
-//! link itself, as an intermediate component the next `openat` fails with ENOTDIR.
+//! Paths here are *share-relative byte strings* ([`super::path`]) built only from names the
+//! guest sent through LOOKUP/CREATE/... after [`super::path::validate_name`]: no `/`, no
+//! `.`/`..`, no NUL. Every component is opened with `openat(parent_fd, name, O_PATH |
+//! O_NOFOLLOW)` from a layer root, so a symlink anywhere in a path is never traversed on the
+//! host: as a last component it is opened as the link itself, as an intermediate component the
+//! next `openat` fails with ENOTDIR.
 
 use std::collections::HashSet;
 use std::io;
@@ -14,59 +15,14 @@ use std::sync::{Arc, OnceLock};
 
 use super::cache::ResolveCache;
 use super::lower::{Lower, LowerFile, LowerNode};
-use super::sys;
+use super::path::{components, join, split};
+use super::sys::{self, err};
 use super::whiteout::Marks;
+use crate::overlay;
 
 /// `true` when the caller's errno says "no such entry".
 fn is_enoent(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOENT)
-}
-
-pub(crate) fn err(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
-}
-
-/// Checks one name from the guest: not empty (EINVAL), not `.` or `..` and no `/` (EACCES: path
-/// traversal is refused, issue #4), at most 255 bytes (ENAMETOOLONG).
-pub fn validate_name(name: &[u8]) -> io::Result<()> {
-    if name.is_empty() {
-        return Err(err(libc::EINVAL));
-    }
-    if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(err(libc::EACCES));
-    }
-    if name.len() > 255 {
-        return Err(err(libc::ENAMETOOLONG));
-    }
-    Ok(())
-}
-
-/// `parent/name` (the root is the empty path).
-pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-        p.extend_from_slice(parent);
-        p.push(b'/');
-        p.extend_from_slice(name);
-        p
-    }
-}
-
-/// Splits `a/b/c` into (`a/b`, `c`); the root has no parent.
-pub fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
-    if path.is_empty() {
-        return None;
-    }
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => Some((&path[..i], &path[i + 1..])),
-        None => Some((&b""[..], path)),
-    }
-}
-
-fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
 
 /// A directory listing: names with their `DT_*` types.
@@ -108,8 +64,8 @@ pub struct Layers {
     pub marks: Marks,
     /// We may chown (CAP_CHOWN): copy-up keeps owners, new nodes get the caller's uid/gid.
     pub can_chown: bool,
-    /// Resolved nodes by path (see [`ResolveCache`]).
-    pub cache: ResolveCache,
+    /// Resolved nodes by path (the resolution cache, `union::cache`).
+    pub cache: ResolveCache<Layered>,
 }
 
 /// Opens `name` in `dir` as `O_PATH | O_NOFOLLOW`; `Ok(None)` when absent.
@@ -124,12 +80,12 @@ fn open_opt(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
 impl Layers {
     /// Is `name` one of the xattrs the union itself uses (hidden from the guest)?
     pub fn is_private_xattr(name: &[u8]) -> bool {
-        name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+        overlay::is_overlay_xattr(name)
     }
 
     /// Resolves a share-relative path through both layers (ENOENT when absent or whited out,
     /// ENOTDIR when a non-directory is used as a directory). Served from the resolution cache
-    /// ([`ResolveCache`]) when possible; otherwise walks down from the nearest cached ancestor
+    /// (`union::cache`) when possible; otherwise walks down from the nearest cached ancestor
     /// (iteratively: guest-made paths may be very deep) and caches every node on the way.
     pub fn resolve(&self, path: &[u8]) -> io::Result<Arc<Layered>> {
         let gen = match self.cache.get(path) {
@@ -171,7 +127,7 @@ impl Layers {
     fn resolve_root(&self) -> io::Result<Layered> {
         let upper = sys::openat(&self.upper, b".", libc::O_PATH, 0)?;
         let st = sys::fstat(&upper)?;
-        let lower = if self.is_opaque(&upper) {
+        let lower = if self.marks.is_opaque(&upper) {
             None
         } else {
             Some(self.lower.root()?.0)
@@ -210,10 +166,12 @@ impl Layers {
         // Which lower node stays visible under this upper node?
         let l_visible = match (&u, &ust) {
             (Some(ufd), Some(s)) => {
-                if self.is_whiteout(ufd, s) {
+                if self.marks.is_whiteout(ufd, s) {
                     return Err(err(libc::ENOENT));
                 }
-                sys::is_dir(s) && lst.as_ref().is_some_and(sys::is_dir) && !self.is_opaque(ufd)
+                sys::is_dir(s)
+                    && lst.as_ref().is_some_and(sys::is_dir)
+                    && !self.marks.is_opaque(ufd)
             }
             _ => l.is_some(),
         };
@@ -272,9 +230,9 @@ impl Layers {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         if let Some(u) = &dir.upper {
-            let xwhiteouts = self.has_xwhiteouts(u);
+            let xwhiteouts = self.marks.has_xwhiteouts(u);
             for (name, dt) in sys::list_dir(u)? {
-                let t = self.entry_is_whiteout(u, &name, dt, xwhiteouts)?;
+                let t = self.marks.entry_is_whiteout(u, &name, dt, xwhiteouts)?;
                 seen.insert(name.clone());
                 if let Some(t) = t {
                     out.push((name, t));
@@ -495,95 +453,5 @@ impl Layers {
             (None, Some(l)) => self.lower.open_read(l, flags, &self.upper),
             (None, None) => Err(err(libc::ENOENT)),
         }
-    }
-}
-
-/// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size
-/// so a trailing hole stays a hole.
-pub(crate) fn copy_data(input: &OwnedFd, out: &OwnedFd, size: u64) -> io::Result<()> {
-    let mut off = 0u64;
-    while off < size {
-        let data = match sys::lseek(input, off, libc::SEEK_DATA) {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            // File systems without SEEK_DATA: copy everything.
-            Err(_) => off,
-        };
-        let end = match sys::lseek(input, data, libc::SEEK_HOLE) {
-            Ok(Some(h)) => h.min(size),
-            _ => size,
-        };
-        copy_range(input, out, data, end)?;
-        off = end.max(data + 1);
-    }
-    // SAFETY: plain syscall on an owned fd.
-    if unsafe { libc::ftruncate64(out.as_raw_fd(), size as i64) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn copy_range(input: &OwnedFd, out: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
-    let mut pos = start;
-    while pos < end {
-        let mut ioff = pos as i64;
-        let mut ooff = pos as i64;
-        let len = (end - pos).min(1 << 30) as usize;
-        // SAFETY: valid fds and offset pointers.
-        let n = unsafe {
-            libc::copy_file_range(
-                input.as_raw_fd(),
-                &mut ioff,
-                out.as_raw_fd(),
-                &mut ooff,
-                len,
-                0,
-            )
-        };
-        if n > 0 {
-            pos += n as u64;
-            continue;
-        }
-        if n == 0 {
-            break; // EOF (file shrank)
-        }
-        // EXDEV/ENOSYS/EINVAL on older kernels or odd file systems: plain copy.
-        let mut buf = vec![0u8; (end - pos).min(1 << 20) as usize];
-        let got = sys::pread(input, &mut buf, pos)?;
-        if got == 0 {
-            break;
-        }
-        sys::pwrite_all(out, &buf[..got], pos)?;
-        pos += got as u64;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_paths() {
-        assert!(validate_name(b"a.txt").is_ok());
-        for bad in [&b".."[..], b".", b"a/b", b"/", b"a\0b"] {
-            assert_eq!(
-                validate_name(bad).unwrap_err().raw_os_error(),
-                Some(libc::EACCES)
-            );
-        }
-        assert_eq!(
-            validate_name(b"").unwrap_err().raw_os_error(),
-            Some(libc::EINVAL)
-        );
-        assert_eq!(
-            validate_name(&[b'x'; 256]).unwrap_err().raw_os_error(),
-            Some(libc::ENAMETOOLONG)
-        );
-        assert_eq!(join(b"", b"a"), b"a");
-        assert_eq!(join(b"a", b"b"), b"a/b");
-        assert_eq!(split(b"a/b/c"), Some((&b"a/b"[..], &b"c"[..])));
-        assert_eq!(split(b"c"), Some((&b""[..], &b"c"[..])));
-        assert_eq!(split(b""), None);
     }
 }

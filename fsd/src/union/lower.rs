@@ -9,10 +9,11 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::git::{GitFile, GitLower, GitNode};
-use super::layers::{copy_data, err};
-use super::sys;
+use super::sys::{self, copy_data, err};
 
 /// The lower layer.
+// One per union, never moved around: the size of the git variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Lower {
     /// A host directory (its root, opened `O_RDONLY | O_DIRECTORY`). Never written.
     Dir(OwnedFd),

@@ -6,6 +6,26 @@
 //! Node ids are assigned per share-relative path and stay stable for the session (a rename moves
 //! the id with the path; an unlinked path's id is retired). The guest kernel resolves symlinks
 //! itself: the host only ever opens names with `O_NOFOLLOW` relative to a layer root.
+//!
+//! Layering, bottom up: a module uses only modules above it in this list (and `crate::overlay`,
+//! the on-disk rules, or `crate::fuse`/`crate::journal` where named), never one below it.
+//! - [`sys`]: checked syscall wrappers over fds, errno → `io::Error` (`err`), hole-keeping data
+//!   copy (`copy_data`); uses nothing here.
+//! - [`path`]: share-relative paths (validate, join, split, prefix test); uses `sys`.
+//! - `inodes`: node ids per path, stable for the session; uses `crate::fuse::abi`.
+//! - `cache`: the resolution cache, path → state, generic over the state; uses `path`.
+//! - [`git`]: a git tree as lower layer (gix object database); uses `sys`.
+//! - [`lower`]: the lower layer, a directory or a git tree; uses `git`, `sys`.
+//! - `whiteout`: whiteouts and opaque marks in the upper layer (`Marks`); uses `sys` and
+//!   `crate::overlay`.
+//! - [`layers`]: resolution through both layers, copy-up, merged listings (`Layers`,
+//!   `Layered`); uses `cache`, `lower`, `path`, `sys`, `whiteout`, `crate::overlay`.
+//! - this module: [`UnionFs`], the [`FileSystem`] over the layers; uses all of the above,
+//!   `crate::fuse` and `crate::journal`.
+//! - `exchange`: `RENAME_EXCHANGE`, more of `impl UnionFs` in its own file; uses this module's
+//!   `UnionFs` internals, `path`, `sys`.
+//!
+//! Unit tests (`tests`, and `tests` under `cache`, `git`, `whiteout`) drive the whole union.
 
 mod cache;
 mod exchange;
@@ -13,6 +33,7 @@ pub mod git;
 mod inodes;
 pub mod layers;
 pub mod lower;
+pub mod path;
 pub mod sys;
 mod whiteout;
 
@@ -30,8 +51,10 @@ use crate::fuse::filesystem::{Context, DirEntry, Entry, FileSystem, SetAttr, Sta
 use crate::fuse::io::{ReadSink, VecSink, WriteSource};
 use crate::journal::{Journal, Kind};
 use inodes::Inodes;
-use layers::{err, join, split, validate_name, Layered, Layers};
+use layers::{Layered, Layers};
 use lower::{Lower, LowerFile};
+use path::{join, split, validate_name};
+use sys::err;
 
 /// Options of a [`UnionFs`].
 #[derive(Clone, Debug)]
@@ -303,7 +326,7 @@ impl UnionFs {
             return Err(err(libc::ENOTDIR));
         }
         let whiteout = match &pr.upper {
-            Some(u) => match self.layers.whiteout_at(u, name)? {
+            Some(u) => match self.layers.marks.whiteout_at(u, name)? {
                 Some(false) => return Err(err(libc::EEXIST)),
                 Some(true) => true,
                 None => false,
@@ -398,12 +421,12 @@ impl UnionFs {
         let pdir = self.layers.upper_dir(ppath)?;
         if let Some(u) = &r.upper {
             if dir {
-                self.layers.clear_whiteouts(u)?;
+                self.layers.marks.clear_whiteouts(u)?;
             }
             sys::unlinkat(&pdir, name, dir)?;
         }
         if r.lower_exists {
-            self.layers.whiteout(&pdir, name)?;
+            self.layers.marks.whiteout(&pdir, name)?;
         }
         lock(&self.inodes).remove_tree(&path);
         self.journal.deleted(&path, kind_of(&r.st));
@@ -466,13 +489,13 @@ impl UnionFs {
         // Make room at the destination in the upper layer: a whiteout or an (empty in the
         // merged view) upper directory holding only whiteouts.
         match (
-            self.layers.whiteout_at(&nup, newname)?,
+            self.layers.marks.whiteout_at(&nup, newname)?,
             sys::statat(&nup, newname),
         ) {
             (Some(true), _) => sys::unlinkat(&nup, newname, false)?,
             (Some(false), Ok(st)) if sys::is_dir(&st) && src.is_dir() => {
                 let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
-                self.layers.clear_whiteouts(&d)?;
+                self.layers.marks.clear_whiteouts(&d)?;
             }
             _ => {}
         }
@@ -480,10 +503,10 @@ impl UnionFs {
         if src.is_dir() {
             // The moved directory is complete: nothing below the new name may merge in.
             let d = sys::openat(&nup, newname, libc::O_PATH, 0)?;
-            self.layers.set_opaque(&d)?;
+            self.layers.marks.set_opaque(&d)?;
         }
         if src.lower_exists {
-            self.layers.whiteout(&oup, oldname)?;
+            self.layers.marks.whiteout(&oup, oldname)?;
         }
         {
             let mut ino = lock(&self.inodes);
@@ -614,7 +637,7 @@ impl FileSystem for UnionFs {
         if p.had_whiteout {
             // overlayfs.rst: a directory created where a lower one was deleted is opaque.
             let fd = sys::openat(&p.pdir, name, libc::O_PATH, 0)?;
-            self.layers.set_opaque(&fd)?;
+            self.layers.marks.set_opaque(&fd)?;
         }
         self.finish_create(ctx, &p, name)
     }
@@ -1036,10 +1059,4 @@ impl FileSystem for UnionFs {
 }
 
 #[cfg(test)]
-mod cache_tests;
-#[cfg(test)]
-mod git_tests;
-#[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod whiteout_tests;

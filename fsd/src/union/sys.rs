@@ -9,6 +9,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// The `io::Error` for an errno value.
+pub(crate) fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -27,7 +32,7 @@ fn cvt_isize(r: isize) -> io::Result<usize> {
 
 /// A C string from a name (names never contain NUL; checked by the caller, re-checked here).
 pub fn cstr(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    CString::new(b).map_err(|_| err(libc::EINVAL))
 }
 
 /// The `/proc/self/fd/N` path of an fd.
@@ -395,6 +400,69 @@ pub fn lseek(fd: &impl AsRawFd, off: u64, whence: i32) -> io::Result<Option<u64>
     Ok(Some(r as u64))
 }
 
+/// Copies `size` bytes of file data, skipping holes (SEEK_DATA / SEEK_HOLE), then sets the size
+/// so a trailing hole stays a hole.
+pub(crate) fn copy_data(input: &OwnedFd, out: &OwnedFd, size: u64) -> io::Result<()> {
+    let mut off = 0u64;
+    while off < size {
+        let data = match lseek(input, off, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // File systems without SEEK_DATA: copy everything.
+            Err(_) => off,
+        };
+        let end = match lseek(input, data, libc::SEEK_HOLE) {
+            Ok(Some(h)) => h.min(size),
+            _ => size,
+        };
+        copy_range(input, out, data, end)?;
+        off = end.max(data + 1);
+    }
+    // SAFETY: plain syscall on an owned fd.
+    if unsafe { libc::ftruncate64(out.as_raw_fd(), size as i64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes `start..end` from `input` to the same offsets in `out`: copy_file_range(2), or
+/// pread/pwrite where the kernel or file system cannot.
+fn copy_range(input: &OwnedFd, out: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let mut ioff = pos as i64;
+        let mut ooff = pos as i64;
+        let len = (end - pos).min(1 << 30) as usize;
+        // SAFETY: valid fds and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &mut ioff,
+                out.as_raw_fd(),
+                &mut ooff,
+                len,
+                0,
+            )
+        };
+        if n > 0 {
+            pos += n as u64;
+            continue;
+        }
+        if n == 0 {
+            break; // EOF (file shrank)
+        }
+        // EXDEV/ENOSYS/EINVAL on older kernels or odd file systems: plain copy.
+        let mut buf = vec![0u8; (end - pos).min(1 << 20) as usize];
+        let got = pread(input, &mut buf, pos)?;
+        if got == 0 {
+            break;
+        }
+        pwrite_all(out, &buf[..got], pos)?;
+        pos += got as u64;
+    }
+    Ok(())
+}
+
 /// fstatvfs(2).
 pub fn fstatvfs(fd: &impl AsRawFd) -> io::Result<libc::statvfs64> {
     let mut st = MaybeUninit::<libc::statvfs64>::zeroed();
@@ -446,12 +514,6 @@ pub fn list_dir(dir: &impl AsRawFd) -> io::Result<Vec<(Vec<u8>, u8)>> {
 /// `DT_*` from an `st_mode`.
 pub fn dtype(mode: u32) -> u32 {
     (mode & libc::S_IFMT) >> 12
-}
-
-/// Is this stat a whiteout (a 0:0 character device; overlayfs.rst "whiteouts and opaque
-/// directories")?
-pub fn is_whiteout(st: &libc::stat64) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
 
 /// Is this stat a directory?

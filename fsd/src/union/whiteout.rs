@@ -1,5 +1,7 @@
-//! Whiteouts and opaque directories in the upper layer (Documentation/filesystems/
-//! overlayfs.rst, "whiteouts and opaque directories" and "User xattr").
+//! Whiteouts and opaque directories in the upper layer, read and written through directory fds.
+//! The format rules themselves (xattr names, values, what counts as a whiteout) are
+//! [`crate::overlay`]'s (Documentation/filesystems/overlayfs.rst, "whiteouts and opaque
+//! directories" and "User xattr").
 //!
 //! Two whiteout forms, both read everywhere:
 //! - a **character device 0:0** (what overlayfs itself creates; Linux ≥ 5.8 lets anyone
@@ -14,16 +16,18 @@
 //! `lowerdir=UPPER:LOWER`, not as `upperdir` (docs/fsd.md).
 //! Opaque directories carry `*.overlay.opaque` = `y`. The namespace is `trusted.` when ax-fsd
 //! runs as root (a normal overlayfs mount reads it), else `user.` (read by an overlayfs mount
-//! with `-o userxattr`).
+//! with `-o userxattr`); ax-fsd reads opaque marks only in the namespace it writes, as a mount
+//! does, and whiteout xattrs in both.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::layers::{err, Layers};
-use super::sys;
+use super::sys::{self, err};
+use crate::overlay;
 
-/// The overlay xattrs in use and the whiteout form.
+/// The overlay xattrs in use and the whiteout form; reads and writes the marks in the upper
+/// layer.
 pub struct Marks {
     /// `trusted.overlay.opaque` or `user.overlay.opaque`.
     pub opaque: &'static [u8],
@@ -33,21 +37,18 @@ pub struct Marks {
     xattr_form: AtomicBool,
 }
 
-/// Both namespaces' whiteout xattr, ours first.
-const WHITEOUT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
-
 impl Marks {
     /// The marks for a process that is root (`trusted.*`) or not (`user.*`); `force_xattr`
     /// makes every whiteout an xattr whiteout.
     pub fn new(root: bool, force_xattr: bool) -> Self {
-        let (opaque, whiteout): (&[u8], &[u8]) = if root {
-            (b"trusted.overlay.opaque", b"trusted.overlay.whiteout")
+        let (opaque, whiteout) = if root {
+            (overlay::TRUSTED_OPAQUE, overlay::TRUSTED_WHITEOUT)
         } else {
-            (b"user.overlay.opaque", b"user.overlay.whiteout")
+            (overlay::USER_OPAQUE, overlay::USER_WHITEOUT)
         };
         Self {
-            opaque,
-            whiteout,
+            opaque: opaque.as_bytes(),
+            whiteout: whiteout.as_bytes(),
             xattr_form: AtomicBool::new(force_xattr),
         }
     }
@@ -56,41 +57,37 @@ impl Marks {
     pub fn xattr_form(&self) -> bool {
         self.xattr_form.load(Ordering::Relaxed)
     }
-}
 
-impl Layers {
     /// The value of this upper directory's opaque xattr (`y`, `x`, or none).
     fn opaque_mark(&self, fd: &impl AsRawFd) -> Option<Vec<u8>> {
-        sys::getxattr_fd(fd, self.marks.opaque).ok().flatten()
+        sys::getxattr_fd(fd, self.opaque).ok().flatten()
     }
 
     /// Is this upper directory opaque (`*.overlay.opaque` = `y`)?
     pub fn is_opaque(&self, fd: &impl AsRawFd) -> bool {
-        self.opaque_mark(fd).as_deref() == Some(b"y")
+        self.opaque_mark(fd).as_deref() == Some(overlay::OPAQUE)
     }
 
     /// Marks an upper directory opaque. A directory marked `x` first loses its xattr
     /// whiteouts (overlayfs.rst: an opaque directory holds no whiteouts; with `y` instead of `x`
     /// nothing would hide them any more).
     pub fn set_opaque(&self, fd: &OwnedFd) -> io::Result<()> {
-        if self.opaque_mark(fd).as_deref() == Some(b"x") {
+        if self.has_xwhiteouts(fd) {
             for (name, dt) in sys::list_dir(fd)? {
                 if self.entry_is_whiteout(fd, &name, dt, true)?.is_none() {
                     sys::unlinkat(fd, &name, false)?;
                 }
             }
         }
-        sys::setxattr_fd(fd, self.marks.opaque, b"y", 0)
+        sys::setxattr_fd(fd, self.opaque, overlay::OPAQUE, 0)
     }
 
-    /// Is this upper node (`fd`, `st` its attributes) a whiteout of either form?
+    /// Is this upper node (`fd`, `st` its attributes) a whiteout of either form? An xattr
+    /// whiteout counts here whatever its parent's mark ([`overlay::is_whiteout_with`]).
     pub fn is_whiteout(&self, fd: &impl AsRawFd, st: &libc::stat64) -> bool {
-        sys::is_whiteout(st)
-            || (st.st_mode & libc::S_IFMT == libc::S_IFREG
-                && st.st_size == 0
-                && WHITEOUT_XATTRS
-                    .iter()
-                    .any(|x| matches!(sys::getxattr_fd(fd, x), Ok(Some(_)))))
+        overlay::is_whiteout_with(st.st_mode, st.st_rdev, st.st_size as u64, true, |x| {
+            matches!(sys::getxattr_fd(fd, x.as_bytes()), Ok(Some(_)))
+        })
     }
 
     /// Is `name` in the upper directory `dir` a whiteout? `None` when absent.
@@ -130,27 +127,27 @@ impl Layers {
 
     /// Does this upper directory hold xattr whiteouts (marked `x`)?
     pub(super) fn has_xwhiteouts(&self, dir: &impl AsRawFd) -> bool {
-        self.opaque_mark(dir).as_deref() == Some(b"x")
+        self.opaque_mark(dir).as_deref() == Some(overlay::XWHITEOUTS)
     }
 
     /// Creates a whiteout at `name` in the upper directory `pdir`: a 0:0 character device, or
     /// when that is refused (or forced) an xattr whiteout, marking `pdir` with `x` unless it is
     /// already opaque.
     pub fn whiteout(&self, pdir: &OwnedFd, name: &[u8]) -> io::Result<()> {
-        if !self.marks.xattr_form() {
+        if !self.xattr_form() {
             match sys::mknodat(pdir, name, libc::S_IFCHR, 0) {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
                     log::info!(
                         "mknod of a 0:0 whiteout refused ({e}): using xattr whiteouts ({})",
-                        String::from_utf8_lossy(self.marks.whiteout)
+                        String::from_utf8_lossy(self.whiteout)
                     );
-                    self.marks.xattr_form.store(true, Ordering::Relaxed);
+                    self.xattr_form.store(true, Ordering::Relaxed);
                 }
                 r => return r,
             }
         }
         if self.opaque_mark(pdir).is_none() {
-            sys::setxattr_fd(pdir, self.marks.opaque, b"x", 0)?;
+            sys::setxattr_fd(pdir, self.opaque, overlay::XWHITEOUTS, 0)?;
         }
         let f = sys::openat(
             pdir,
@@ -158,7 +155,7 @@ impl Layers {
             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
             0o600,
         )?;
-        if let Err(e) = sys::setxattr_fd(&f, self.marks.whiteout, b"", 0) {
+        if let Err(e) = sys::setxattr_fd(&f, self.whiteout, b"", 0) {
             let _ = sys::unlinkat(pdir, name, false);
             return Err(e);
         }
@@ -177,3 +174,6 @@ impl Layers {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,9 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::git::{GitLower, GitOptions};
-use super::lower::Lower;
-use super::*;
+use super::{GitLower, GitOptions};
+use crate::union::lower::Lower;
+use crate::union::*;
 
 const ROOT: u64 = ROOT_ID;
 const COMMIT_TIME: i64 = 1_700_000_000;
@@ -342,6 +342,7 @@ fn git_lower_attributes_ranges_and_errors() {
 }
 
 #[test]
+#[allow(clippy::bool_assert_comparison)] // the mtime assertion reads as written
 fn git_lower_copy_up() {
     let f = fixture();
     let want = noise(5 << 20, 42);

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::tests::{ctx, fixture_with, is_whiteout, names, read_all, Fixture};
-use super::*;
+use crate::union::tests::{ctx, fixture_with, is_whiteout, names, read_all, Fixture};
+use crate::union::*;
 
 const ROOT: u64 = ROOT_ID;
 

@@ -1,10 +1,40 @@
-//! The resolution cache ([`super::cache`]) never serves a stale node: every namespace change
-//! (rename of a directory with cached descendants, unlink + create of the same name, copy-up,
-//! rmdir + mkdir, rename over an existing name) is followed by lookups, attributes and reads
-//! through the union, and checked against what the layers now hold.
+//! The resolution cache ([`super`]) on its own (generations, invalidation, the bound), then
+//! through the union: it never serves a stale node. Every namespace change (rename of a
+//! directory with cached descendants, unlink + create of the same name, copy-up, rmdir + mkdir,
+//! rename over an existing name) is followed by lookups, attributes and reads through the
+//! union, and checked against what the layers now hold.
 
-use super::tests::{ctx, fixture, is_whiteout, names, read_all};
-use super::*;
+use super::{under, ResolveCache};
+use crate::union::tests::{ctx, fixture, is_whiteout, names, read_all};
+use crate::union::*;
+
+fn state() -> Arc<()> {
+    Arc::new(())
+}
+
+#[test]
+fn generations_invalidation_and_bound() {
+    let c = ResolveCache::new(16);
+    let g = c.get(b"a").err().unwrap();
+    c.insert(b"a", state(), g);
+    c.insert(b"a/b", state(), g);
+    c.insert(b"ab", state(), g);
+    assert!(c.get(b"a/b").is_ok());
+    c.invalidate_tree(b"a");
+    assert!(c.get(b"a").is_err() && c.get(b"a/b").is_err());
+    assert!(c.get(b"ab").is_ok(), "a sibling with a common prefix stays");
+    // A reader that started before an invalidation does not store.
+    let g = c.get(b"x").err().unwrap();
+    c.invalidate(b"y");
+    c.insert(b"x", state(), g);
+    assert!(c.get(b"x").is_err());
+    for i in 0..100 {
+        let g = c.get(b"").err().unwrap();
+        c.insert(format!("n{i}").as_bytes(), state(), g);
+    }
+    assert!(c.len() <= 16);
+    assert!(under(b"a/b", b"") && under(b"a", b"a") && !under(b"ab", b"a"));
+}
 
 const ROOT: u64 = ROOT_ID;
 
