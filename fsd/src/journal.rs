@@ -1,5 +1,5 @@
-//! The change journal: the live set of paths this agent created, modified or deleted (issue #4,
-//! "Change journal"), for `axctl diff NAME`.
+//! The change journal: the live set of paths this agent created, modified or deleted, for
+//! `axctl diff NAME`.
 //!
 //! On disk it is an append-only file of JSON lines (format version 1, see docs/fsd.md):
 //!

@@ -1,4 +1,4 @@
-//! ax-fsd: the repository over virtio-fs with a copy-on-write layer (issue #4).
+//! ax-fsd: the repository over virtio-fs with a copy-on-write layer.
 //!
 //! - [`fuse`]: the FUSE kernel ABI (include/uapi/linux/fuse.h) and a transport-independent
 //!   request server dispatching to a [`fuse::filesystem::FileSystem`].

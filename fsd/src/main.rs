@@ -1,4 +1,4 @@
-//! `ax-fsd`: the vhost-user-fs backend of one agent (issue #4).
+//! `ax-fsd`: the vhost-user-fs backend of one agent.
 //!
 //! ```text
 //! ax-fsd --socket PATH (--lower DIR | --lower-git GIT_DIR --tree OID [--objects DIR]

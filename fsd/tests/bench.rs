@@ -1,6 +1,6 @@
-//! Latency bench (issue #4 "bench"): the same vhost-user frontend (tests/common) drives ax-fsd
-//! with a directory lower, ax-fsd with a git lower, and virtiofsd (if installed) over the same
-//! tree, and prints the median round trip per FUSE op and the ratios to virtiofsd.
+//! Latency bench: the same vhost-user frontend (tests/common) drives ax-fsd with a directory
+//! lower, ax-fsd with a git lower, and virtiofsd (if installed) over the same tree, and prints
+//! the median round trip per FUSE op and the ratios to virtiofsd.
 //!
 //! ```text
 //! cargo test -p ax-fsd --release --test bench -- --ignored --nocapture

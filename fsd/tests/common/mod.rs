@@ -1,5 +1,4 @@
-//! A real vhost-user frontend for driving `ax-fsd` without a VM (issue #4: "drive ax-fsd through a
-//! vhost-user frontend harness").
+//! A real vhost-user frontend for driving `ax-fsd` without a VM.
 //!
 //! Guest RAM is a memfd shared with the backend through `VHOST_USER_SET_MEM_TABLE`, split
 //! virtqueues (virtio 1.2 §2.7) are laid out by hand in that memory (`ax_vhost::testing`);
