@@ -4,6 +4,8 @@
 //!   request server dispatching to a [`fuse::filesystem::FileSystem`].
 //! - [`union`]: the file system: a read-only lower directory under a per-agent upper directory
 //!   in overlayfs's on-disk format (Documentation/filesystems/overlayfs.rst).
+//! - [`overlay`]: overlayfs's on-disk rules for whiteouts and opaque directories, for the union
+//!   and for any other reader of an upper layer.
 //! - [`journal`]: the live set of paths the agent created, modified or deleted.
 //! - [`jail`]: what the process may still do once serving (Landlock, seccomp, capabilities,
 //!   namespaces; docs/jail.md).
