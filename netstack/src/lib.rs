@@ -17,8 +17,9 @@
 //!   optional HTTP CONNECT proxy).
 //! - [`tls`]: per-agent CA, leaf certificates per SNI, the intercepting HTTP proxy.
 //! - [`http`]: the HTTP proxy inside intercepted TLS (hyper both sides, streaming bodies,
-//!   content decoding, the streaming search-and-replace under secrets).
-//! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses.
+//!   content decoding).
+//! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses, and the
+//!   streaming search-and-replace under both ([`secrets::rewrite`]).
 //! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
 //! - [`jail`]: Landlock, seccomp, capabilities and namespaces after setup (docs/jail.md).
 //! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.

@@ -5,8 +5,8 @@
 //! on; audit record when it ends or is dropped).
 
 use super::decode::Decoder;
-use super::rewrite::{Blocked, Stream};
 use crate::meter::{CallMeter, Outcome};
+use crate::secrets::rewrite::{Blocked, Stream};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};

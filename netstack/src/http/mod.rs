@@ -6,7 +6,6 @@
 
 pub mod body;
 pub mod decode;
-pub mod rewrite;
 
 use crate::context::Context;
 use crate::meter::RequestRecord;
