@@ -62,7 +62,11 @@ pub struct Image {
 /// each id once it is gone, unless `in_use` (the ids live agents boot from) holds one; then
 /// drops agents layers no image links to. Errors: an unknown or ambiguous id, or an image in
 /// use (usage, exit 2; the images before it stay removed).
-pub fn remove(ids: &[String], in_use: &[String], mut removed: impl FnMut(&str)) -> anyhow::Result<()> {
+pub fn remove(
+    ids: &[String],
+    in_use: &[String],
+    mut removed: impl FnMut(&str),
+) -> anyhow::Result<()> {
     for id in ids {
         let img = resolve(Some(id))?.expect("resolve(Some) finds or errs");
         if in_use.contains(&img.id) {

@@ -39,7 +39,10 @@ pub trait Host {
     /// Resolves `reqs` to values: the store's first, then the process environment for the
     /// well-known names. Errors: a required secret that is neither (usage, exit 2, naming
     /// `axctl secrets add`), an unreadable store.
-    fn resolve_secrets(&self, reqs: &[launch::SecretReq]) -> anyhow::Result<Vec<secret::ResolvedSecret>>;
+    fn resolve_secrets(
+        &self,
+        reqs: &[launch::SecretReq],
+    ) -> anyhow::Result<Vec<secret::ResolvedSecret>>;
     /// Records that the stored secrets `names` were used now (their `last_used`).
     fn mark_used(&self, names: &[&str]) -> anyhow::Result<()>;
     /// The commit identity of agent `name` from the current config, for agents whose state

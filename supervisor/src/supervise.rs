@@ -344,47 +344,26 @@ impl Supervisor<'_> {
         Ok(())
     }
 
+    /// Runs the agent to its end in named steps: [`Self::send_exec`], the frame reader
+    /// ([`spawn_frame_reader`]), then one event at a time: output ([`Output::write`]), the
+    /// exit ([`Self::on_exit`]), a backend that died ([`Self::fail_backend`]), signals and the
+    /// timeout ([`Self::forward_stop`]), and the stop grace period running out.
     fn run_agent(
         &mut self,
-        mut conn: UnixStream,
-        mut env: BTreeMap<String, String>,
+        conn: UnixStream,
+        env: BTreeMap<String, String>,
         resolved: &[ResolvedSecret],
         tx: Sender<Event>,
         rx: Receiver<Event>,
         vm_status: Arc<Mutex<Option<ExitStatus>>>,
     ) -> Result<()> {
-        env.insert("AX_AGENT_NAME".to_string(), self.st.name.clone());
-        let exec = Exec {
-            argv: self.st.argv.clone(),
-            env,
-            cwd: Some("/workspace".into()),
-            tty: self.st.tty.then_some(WinSize { rows: 24, cols: 80 }),
-            role: Role::Primary,
+        let mut conn = conn;
+        let Some(exec_sent) = self.send_exec(&mut conn, env, &vm_status, &rx)? else {
+            return Ok(());
         };
-        proto::write_frame(&mut conn, &Frame::Exec(exec))?;
-        let exec_sent = Instant::now();
-        match proto::read_frame(&mut conn).context("waiting for STARTED")? {
-            Frame::Started(s) => self.log.line(format!("agent started: guest pid {}", s.pid)),
-            Frame::Error(e) => {
-                self.shutdown_vm(&vm_status, &rx);
-                self.finish(
-                    Status::Failed,
-                    None,
-                    Some(format!("agent did not start: {}", e.message)),
-                );
-                return Ok(());
-            }
-            other => return Err(anyhow!("agentd answered EXEC with {:?}", other.kind())),
-        }
         self.st.status = Status::Running;
         self.save();
-        let stored = LaunchRecord::stored_names(resolved);
-        if !stored.is_empty() {
-            if let Err(e) = self.host.mark_used(&stored) {
-                self.log
-                    .line(format!("cannot record the secrets' use: {e:#}"));
-            }
-        }
+        self.mark_secrets_used(resolved);
         // --timeout counts the agent's own run time, from its start (not the VM's boot).
         if let Some(secs) = self.st.timeout_secs {
             let tx = tx.clone();
@@ -393,47 +372,29 @@ impl Supervisor<'_> {
                 let _ = tx.send(Event::Timeout);
             });
         }
-
         let writer = Arc::new(Mutex::new(conn.try_clone()?));
-        {
-            let tx = tx.clone();
-            let mut reader = conn;
-            std::thread::spawn(move || loop {
-                match proto::read_frame(&mut reader) {
-                    Ok(f) => {
-                        let end = matches!(f, Frame::Exit(_) | Frame::Error(_));
-                        if tx.send(Event::Frame(f)).is_err() || end {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Event::ConnLost(e.to_string()));
-                        return;
-                    }
-                }
-            });
-        }
+        spawn_frame_reader(conn, tx.clone());
         if self.attached {
             let writer = writer.clone();
             std::thread::spawn(move || forward_stdin(writer));
         }
-
-        let mut out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("output.log"))?;
-        let mut mirror = self.attached;
-        let mut stop_deadline: Option<Instant> = None;
-        let mut stop_reason: Option<String> = None;
+        let mut out = Output {
+            log: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("output.log"))?,
+            mirror: self.attached,
+        };
+        let mut stop = Stop::default();
         loop {
-            let ev = match stop_deadline {
+            let ev = match stop.deadline {
                 Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                     Ok(ev) => ev,
                     Err(_) => {
                         self.log
                             .line("agent did not exit after the stop grace period; tearing down");
                         self.shutdown_vm(&vm_status, &rx);
-                        let reason = stop_reason.unwrap_or_else(|| "stopped".into());
+                        let reason = stop.reason.unwrap_or_else(|| "stopped".into());
                         self.finish(Status::Failed, None, Some(format!("{reason}; the agent did not exit within {}s and the VM was torn down", STOP_GRACE.as_secs())));
                         return Ok(());
                     }
@@ -441,42 +402,11 @@ impl Supervisor<'_> {
                 None => rx.recv().map_err(|_| anyhow!("event channel closed"))?,
             };
             match ev {
-                Event::Frame(Frame::Stdout(b)) => {
-                    out.write_all(&b)?;
-                    if mirror
-                        && std::io::stdout()
-                            .write_all(&b)
-                            .and_then(|_| std::io::stdout().flush())
-                            .is_err()
-                    {
-                        mirror = false;
-                    }
-                }
-                Event::Frame(Frame::Stderr(b)) => {
-                    out.write_all(&b)?;
-                    if mirror && std::io::stderr().write_all(&b).is_err() {
-                        mirror = false;
-                    }
-                }
+                Event::Frame(Frame::Stdout(b)) => out.write(&b, false)?,
+                Event::Frame(Frame::Stderr(b)) => out.write(&b, true)?,
                 Event::Frame(Frame::Exit(e)) => {
                     self.st.timings.command_ms = Some(exec_sent.elapsed().as_millis() as u64);
-                    self.log.line(format!("agent exited: {e:?}"));
-                    let code = e.shell_code();
-                    // Record the result first: it is what the user waits for. A timeout is a
-                    // failure even if the agent then exited by itself.
-                    let timed_out = stop_reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("timed out"));
-                    let status = if timed_out {
-                        Status::Failed
-                    } else {
-                        Status::Exited
-                    };
-                    self.finish(status, Some(code), stop_reason.clone());
-                    let t = Instant::now();
-                    self.shutdown_vm(&vm_status, &rx);
-                    self.st.timings.teardown_ms = Some(t.elapsed().as_millis() as u64);
-                    self.save();
+                    self.on_exit(e, stop.reason.clone(), &vm_status, &rx);
                     return Ok(());
                 }
                 Event::Frame(Frame::Error(e)) => {
@@ -499,10 +429,7 @@ impl Supervisor<'_> {
                         Some(s) => vm_death_reason(&self.dir, s, "while the agent was running"),
                         None => format!("lost the control connection to agentd ({why})"),
                     };
-                    if status.is_none() {
-                        self.kill_vm();
-                    }
-                    self.finish(Status::Failed, None, Some(reason));
+                    self.fail_backend(reason, status.is_some(), &vm_status, &rx);
                     return Ok(());
                 }
                 Event::FsdExited(tag, s) => {
@@ -513,10 +440,7 @@ impl Supervisor<'_> {
                          finished writes are kept (axctl commit {} builds the branch)",
                         self.st.name
                     );
-                    self.log.line(&reason);
-                    self.kill_vm();
-                    let _ = wait_vm(&vm_status, &rx, Duration::from_secs(5));
-                    self.finish(Status::Failed, None, Some(reason));
+                    self.fail_backend(reason, false, &vm_status, &rx);
                     return Ok(());
                 }
                 Event::NetstackExited(s) => {
@@ -527,35 +451,31 @@ impl Supervisor<'_> {
                             .map(|l| format!(": {l}"))
                             .unwrap_or_default()
                     );
-                    self.log.line(&reason);
-                    self.kill_vm();
-                    let _ = wait_vm(&vm_status, &rx, Duration::from_secs(5));
-                    self.finish(Status::Failed, None, Some(reason));
+                    self.fail_backend(reason, false, &vm_status, &rx);
                     return Ok(());
                 }
                 Event::VmExited(s) => {
                     let reason = vm_death_reason(&self.dir, s, "while the agent was running");
-                    self.log.line(&reason);
-                    self.finish(Status::Failed, None, Some(reason));
+                    self.fail_backend(reason, true, &vm_status, &rx);
                     return Ok(());
                 }
                 Event::Signal(NixSignal::SIGUSR1) => {
                     self.log.line("client detached: no longer mirroring output");
-                    mirror = false;
+                    out.mirror = false;
                 }
                 Event::Signal(sig) => {
                     self.log.line(format!("got {sig}: forwarding to the agent"));
+                    // A hangup of the client's terminal asks the agent to terminate.
                     let fwd = if sig == NixSignal::SIGHUP {
                         NixSignal::SIGTERM
                     } else {
                         sig
                     };
-                    let _ = proto::write_frame(
-                        &mut *writer.lock().unwrap(),
-                        &Frame::Signal(proto::Signal { signal: fwd as i32 }),
-                    );
-                    stop_reason.get_or_insert_with(|| format!("stopped ({sig})"));
-                    stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+                    let reason = stop
+                        .reason
+                        .take()
+                        .unwrap_or_else(|| format!("stopped ({sig})"));
+                    self.forward_stop(&writer, fwd as i32, reason, &mut stop);
                 }
                 Event::Timeout => {
                     let secs = self.st.timeout_secs.unwrap_or(0);
@@ -564,17 +484,120 @@ impl Supervisor<'_> {
                         humantime::format_duration(Duration::from_secs(secs))
                     );
                     self.log.line(&reason);
-                    let _ = proto::write_frame(
-                        &mut *writer.lock().unwrap(),
-                        &Frame::Signal(proto::Signal {
-                            signal: libc::SIGTERM,
-                        }),
-                    );
-                    stop_reason = Some(reason);
-                    stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+                    self.forward_stop(&writer, libc::SIGTERM, reason, &mut stop);
                 }
             }
         }
+    }
+
+    /// Sends the primary EXEC and waits for STARTED. Returns when it was sent, or `None`
+    /// when agentd refused to start the agent (the VM is then down and the agent failed).
+    fn send_exec(
+        &mut self,
+        conn: &mut UnixStream,
+        mut env: BTreeMap<String, String>,
+        vm_status: &Arc<Mutex<Option<ExitStatus>>>,
+        rx: &Receiver<Event>,
+    ) -> Result<Option<Instant>> {
+        env.insert("AX_AGENT_NAME".to_string(), self.st.name.clone());
+        let exec = Exec {
+            argv: self.st.argv.clone(),
+            env,
+            cwd: Some("/workspace".into()),
+            tty: self.st.tty.then_some(WinSize { rows: 24, cols: 80 }),
+            role: Role::Primary,
+        };
+        proto::write_frame(conn, &Frame::Exec(exec))?;
+        let exec_sent = Instant::now();
+        match proto::read_frame(conn).context("waiting for STARTED")? {
+            Frame::Started(s) => {
+                self.log.line(format!("agent started: guest pid {}", s.pid));
+                Ok(Some(exec_sent))
+            }
+            Frame::Error(e) => {
+                self.shutdown_vm(vm_status, rx);
+                self.finish(
+                    Status::Failed,
+                    None,
+                    Some(format!("agent did not start: {}", e.message)),
+                );
+                Ok(None)
+            }
+            other => Err(anyhow!("agentd answered EXEC with {:?}", other.kind())),
+        }
+    }
+
+    /// Records the use of the secrets that came from the store (a failure is only logged).
+    fn mark_secrets_used(&self, resolved: &[ResolvedSecret]) {
+        let stored = LaunchRecord::stored_names(resolved);
+        if !stored.is_empty() {
+            if let Err(e) = self.host.mark_used(&stored) {
+                self.log
+                    .line(format!("cannot record the secrets' use: {e:#}"));
+            }
+        }
+    }
+
+    /// The agent exited with `e`: record the result first (it is what the user waits for),
+    /// then power the VM off. A timeout is a failure even if the agent then exited by itself.
+    fn on_exit(
+        &mut self,
+        e: proto::Exit,
+        stop_reason: Option<String>,
+        vm_status: &Arc<Mutex<Option<ExitStatus>>>,
+        rx: &Receiver<Event>,
+    ) {
+        self.log.line(format!("agent exited: {e:?}"));
+        let code = e.shell_code();
+        let timed_out = stop_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("timed out"));
+        let status = if timed_out {
+            Status::Failed
+        } else {
+            Status::Exited
+        };
+        self.finish(status, Some(code), stop_reason);
+        let t = Instant::now();
+        self.shutdown_vm(vm_status, rx);
+        self.st.timings.teardown_ms = Some(t.elapsed().as_millis() as u64);
+        self.save();
+    }
+
+    /// Something the agent depends on is gone (the control connection, an ax-fsd, the
+    /// netstack, the VM itself): log `reason`, end the VM unless it is already down
+    /// (`vm_down`), and mark the agent failed with `reason`.
+    fn fail_backend(
+        &mut self,
+        reason: String,
+        vm_down: bool,
+        vm_status: &Arc<Mutex<Option<ExitStatus>>>,
+        rx: &Receiver<Event>,
+    ) {
+        self.log.line(&reason);
+        if !vm_down {
+            self.kill_vm();
+            let _ = wait_vm(vm_status, rx, Duration::from_secs(5));
+        }
+        self.finish(Status::Failed, None, Some(reason));
+    }
+
+    /// Forwards `signal` to the agent and starts the stop grace period (once: a second
+    /// signal does not extend it). `reason` becomes the stop's reason.
+    fn forward_stop(
+        &self,
+        writer: &Mutex<UnixStream>,
+        signal: i32,
+        reason: String,
+        stop: &mut Stop,
+    ) {
+        let _ = proto::write_frame(
+            &mut *writer.lock().unwrap(),
+            &Frame::Signal(proto::Signal { signal }),
+        );
+        stop.reason = Some(reason);
+        stop.deadline
+            .get_or_insert_with(|| Instant::now() + STOP_GRACE);
     }
 
     /// Asks agentd to power off, then waits for the VMM to exit; kills it if it does not.
@@ -847,6 +870,57 @@ struct NetUp {
     ca_pem: String,
     /// Secret name → placeholder, for the guest's environment.
     env: BTreeMap<String, String>,
+}
+
+/// Why and until when the agent is being stopped (a forwarded signal or the timeout).
+#[derive(Default)]
+struct Stop {
+    deadline: Option<Instant>,
+    reason: Option<String>,
+}
+
+/// Where the agent's output goes: `output.log`, and while `mirror` also this process's own
+/// stdout/stderr (the `--wait` client's terminal); mirroring stops at the first failed write.
+struct Output {
+    log: File,
+    mirror: bool,
+}
+
+impl Output {
+    fn write(&mut self, b: &[u8], stderr: bool) -> Result<()> {
+        self.log.write_all(b)?;
+        if self.mirror {
+            let ok = if stderr {
+                std::io::stderr().write_all(b).is_ok()
+            } else {
+                std::io::stdout()
+                    .write_all(b)
+                    .and_then(|_| std::io::stdout().flush())
+                    .is_ok()
+            };
+            self.mirror = ok;
+        }
+        Ok(())
+    }
+}
+
+/// Reads agentd's frames on a thread and sends them as events until EXIT/ERROR or the
+/// connection is lost.
+fn spawn_frame_reader(mut reader: UnixStream, tx: Sender<Event>) {
+    std::thread::spawn(move || loop {
+        match proto::read_frame(&mut reader) {
+            Ok(f) => {
+                let end = matches!(f, Frame::Exit(_) | Frame::Error(_));
+                if tx.send(Event::Frame(f)).is_err() || end {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Event::ConnLost(e.to_string()));
+                return;
+            }
+        }
+    });
 }
 
 /// The last non-empty line of a log file.

@@ -383,6 +383,5 @@ pub fn error_at(text: &str, origin: &str, at: usize, message: String) -> DefErro
     }
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,8 @@ pub use def::{Action, McpConfig, Policy, Rule, SecretReq};
 pub use resolve::Dirs;
 
 use crate::error::usage;
-use ax_supervisor::secret::ResolvedSecret;
 use anyhow::Result;
+use ax_supervisor::secret::ResolvedSecret;
 use def::{Command, DefFile, FileSpec, GuestPath, Mcp};
 use serde::Serialize;
 use std::collections::BTreeMap;

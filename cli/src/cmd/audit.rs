@@ -3,9 +3,9 @@
 //! (method, host, path without query string, status, bytes, why blocked) — from the ledger
 //! (`paths::ledger_path()`, docs/ledger.md).
 
-use crate::table::utc_time;
 use crate::error;
 use crate::paths;
+use crate::table::utc_time;
 use anyhow::Result;
 use ax_netstack::meter::ledger::Ledger;
 

@@ -62,4 +62,3 @@ pub fn run(cmd: GitCmd) -> Result<i32> {
     }
     Ok(0)
 }
-

@@ -160,4 +160,3 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
     }
     Ok(0)
 }
-

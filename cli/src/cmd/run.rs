@@ -5,13 +5,13 @@ use crate::driver::{self, VmmChoice};
 use crate::error::usage;
 use crate::secrets;
 use crate::state::{self, now_ms, AgentState, Status, Timings};
+use anyhow::{Context, Result};
 use ax_image as image;
 use ax_supervisor::launch::{GuestFile, LaunchRecord};
 use ax_supervisor::netconf;
 use ax_supervisor::secret::ResolvedSecret;
-use std::collections::BTreeMap;
-use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -157,9 +157,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let (name, dir) = match &args.name {
         Some(n) => (n.clone(), state::create_dir(n)?),
-        None => state::create_unique(&state::slug(
-            args.prompt.as_deref().unwrap_or(&agent.name),
-        ))?,
+        None => state::create_unique(&state::slug(args.prompt.as_deref().unwrap_or(&agent.name)))?,
     };
     let rec = match prepare(&agent, &name, args.prompt.as_deref(), net.enabled)
         .and_then(|(rec, _)| rec.save(&dir).map(|_| rec))
@@ -348,8 +346,11 @@ fn snapshot_repo(
             "give the path of a git work tree (git init, or clone one)",
         )
     })?;
-    std::fs::write(dir.join(ax_branch::SNAPSHOT_FILE), serde_json::to_vec_pretty(&snap)?)
-        .context("writing snapshot.json")?;
+    std::fs::write(
+        dir.join(ax_branch::SNAPSHOT_FILE),
+        serde_json::to_vec_pretty(&snap)?,
+    )
+    .context("writing snapshot.json")?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
     ax_branch::prepare_guest_git(
         &root,

@@ -14,9 +14,9 @@ pub use store::{
     add_at, mark_used, mark_used_at, now, remove_at, store_path, update, Entry, Store, VERSION,
 };
 
-use ax_supervisor::launch::SecretReq;
 use crate::error::usage;
 use anyhow::Result;
+use ax_supervisor::launch::SecretReq;
 
 /// Hosts a well-known secret name is bound to when it comes from the environment or from
 /// `secrets import` / `secrets add` without `--host`.
@@ -39,7 +39,6 @@ pub const PROVIDERS: &[(&str, &[&str])] = &[
 ];
 
 pub use ax_supervisor::secret::{mask, Origin, ResolvedSecret};
-
 
 /// Looks one name up: the store, then (for well-known names) the environment via `env`.
 /// The hosts are the store's binding, or the well-known binding for environment values.
