@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,6 +26,8 @@ use gix::objs::tree::EntryKind;
 use gix::ObjectId;
 
 use super::gx;
+// One reading of overlayfs's whiteout and opaque marks, shared with ax-fsd (their writer).
+use ax_fsd::overlay::{is_whiteout, opaque_value, OPAQUE, XWHITEOUTS};
 
 /// Files at or above this size are hashed while streaming instead of read into memory.
 const STREAM_THRESHOLD: u64 = 32 << 20;
@@ -125,39 +127,6 @@ fn write_blob_from_file(repo: &gix::Repository, file: &mut File, size: u64) -> R
         .objects
         .write_stream(gix::objs::Kind::Blob, size, &mut reader))?;
     Ok(id)
-}
-
-/// Reads xattr `name` of `path` without following a symlink; `None` if absent or unreadable.
-fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = [0u8; 16];
-    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
-    let n = unsafe {
-        libc::lgetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    (n >= 0).then(|| buf[..n as usize].to_vec())
-}
-
-fn opaque_value(path: &Path) -> Option<Vec<u8>> {
-    lgetxattr(path, "trusted.overlay.opaque").or_else(|| lgetxattr(path, "user.overlay.opaque"))
-}
-
-fn is_whiteout(path: &Path, meta: &std::fs::Metadata, parent_has_xwhiteouts: bool) -> bool {
-    let ft = meta.file_type();
-    if ft.is_char_device() && meta.rdev() == 0 {
-        return true;
-    }
-    parent_has_xwhiteouts
-        && ft.is_file()
-        && meta.len() == 0
-        && (lgetxattr(path, "trusted.overlay.whiteout").is_some()
-            || lgetxattr(path, "user.overlay.whiteout").is_some())
 }
 
 /// What the scan needs to know about the lower side: trees of tracked content, ignore rules.
@@ -305,7 +274,7 @@ impl Scan<'_, '_> {
     /// is ignored (only tracked paths below it count).
     fn dir(&mut self, abs: &Path, rela: BString, lower_visible: bool, ignored: bool) -> Result<()> {
         let opaque = opaque_value(abs);
-        let xwhiteouts = opaque.as_deref() == Some(b"x");
+        let xwhiteouts = opaque.as_deref() == Some(XWHITEOUTS);
 
         // This directory's .gitignore in the merged view.
         let gi_rela = join(&rela, b".gitignore".as_bstr());
@@ -364,7 +333,7 @@ impl Scan<'_, '_> {
             };
             let ft = meta.file_type();
             if ft.is_dir() {
-                let child_opaque = opaque_value(&child_abs).as_deref() == Some(b"y");
+                let child_opaque = opaque_value(&child_abs).as_deref() == Some(OPAQUE);
                 let child_ignored = ignored || self.is_ignored(child_rela.as_bstr(), true);
                 match lower_kind {
                     Some(EntryKind::Tree) if child_opaque => {

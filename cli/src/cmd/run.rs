@@ -92,20 +92,51 @@ pub struct RunArgs {
     pub prompt: Option<String>,
 }
 
+/// `axctl run`: resolve the definition, preflight (prompt, identity, network, secrets),
+/// prepare the agent's state (image, launch record, snapshot), start the supervisor, and
+/// with `--wait` stay in the foreground until the agent ends.
 pub fn run(args: RunArgs) -> Result<i32> {
     let t0 = Instant::now();
-    // The definition: the repository's .ax/agents (of --repo, else around the current
-    // directory), the user's, the built-ins (docs/agents.md).
-    let agent = match &args.repo {
+    let agent = resolve_definition(&args)?;
+    let pre = preflight(&args, &agent)?;
+    let (name, dir) = prepare_state(&args, &agent, &pre, t0)?;
+    let cmd = supervisor_command(&name, &dir, args.wait)?;
+    if !args.wait {
+        let mut cmd = cmd;
+        cmd.spawn().context("starting the supervisor")?;
+        println!("{name}");
+        return Ok(0);
+    }
+    foreground_wait(cmd, &name, &dir)
+}
+
+/// The definition: the repository's .ax/agents (of --repo, else around the current
+/// directory), the user's, the built-ins (docs/agents.md).
+fn resolve_definition(args: &RunArgs) -> Result<Agent> {
+    match &args.repo {
         Some(r) => {
             let root = gix::discover(r)
                 .ok()
                 .and_then(|g| g.workdir().map(|w| w.to_path_buf()));
-            agents::load(&agents::Dirs::new(root.as_deref()), &args.agent)?
+            agents::load(&agents::Dirs::new(root.as_deref()), &args.agent)
         }
-        None if args.no_repo => agents::load(&agents::Dirs::new(None), &args.agent)?,
-        None => agents::find(&args.agent)?,
-    };
+        None if args.no_repo => agents::load(&agents::Dirs::new(None), &args.agent),
+        None => agents::find(&args.agent),
+    }
+}
+
+/// What the preflight decided, before anything is built or started.
+struct Preflight {
+    branch_cfg: crate::config::BranchConfig,
+    author: Option<ax_branch::Person>,
+    net: netconf::NetChoice,
+}
+
+/// Every check that can fail on the user's input, before anything is built or started
+/// (usage errors, exit 2): the name, the prompt, the identity's config and --author, the
+/// network flags, and the secrets (a missing one names the `axctl secrets add` that fixes
+/// it; the supervisor resolves them again).
+fn preflight(args: &RunArgs, agent: &Agent) -> Result<Preflight> {
     if let Some(n) = &args.name {
         state::validate_name(n)?;
     }
@@ -127,7 +158,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
         _ => {}
     }
-    // The identity's config and --author are checked before anything is built or started.
     let branch_cfg = crate::config::load()?.branch;
     let author = match &args.author {
         Some(a) => Some(crate::config::parse_person(a)?),
@@ -138,12 +168,27 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .identity_with_author("agent", Some(a))
             .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
-    let net = check_net(&args)?;
-    // Missing secrets stop the run here, before anything is built or started (exit 2, with
-    // the `axctl secrets add` that fixes it). The supervisor resolves them again.
+    let net = check_net(args)?;
     if net.enabled {
         secrets::resolve(&agent.secrets)?;
     }
+    Ok(Preflight {
+        branch_cfg,
+        author,
+        net,
+    })
+}
+
+/// Picks the VMM and the image (building the default one the first time), creates the
+/// agent's state directory and fills it: `launch.json`, `state.json` with the identity,
+/// the repository snapshot, `net.json` (docs/state.md). On an error after the directory
+/// exists, the directory is removed again. Returns the agent's name and directory.
+fn prepare_state(
+    args: &RunArgs,
+    agent: &Agent,
+    pre: &Preflight,
+    t0: Instant,
+) -> Result<(String, std::path::PathBuf)> {
     let vmm = driver::resolve(args.vmm.into())?;
     let img = match image::resolve(args.image.as_deref())? {
         Some(i) => i,
@@ -159,82 +204,82 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Some(n) => (n.clone(), state::create_dir(n)?),
         None => state::create_unique(&state::slug(args.prompt.as_deref().unwrap_or(&agent.name)))?,
     };
-    let rec = match prepare(&agent, &name, args.prompt.as_deref(), net.enabled)
-        .and_then(|(rec, _)| rec.save(&dir).map(|_| rec))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+    let fill = || -> Result<AgentState> {
+        let (rec, _) = prepare(agent, &name, args.prompt.as_deref(), pre.net.enabled)?;
+        rec.save(&dir)?;
+        let mut st = AgentState {
+            name: name.clone(),
+            agent: agent.name.to_string(),
+            prompt: args.prompt.clone().unwrap_or_default(),
+            argv: rec.argv.clone(),
+            image_id: img.id.clone(),
+            vmm: vmm.to_string(),
+            kernel_cmdline: None,
+            accel: driver::accel_for(vmm).as_str().to_string(),
+            cpus: args.cpus.or(rec.cpus).unwrap_or(1),
+            memory_mib: args.memory.or(rec.memory_mib).unwrap_or(1024),
+            timeout_secs: args
+                .timeout
+                .map(|d| d.as_secs().max(1))
+                .or(rec.timeout_secs),
+            tty: !args.wait,
+            repo: None,
+            branch: None,
+            identity: None,
+            status: Status::Starting,
+            exit_code: None,
+            reason: None,
+            created_ms: now_ms(),
+            finished_ms: None,
+            supervisor_pid: None,
+            vmm_pid: None,
+            timings: Timings {
+                image_ms: Some(image_ms),
+                ..Default::default()
+            },
+        };
+        let identity = pre
+            .branch_cfg
+            .identity_with_author(&name, pre.author.as_ref())?;
+        if let Some(repo) = repo_of(args) {
+            st.repo = Some(snapshot_repo(&repo, &dir, &identity)?);
         }
+        st.identity = Some(identity);
+        pre.net.save(&dir)?;
+        Ok(st)
     };
-    let st = AgentState {
-        name: name.clone(),
-        agent: agent.name.to_string(),
-        prompt: args.prompt.clone().unwrap_or_default(),
-        argv: rec.argv.clone(),
-        image_id: img.id.clone(),
-        vmm: vmm.to_string(),
-        kernel_cmdline: None,
-        accel: driver::accel_for(vmm).as_str().to_string(),
-        cpus: args.cpus.or(rec.cpus).unwrap_or(1),
-        memory_mib: args.memory.or(rec.memory_mib).unwrap_or(1024),
-        timeout_secs: args
-            .timeout
-            .map(|d| d.as_secs().max(1))
-            .or(rec.timeout_secs),
-        tty: !args.wait,
-        repo: None,
-        branch: None,
-        identity: None,
-        status: Status::Starting,
-        exit_code: None,
-        reason: None,
-        created_ms: now_ms(),
-        finished_ms: None,
-        supervisor_pid: None,
-        vmm_pid: None,
-        timings: Timings {
-            image_ms: Some(image_ms),
-            ..Default::default()
-        },
-    };
-    let mut st = st;
-    match branch_cfg.identity_with_author(&name, author.as_ref()) {
-        Ok(id) => st.identity = Some(id),
+    match fill() {
+        Ok(st) => {
+            state::save(&dir, &st)?;
+            Ok((name, dir))
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+            Err(e)
         }
     }
-    let repo = match (&args.repo, args.no_repo) {
+}
+
+/// The repository the agent gets on /workspace: --repo, none with --no-repo, else (like git
+/// itself) the repository containing the current directory, if any.
+fn repo_of(args: &RunArgs) -> Option<std::path::PathBuf> {
+    match (&args.repo, args.no_repo) {
         (Some(r), _) => Some(r.clone()),
         (None, true) => None,
-        // Like git itself: the repository containing the current directory.
         (None, false) => std::env::current_dir()
             .ok()
             .and_then(|cwd| gix::discover(cwd).ok())
             .and_then(|r| r.workdir().map(|w| w.to_path_buf())),
-    };
-    if let Some(repo) = &repo {
-        match snapshot_repo(repo, &dir, st.identity.as_ref().expect("set above")) {
-            Ok(root) => st.repo = Some(root),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        }
     }
-    if let Err(e) = net.save(&dir) {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
-    state::save(&dir, &st)?;
+}
 
+/// `axctl __supervise NAME` in a new session: attached to this terminal with `wait`, else
+/// detached with its stderr in `supervisor.log`.
+fn supervisor_command(name: &str, dir: &std::path::Path, wait: bool) -> Result<Command> {
     let exe = std::env::current_exe().context("locating the axctl executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__supervise").arg(&name);
-    if args.wait {
+    cmd.arg("__supervise").arg(name);
+    if wait {
         cmd.arg("--attached");
         cmd.stdin(Stdio::inherit())
             .stdout(Stdio::inherit())
@@ -254,14 +299,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
             Ok(())
         });
     }
+    Ok(cmd)
+}
 
-    if !args.wait {
-        cmd.spawn().context("starting the supervisor")?;
-        println!("{name}");
-        return Ok(0);
-    }
-
-    // Foreground: forward ^C / SIGTERM to the supervisor, which forwards them to the agent.
+/// `--wait`: runs the supervisor, forwarding ^C / SIGTERM / SIGHUP to it (it forwards them to
+/// the agent), and returns the agent's exit code, or ≥ 1 with the reason when it failed.
+fn foreground_wait(mut cmd: Command, name: &str, dir: &std::path::Path) -> Result<i32> {
     let mut sigs = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         sigs.add(s);
@@ -275,7 +318,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     });
     let status = child.wait()?;
-    let (_, st) = state::load(&name)?;
+    let (_, st) = state::load(name)?;
     match st.status {
         Status::Exited => Ok(st.exit_code.unwrap_or(1)),
         _ => {
