@@ -2,7 +2,7 @@
 //! CA files and opens the ledger) and shared by every flow.
 
 use crate::config::Config;
-use crate::{meter, policy, secrets, tls, upstream};
+use crate::{ca, meter, policy, secrets, upstream};
 use std::sync::Arc;
 
 /// Everything a flow needs to be decided, connected, intercepted and metered.
@@ -14,7 +14,7 @@ pub struct Context {
     /// Upstream connections (routes, blocked ranges, CONNECT proxy, extra CAs).
     pub upstream: upstream::Connector,
     /// The agent's CA and the leaf certificates minted from it.
-    pub ca: tls::Ca,
+    pub ca: ca::Ca,
     /// Placeholder ↔ value tables.
     pub secrets: secrets::Secrets,
     /// Usage metering, prices, spend cap, ledger.
@@ -30,7 +30,7 @@ impl Context {
     pub fn new(config: Config) -> anyhow::Result<Arc<Context>> {
         let policy = policy::Policy::new(&config);
         let upstream = upstream::Connector::new(&config)?;
-        let ca = tls::Ca::generate(&config.agent)?;
+        let ca = ca::Ca::generate(&config.agent)?;
         let secrets = secrets::Secrets::new(&config.secrets);
         let meter = meter::Meter::open(&config)?;
         let audit = meter::Audit::open(&config)?;

@@ -13,9 +13,11 @@
 //!   upstream connect succeeded.
 //! - [`policy`]: allow / deny / intercept per host name, port and address.
 //! - [`proxy`]: flow dispatch — policy, upstream connect, then splice or intercept.
-//! - [`upstream`]: connecting to the real destination (route overrides, blocked ranges,
-//!   optional HTTP CONNECT proxy).
-//! - [`tls`]: per-agent CA, leaf certificates per SNI, the intercepting HTTP proxy.
+//! - [`upstream`]: connecting to the real destination (host resolver, route overrides, blocked
+//!   ranges, optional HTTP CONNECT proxy, TLS client with the routes' extra CAs).
+//! - [`ca`]: the per-agent CA, leaf certificates per SNI, the guest-side TLS server configs.
+//! - [`tls`]: TLS interception: the guest's TLS terminated, TLS to the upstream, the HTTP
+//!   proxy between them.
 //! - [`http`]: the HTTP proxy inside intercepted TLS (hyper both sides, streaming bodies,
 //!   content decoding).
 //! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses, and the
@@ -25,6 +27,7 @@
 //! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
 //! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames on a socket).
 
+pub mod ca;
 pub mod config;
 pub mod context;
 pub mod http;

@@ -4,8 +4,8 @@
 
 mod tls_util;
 
+use ax_netstack::ca::Ca;
 use ax_netstack::meter::ledger::{Filter, Ledger};
-use ax_netstack::tls::Ca;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::Version;

@@ -9,7 +9,7 @@ pub mod decode;
 
 use crate::context::Context;
 use crate::meter::RequestRecord;
-use crate::Flow;
+use crate::{BoxStream, Flow};
 use body::{full, BlockSlot, Pipe, ProxyBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -20,8 +20,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// ALPN protocol ID of HTTP/2 (RFC 9113 §3.1).
+pub(crate) const H2: &[u8] = b"h2";
+/// ALPN protocol ID of HTTP/1.1 (RFC 7301 §6).
+pub(crate) const H1: &[u8] = b"http/1.1";
+
 /// The upstream side of one intercepted connection.
-pub enum Upstream {
+pub enum UpstreamConn {
     /// HTTP/1.1: one request at a time; re-connected when the server closed it.
     H1(tokio::sync::Mutex<Option<c1::SendRequest<ProxyBody>>>),
     /// HTTP/2: requests multiplexed; re-connected when the server closed it (GOAWAY). The
@@ -31,17 +36,17 @@ pub enum Upstream {
     Failed(String),
 }
 
-impl Upstream {
+impl UpstreamConn {
     /// Runs the HTTP client handshake on a connected (TLS) stream.
-    pub async fn handshake<S: crate::IoStream>(io: S, h2: bool) -> anyhow::Result<Upstream> {
+    pub async fn handshake<S: crate::IoStream>(io: S, h2: bool) -> anyhow::Result<UpstreamConn> {
         let io = TokioIo::new(io);
         if h2 {
-            Ok(Upstream::H2(tokio::sync::Mutex::new((
+            Ok(UpstreamConn::H2(tokio::sync::Mutex::new((
                 0,
                 h2_handshake(io).await?,
             ))))
         } else {
-            Ok(Upstream::H1(tokio::sync::Mutex::new(Some(
+            Ok(UpstreamConn::H1(tokio::sync::Mutex::new(Some(
                 h1_handshake(io).await?,
             ))))
         }
@@ -83,7 +88,7 @@ pub struct Proxy {
     /// secrets, metering and audit go by this name, never by the `Host` header.
     pub name: String,
     /// Where requests go.
-    pub upstream: Upstream,
+    pub upstream: UpstreamConn,
 }
 
 /// Serves the guest side of `io` (already TLS-terminated) until it closes.
@@ -223,14 +228,14 @@ impl Proxy {
         // HTTP/1.1 Upgrade (WebSocket, RFC 6455 §4): forwarded, then the two connections are
         // spliced; only possible when the upstream speaks HTTP/1.1 too.
         let upgrade = match (&self.upstream, req.version()) {
-            (Upstream::H1(_), Version::HTTP_11) => req.headers().get(header::UPGRADE).cloned(),
+            (UpstreamConn::H1(_), Version::HTTP_11) => req.headers().get(header::UPGRADE).cloned(),
             _ => None,
         };
         let guest_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
         let path = parts.uri.path().to_string();
-        if let Upstream::Failed(why) = &self.upstream {
+        if let UpstreamConn::Failed(why) = &self.upstream {
             return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why.clone());
         }
         let ctx = self.ctx.clone();
@@ -302,7 +307,7 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let h2 = matches!(self.upstream, Upstream::H2(_));
+        let h2 = matches!(self.upstream, UpstreamConn::H2(_));
         if h2 {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
@@ -520,14 +525,13 @@ impl Proxy {
         fresh: bool,
     ) -> anyhow::Result<Response<Incoming>> {
         match &self.upstream {
-            Upstream::H2(m) => {
+            UpstreamConn::H2(m) => {
                 let (gen, mut s) = m.lock().await.clone();
                 if fresh || s.ready().await.is_err() {
                     let mut guard = m.lock().await;
                     if guard.0 == gen {
                         // Nobody replaced the broken connection yet.
-                        let io =
-                            crate::tls::reconnect(&self.ctx, &self.flow, &self.name, true).await?;
+                        let io = self.reconnect(true).await?;
                         *guard = (gen + 1, h2_handshake(TokioIo::new(io)).await?);
                     }
                     s = guard.1.clone();
@@ -536,7 +540,7 @@ impl Proxy {
                 }
                 Ok(s.send_request(req).await?)
             }
-            Upstream::H1(m) => {
+            UpstreamConn::H1(m) => {
                 let mut guard = m.lock().await;
                 let usable = match guard.as_mut() {
                     Some(s) if !fresh => s.ready().await.is_ok(),
@@ -544,15 +548,38 @@ impl Proxy {
                 };
                 if !usable {
                     *guard = None;
-                    let io =
-                        crate::tls::reconnect(&self.ctx, &self.flow, &self.name, false).await?;
+                    let io = self.reconnect(false).await?;
                     *guard = Some(h1_handshake(TokioIo::new(io)).await?);
                 }
                 let fut = guard.as_mut().unwrap().send_request(req);
                 drop(guard);
                 Ok(fut.await?)
             }
-            Upstream::Failed(why) => anyhow::bail!("{why}"),
+            UpstreamConn::Failed(why) => anyhow::bail!("{why}"),
         }
+    }
+
+    /// A fresh upstream connection for this flow (the server closed the previous one),
+    /// offering only `h2` (`h2`) or only `http/1.1`. Errors: connect or TLS failures, or a
+    /// server that no longer speaks the protocol the guest side was set up for.
+    async fn reconnect(
+        &self,
+        h2: bool,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<BoxStream>> {
+        let (ctx, name) = (&self.ctx, &self.name);
+        let io = ctx
+            .upstream
+            .connect(self.flow.host.as_deref(), self.flow.dst)
+            .await?;
+        let want = if h2 { H2 } else { H1 };
+        let tls = ctx.upstream.tls_connect(name, &[want.to_vec()], io).await?;
+        let got = tls.get_ref().1.alpn_protocol();
+        if h2 && got != Some(H2) {
+            anyhow::bail!(
+                "{name} no longer negotiates h2 (got {:?})",
+                got.map(String::from_utf8_lossy)
+            );
+        }
+        Ok(tls)
     }
 }

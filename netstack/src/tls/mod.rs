@@ -1,5 +1,6 @@
-//! TLS interception: the agent's CA, leaf certificates minted per SNI, and the HTTP proxy
-//! between the guest (TLS server side) and the upstream (TLS client side).
+//! TLS interception: the guest's TLS terminated with a leaf from the agent's CA ([`crate::ca`]),
+//! TLS to the upstream ([`crate::upstream::tls`]), and the HTTP proxy ([`crate::http`]) between
+//! the two.
 //!
 //! Sequence for one intercepted connection (docs/network.md, "TLS interception"):
 //! 1. read the guest's ClientHello (SNI, ALPN offers) without answering yet;
@@ -10,18 +11,13 @@
 //! 4. proxy HTTP requests (crate::http). If step 2 failed, the guest handshake still
 //!    completes and every request is answered 502 with the reason (and audited).
 
-mod ca;
 pub(crate) mod client;
 
-pub use ca::{Ca, BACKDATE, CA_VALIDITY, LEAF_VALIDITY};
-
 use crate::context::Context;
-use crate::http::{Proxy, Upstream};
+use crate::http::{Proxy, UpstreamConn, H1, H2};
+use crate::upstream;
 use crate::{BoxStream, Flow};
 use std::sync::Arc;
-
-const H2: &[u8] = b"h2";
-const H1: &[u8] = b"http/1.1";
 
 /// Serves one intercepted connection: TLS from the guest (leaf for its SNI), TLS to the
 /// upstream (verified), HTTP/1.1 or HTTP/2 both sides, secrets swapped, usage metered.
@@ -54,7 +50,7 @@ pub async fn intercept(
         .or_else(|| flow.host.clone())
         .unwrap_or_else(|| flow.dst.ip().to_string());
 
-    let up = client::connect(&ctx, &name, &offered, upstream).await;
+    let up = ctx.upstream.tls_connect(&name, &offered, upstream).await;
     let guest_alpn: Vec<Vec<u8>> = match &up {
         Ok(tls) => match tls.get_ref().1.alpn_protocol() {
             Some(p) => vec![p.to_vec()],
@@ -66,15 +62,17 @@ pub async fn intercept(
     let upstream = match up {
         Ok(tls) => {
             let h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
-            match Upstream::handshake(tls, h2).await {
+            match UpstreamConn::handshake(tls, h2).await {
                 Ok(u) => u,
-                Err(e) => Upstream::Failed(format!("ax-netstack: HTTP with {name} failed: {e}")),
+                Err(e) => {
+                    UpstreamConn::Failed(format!("ax-netstack: HTTP with {name} failed: {e}"))
+                }
             }
         }
         Err(e) => {
-            let why = client::explain(&name, &e);
+            let why = upstream::tls::explain(&name, &e);
             log::warn!("flow {} {name}: {why}", flow.id);
-            Upstream::Failed(why)
+            UpstreamConn::Failed(why)
         }
     };
 
@@ -95,26 +93,4 @@ pub async fn intercept(
         upstream,
     });
     crate::http::serve(proxy, tls, h2).await
-}
-
-/// A fresh upstream connection for `flow` (the server closed the previous one), offering
-/// only `h2` (`h2`) or only `http/1.1`. Errors: connect or TLS failures, or a server that no
-/// longer speaks the protocol the guest side was set up for.
-pub(crate) async fn reconnect(
-    ctx: &Context,
-    flow: &Flow,
-    name: &str,
-    h2: bool,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<BoxStream>> {
-    let io = ctx.upstream.connect(flow.host.as_deref(), flow.dst).await?;
-    let want = if h2 { H2 } else { H1 };
-    let tls = client::connect(ctx, name, &[want.to_vec()], io).await?;
-    let got = tls.get_ref().1.alpn_protocol();
-    if h2 && got != Some(H2) {
-        anyhow::bail!(
-            "{name} no longer negotiates h2 (got {:?})",
-            got.map(String::from_utf8_lossy)
-        );
-    }
-    Ok(tls)
 }

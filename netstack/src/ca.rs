@@ -3,7 +3,9 @@
 //! Keys are ECDSA P-256 (RFC 5480), certificates X.509 v3 (RFC 5280). The CA lives only in
 //! this process's memory; its certificate goes to the guest's trust store (agentd). Leaves are
 //! minted on demand for each SNI name (or IP address), cached, and backdated one day so that a
-//! guest whose clock runs a little behind the host's still accepts them.
+//! guest whose clock runs a little behind the host's still accepts them. The guest-side rustls
+//! server configs pick those leaves by SNI; [`provider`] is the crypto provider of both TLS
+//! sides (the upstream side: `upstream::tls`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -34,8 +36,6 @@ const CACHE_MAX: usize = 4096;
 pub struct Ca {
     cert_pem: String,
     minter: Arc<Minter>,
-    /// Upstream TLS client configs by host (see `tls::client`).
-    pub(crate) clients: super::client::ClientConfigs,
     /// Guest-side server configs by (ALPN list, name used without SNI): shared so that guest
     /// sessions resume.
     servers: Mutex<HashMap<ServerKey, Arc<ServerConfig>>>,
@@ -109,7 +109,6 @@ impl Ca {
                 provider: provider(),
                 leaves: Mutex::new(HashMap::new()),
             }),
-            clients: Default::default(),
             servers: Mutex::new(HashMap::new()),
         })
     }
