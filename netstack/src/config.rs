@@ -270,7 +270,10 @@ impl Config {
             ));
         }
         if !(576..=9000).contains(&n.mtu) {
-            return Err(format!("network.mtu = {} is out of range; use 576..=9000", n.mtu));
+            return Err(format!(
+                "network.mtu = {} is out of range; use 576..=9000",
+                n.mtu
+            ));
         }
         if let Some(p) = &n.upstream_proxy {
             if !p.starts_with("http://") {
@@ -311,7 +314,9 @@ impl Config {
         }
         if let Some(usd) = self.limits.max_usd {
             if !(usd.is_finite() && usd >= 0.0) {
-                return Err(format!("limits.max_usd = {usd} must be a non-negative number"));
+                return Err(format!(
+                    "limits.max_usd = {usd} must be a non-negative number"
+                ));
             }
         }
         Ok(())
@@ -382,8 +387,14 @@ max_usd = 1.5
     fn invalid_values_are_refused() {
         for (text, want) in [
             ("agent=\"a\"\n[network]\nprefix_len = 31\n", "prefix_len"),
-            ("agent=\"a\"\n[network]\ngateway = \"10.0.0.1\"\n", "one /30 subnet"),
-            ("agent=\"a\"\n[[route]]\nhost=\"h\"\naddress=\"nope\"\n", "not an IP"),
+            (
+                "agent=\"a\"\n[network]\ngateway = \"10.0.0.1\"\n",
+                "one /30 subnet",
+            ),
+            (
+                "agent=\"a\"\n[[route]]\nhost=\"h\"\naddress=\"nope\"\n",
+                "not an IP",
+            ),
             (
                 "agent=\"a\"\n[[secret]]\nname=\"K\"\nvalue=\"v\"\nplaceholder=\"p\"\nhosts=[]\n",
                 "at least one host",

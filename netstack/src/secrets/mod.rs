@@ -19,10 +19,10 @@
 pub mod rewrite;
 
 use crate::config;
-use rewrite::{Action, Blocked, Patterns, Stream};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, Uri};
+use rewrite::{Action, Blocked, Patterns, Stream};
 use std::sync::Arc;
 
 /// Well-known key prefixes kept in placeholders (longest first where they overlap).
