@@ -1,4 +1,4 @@
-//! The agent's own `.git` (issue #4): a small repository in the upper layer whose object store
+//! The agent's own `.git`: a small repository in the upper layer whose object store
 //! borrows the host's objects read-only through `objects/info/alternates`, so git in the guest
 //! works normally (status, add, commit, log, branch) without copying the host's packs.
 //!

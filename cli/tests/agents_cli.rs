@@ -1,4 +1,4 @@
-//! The real `axctl` binary: `agents`, `secrets`, `accounts` (issue #6), each test in its own
+//! The real `axctl` binary: `agents`, `secrets`, `accounts`, each test in its own
 //! XDG config/state directories, run outside any git repository unless it makes one.
 
 use std::io::{Read, Write};

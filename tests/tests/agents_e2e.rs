@@ -1,4 +1,4 @@
-//! The product's main job end to end (issue #6): the real Claude Code and Codex CLIs in the
+//! The product's main job end to end: the real Claude Code and Codex CLIs in the
 //! guest (QEMU), their built-in definitions (`axctl run --agent claude|codex`), talking to a
 //! scripted provider on the host's loopback (tests/src/llm) that the netstack reaches through
 //! a `[[route]]` with the server's test CA, TLS intercepted on the way. Each conversation

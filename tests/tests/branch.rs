@@ -1,4 +1,4 @@
-//! Snapshot and branch extraction (issue #4) against real git repositories. The `git` CLI sets
+//! Snapshot and branch extraction against real git repositories. The `git` CLI sets
 //! repositories up and checks results; the work itself is done by `ax_branch` (gix).
 //! Upper layers are built by hand in overlayfs's format (whiteouts are `mknod c 0 0`, which
 //! needs CAP_MKNOD: those tests print SKIP without it). The identity tests drive the real `axctl`

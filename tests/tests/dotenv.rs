@@ -1,4 +1,4 @@
-//! The synthesized `/workspace/.env` (issue #5): the agent's secrets as placeholders in a
+//! The synthesized `/workspace/.env`: the agent's secrets as placeholders in a
 //! dotenv file in the repository, which git in the guest leaves out and `ax/<name>` never
 //! contains (agentd/src/dotenv.rs, docs/network.md "Secrets"). Under QEMU with the real image.
 

@@ -1,4 +1,4 @@
-//! The agent's network end to end (issue #5): a real guest under QEMU, real curl and git in it,
+//! The agent's network end to end: a real guest under QEMU, real curl and git in it,
 //! the real ax-netstack between it and a loopback HTTPS server that plays api.anthropic.com and
 //! a git host (tests/tests/network_upstream.py, its own test CA, reached through [[route]]s).
 //!

@@ -5,7 +5,7 @@
 //! validated while they are deserialized, so a bad value is reported with the line and column
 //! of that value (`file.toml:3:11: …`).
 
-use super::render::Template;
+pub use super::render::Command;
 use crate::config::line_col;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -50,48 +50,6 @@ pub struct DefFile {
     pub mcp: Option<Vec<Mcp>>,
     /// Files written into the guest before the agent starts (merged by path over the base's).
     pub files: Option<Vec<FileSpec>>,
-}
-
-/// A command template: an argv array (each element rendered on its own, no shell) or a
-/// string (rendered with every substitution shell-quoted, run as `sh -c STRING`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// `["claude", "-p", "{prompt}"]`.
-    Argv(Vec<Template>),
-    /// `"cd /workspace && make {prompt}"`.
-    Shell(Template),
-}
-
-impl<'de> Deserialize<'de> for Command {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Command;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an argv array of strings or a shell command string")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Command, E> {
-                if s.trim().is_empty() {
-                    return Err(E::custom("the command is empty"));
-                }
-                Template::parse(s).map(Command::Shell).map_err(E::custom)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Command, A::Error> {
-                let mut v = Vec::new();
-                while let Some(t) = a.next_element::<Template>()? {
-                    v.push(t);
-                }
-                if v.is_empty() {
-                    return Err(serde::de::Error::custom("the command is empty"));
-                }
-                Ok(Command::Argv(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 pub use ax_supervisor::launch::{valid_host, Action, HostPattern, Policy, Rule, SecretReq};

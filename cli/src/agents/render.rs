@@ -11,7 +11,9 @@
 //! value shell-quoted (POSIX `sh` single quotes, XCU 2.2.2), so a prompt can never break out
 //! of its word.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// A placeholder a template may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +154,51 @@ impl Vars<'_> {
     }
 }
 
+/// A command template: an argv array (each element rendered on its own, no shell) or a
+/// string (rendered with every substitution shell-quoted, run as `sh -c STRING`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `["claude", "-p", "{prompt}"]`.
+    Argv(Vec<Template>),
+    /// `"cd /workspace && make {prompt}"`.
+    Shell(Template),
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Command;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an argv array of strings or a shell command string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Command, E> {
+                if s.trim().is_empty() {
+                    return Err(E::custom("the command is empty"));
+                }
+                Template::parse(s).map(Command::Shell).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Command, A::Error> {
+                let mut v = Vec::new();
+                while let Some(t) = a.next_element::<Template>()? {
+                    v.push(t);
+                }
+                if v.is_empty() {
+                    return Err(serde::de::Error::custom("the command is empty"));
+                }
+                Ok(Command::Argv(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Renders a command (see the module docs): argv elements verbatim, or `sh -c` with quoting.
 /// An argv element that is exactly `{prompt}` is left out when there is no prompt.
-pub fn render_command(cmd: &super::def::Command, vars: &Vars) -> Vec<String> {
-    use super::def::Command;
+pub fn render_command(cmd: &Command, vars: &Vars) -> Vec<String> {
     match cmd {
         Command::Argv(v) => v
             .iter()
@@ -208,7 +251,6 @@ pub fn expand_secrets(s: &str, values: &BTreeMap<String, String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::def::Command;
     use super::*;
 
     fn vars(prompt: Option<&str>) -> Vars<'_> {

@@ -318,7 +318,7 @@ contents = "token=${TOKEN} user=${USER}"
 /// The fragment is what the real netstack parser accepts, with the guest's placeholders.
 #[test]
 fn netstack_fragment_parses_with_the_netstack_config() {
-    use crate::secrets::{Origin, ResolvedSecret};
+    use ax_supervisor::secret::{Origin, ResolvedSecret};
     let w = World::new();
     w.user(
         "t",
