@@ -12,7 +12,7 @@
 //! - [`stack`]: Ethernet frames ↔ smoltcp; ARP, DNS responder, TCP flows, SYN held until the
 //!   upstream connect succeeded.
 //! - [`policy`]: allow / deny / intercept per host name, port and address.
-//! - [`proxy`]: flow dispatch — policy, upstream connect, then splice or intercept.
+//! - [`flow`]: flow dispatch — policy, upstream connect, then splice or intercept.
 //! - [`upstream`]: connecting to the real destination (host resolver, route overrides, blocked
 //!   ranges, optional HTTP CONNECT proxy, TLS client with the routes' extra CAs).
 //! - [`ca`]: the per-agent CA, leaf certificates per SNI, the guest-side TLS server configs.
@@ -30,11 +30,11 @@
 pub mod ca;
 pub mod config;
 pub mod context;
+pub mod flow;
 pub mod http;
 pub mod jail;
 pub mod meter;
 pub mod policy;
-pub mod proxy;
 pub mod secrets;
 pub mod stack;
 pub mod stream;

@@ -8,10 +8,13 @@
 //! guest go in with [`GuestPort::send`], frames for the guest come out of
 //! [`GuestPort::try_recv`], and [`GuestPort::rx_eventfd`] says when there are some.
 //!
-//! Every guest frame is classified first ([`frame::classify`]): a new TCP SYN is held while
-//! [`crate::proxy`] asks the policy and connects upstream; only then is the SYN fed to a fresh
-//! smoltcp socket (which answers SYN-ACK), otherwise the stack answers RST. UDP is served only
-//! on gateway:53 (DNS, [`dns`]); other UDP (QUIC) and IP protocols are dropped.
+//! Every guest frame is classified first ([`frame::classify`]): a new TCP SYN is held and
+//! handed, as a [`PendingFlow`], to the [`FlowHandler`] the stack was started with (the
+//! netstack's is `crate::flow`, which asks the policy and connects upstream); only when the
+//! handler accepts it is the SYN fed to a fresh smoltcp socket (which answers SYN-ACK),
+//! otherwise the stack answers RST. Connections to the gateway itself never reach the handler:
+//! port 53 is DNS over TCP, any other port is refused. UDP is served only on gateway:53 (DNS,
+//! [`dns`]); other UDP (QUIC) and IP protocols are dropped.
 
 mod device;
 pub mod dns;
@@ -30,8 +33,10 @@ use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -70,18 +75,33 @@ pub struct GuestPort {
     shared: Arc<Shared>,
 }
 
+/// What the stack does with each new guest TCP connection to an address other than the
+/// gateway's, given at construction ([`Netstack::start_with`]): called from the poll loop with
+/// the held SYN; the future it returns runs as a task of its own and answers the SYN
+/// ([`PendingFlow::accept`] or [`PendingFlow::refuse`]).
+pub type FlowHandler =
+    Box<dyn Fn(PendingFlow) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A new guest TCP connection, held at its SYN until the [`FlowHandler`] accepts or refuses it.
+pub struct PendingFlow {
+    shared: Arc<Shared>,
+    syn: HeldSyn,
+}
+
 /// State shared by the poll loop, the guest port, flow tasks and guest streams.
 pub(crate) struct Shared {
     pub(crate) ctx: Arc<Context>,
+    /// Takes every new guest TCP connection that is not for the gateway.
+    on_flow: FlowHandler,
     pub(crate) state: Mutex<State>,
     /// Wakes the poll loop (frames arrived, a stream read or wrote, a flow was accepted).
     pub(crate) notify: tokio::sync::Notify,
     inbox: Mutex<VecDeque<Vec<u8>>>,
     outbox: Arc<Outbox>,
     pub(crate) mac: EthernetAddress,
-    pub(crate) gateway: Ipv4Addr,
+    gateway: Ipv4Addr,
     guest: Ipv4Addr,
-    pub(crate) names: dns::Names,
+    names: dns::Names,
     rt: tokio::runtime::Handle,
     stop: AtomicBool,
 }
@@ -111,8 +131,13 @@ pub(crate) struct State {
 
 impl Netstack {
     /// Starts the stack for `ctx.config.network` (gateway address, prefix, MTU) on a new
-    /// two-thread tokio runtime. Errors: the runtime or the eventfd cannot be created.
-    pub fn start(ctx: Arc<Context>) -> std::io::Result<(Netstack, GuestPort)> {
+    /// two-thread tokio runtime, handing new guest TCP connections to `on_flow` (the netstack
+    /// itself starts with `crate::flow`'s handler: [`Netstack::start`]). Errors: the runtime or
+    /// the eventfd cannot be created.
+    pub fn start_with(
+        ctx: Arc<Context>,
+        on_flow: FlowHandler,
+    ) -> std::io::Result<(Netstack, GuestPort)> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ax-netstack")
@@ -161,6 +186,7 @@ impl Netstack {
         let shared = Arc::new(Shared {
             names: dns::Names::new(),
             ctx,
+            on_flow,
             state: Mutex::new(state),
             notify: tokio::sync::Notify::new(),
             inbox: Mutex::new(VecDeque::new()),
@@ -287,7 +313,15 @@ async fn run(shared: Arc<Shared>) {
             (syns, queries, delay)
         };
         for syn in syns {
-            shared.rt.spawn(crate::proxy::serve(shared.clone(), syn));
+            if *syn.key.dst.ip() == shared.gateway {
+                shared.rt.spawn(serve_gateway(shared.clone(), syn));
+            } else {
+                let pending = PendingFlow {
+                    shared: shared.clone(),
+                    syn,
+                };
+                shared.rt.spawn((shared.on_flow)(pending));
+            }
         }
         for (q, from) in queries {
             shared.rt.spawn(dns::serve_udp(shared.clone(), q, from));
@@ -300,6 +334,55 @@ async fn run(shared: Arc<Shared>) {
             _ = shared.notify.notified() => {}
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Serves a guest TCP connection to the gateway itself: port 53 is DNS over TCP, any other
+/// port is refused.
+async fn serve_gateway(shared: Arc<Shared>, syn: HeldSyn) {
+    if syn.key.dst.port() == 53 {
+        let guest = shared.accept(syn);
+        dns::serve_tcp(shared, guest).await;
+    } else {
+        shared.refuse(&syn);
+    }
+}
+
+impl PendingFlow {
+    /// The guest's end (eth0 address, ephemeral port).
+    pub fn guest(&self) -> SocketAddrV4 {
+        self.syn.key.guest
+    }
+
+    /// The address the guest connects to.
+    pub fn dst(&self) -> SocketAddrV4 {
+        self.syn.key.dst
+    }
+
+    /// The name the DNS responder handed the destination address out for, if it is a
+    /// synthetic one ([`dns::in_pool`]) that was handed out.
+    pub fn host(&self) -> Option<String> {
+        let ip = *self.syn.key.dst.ip();
+        if dns::in_pool(ip) {
+            self.shared.names.host_for(ip)
+        } else {
+            None
+        }
+    }
+
+    /// Guest TCP connections that hold a socket now (at most [`MAX_FLOWS`] are served).
+    pub fn open_flows(&self) -> usize {
+        self.shared.flow_count()
+    }
+
+    /// Accepts the connection: the SYN goes to a fresh smoltcp socket, which answers SYN-ACK.
+    pub fn accept(self) -> GuestStream {
+        self.shared.accept(self.syn)
+    }
+
+    /// Refuses the connection with RST|ACK (the guest sees "connection refused").
+    pub fn refuse(&self) {
+        self.shared.refuse(&self.syn);
     }
 }
 
@@ -365,7 +448,7 @@ impl Shared {
     /// Accepts a held SYN: a smoltcp socket listens on the guest's destination, the SYN is fed
     /// to it and it answers SYN-ACK. The poll runs under the lock right away, so no other
     /// listening socket for the same destination can take this SYN.
-    pub(crate) fn accept(self: &Arc<Self>, syn: HeldSyn) -> GuestStream {
+    fn accept(self: &Arc<Self>, syn: HeldSyn) -> GuestStream {
         let mut st = self.lock();
         let mut sock = stcp::Socket::new(
             stcp::SocketBuffer::new(vec![0u8; TCP_BUFFER]),
@@ -399,12 +482,12 @@ impl Shared {
     }
 
     /// Guest TCP connections that hold a socket now.
-    pub(crate) fn flow_count(&self) -> usize {
+    fn flow_count(&self) -> usize {
         self.lock().slots.len()
     }
 
     /// Refuses a held SYN with RST|ACK (the guest sees "connection refused").
-    pub(crate) fn refuse(&self, syn: &HeldSyn) {
+    fn refuse(&self, syn: &HeldSyn) {
         self.lock().pending.remove(&syn.key);
         self.outbox.push(frame::rst_for(syn, self.mac));
     }

@@ -1,23 +1,24 @@
-//! Flow dispatch: what happens to a guest TCP SYN the stack holds.
+//! Flow dispatch: what happens to a guest TCP SYN the stack holds (the stack's
+//! [`FlowHandler`]; connections to the gateway itself stay in the stack).
 //!
-//! 1. Destination on the gateway: port 53 is DNS over TCP, any other port is refused.
-//! 2. A synthetic DNS address maps back to the name the guest resolved (`Flow::host`); one
-//!    the responder never handed out is refused.
-//! 3. The policy decides (`policy::Policy::decide`); `Deny` answers RST.
-//! 4. The upstream connect (`upstream::Connector::connect_tcp`: route, blocked ranges,
+//! 1. A synthetic DNS address maps back to the name the guest resolved (`Flow::host`); one
+//!    the responder never handed out is refused, and so is a connection beyond
+//!    [`MAX_FLOWS`].
+//! 2. The policy decides (`policy::Policy::decide`); `Deny` answers RST.
+//! 3. The upstream connect (`upstream::Connector::connect_tcp`: route, blocked ranges,
 //!    CONNECT proxy, timeout); failure answers RST.
-//! 5. Only now the SYN reaches smoltcp and is answered SYN-ACK; the guest side becomes a
+//! 4. Only now the SYN reaches smoltcp and is answered SYN-ACK; the guest side becomes a
 //!    [`GuestStream`]: `Allow` splices it with the upstream, `Intercept` hands both to
 //!    `tls::intercept`.
 //!
 //! Every flow ends in one audit record (`meter::Audit::connection`) with the decision, the
 //! reason for a refusal or failure, and the bytes each way.
 
+use crate::context::Context;
 use crate::meter::ConnRecord;
 use crate::policy::Decision;
 use crate::stack::dns::in_pool;
-use crate::stack::frame::HeldSyn;
-use crate::stack::{dns, GuestStream, Shared};
+use crate::stack::{FlowHandler, GuestPort, GuestStream, Netstack, PendingFlow, MAX_FLOWS};
 use crate::{tls, Flow};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,31 +29,30 @@ use tokio::net::TcpStream;
 
 static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one held SYN to the end of its connection.
-pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
-    let dst = syn.key.dst;
-    let ip = *dst.ip();
-    if ip == shared.gateway {
-        if dst.port() == 53 {
-            let guest = shared.accept(syn);
-            dns::serve_tcp(shared, guest).await;
-        } else {
-            shared.refuse(&syn);
-        }
-        return;
+impl Netstack {
+    /// Starts the stack for `ctx` (see [`Netstack::start_with`]) with [`handler`] taking its
+    /// flows: the netstack as the binary runs it.
+    pub fn start(ctx: Arc<Context>) -> io::Result<(Netstack, GuestPort)> {
+        let on_flow = handler(ctx.clone());
+        Netstack::start_with(ctx, on_flow)
     }
-    let ctx = shared.ctx.clone();
+}
+
+/// The stack's flow handler for `ctx`: [`serve`] each new guest flow.
+pub fn handler(ctx: Arc<Context>) -> FlowHandler {
+    Box::new(move |syn| Box::pin(serve(ctx.clone(), syn)))
+}
+
+/// Serves one held SYN to the end of its connection.
+pub async fn serve(ctx: Arc<Context>, syn: PendingFlow) {
+    let dst = syn.dst();
+    let ip = *dst.ip();
     let id = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
-    let host = if in_pool(ip) {
-        shared.names.host_for(ip)
-    } else {
-        None
-    };
     let flow = Flow {
         id,
-        guest: syn.key.guest,
+        guest: syn.guest(),
         dst: SocketAddr::V4(dst),
-        host,
+        host: syn.host(),
     };
     let target = flow.host.clone().unwrap_or_else(|| ip.to_string());
     let record = |decision: &'static str, reason: Option<String>, up: u64, down: u64| ConnRecord {
@@ -71,7 +71,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
             flow.guest,
             dst.port()
         );
-        shared.refuse(&syn);
+        syn.refuse();
         ctx.audit.connection(record(decision, Some(reason), 0, 0));
     };
     if in_pool(ip) && flow.host.is_none() {
@@ -80,11 +80,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
             format!("{ip} was not handed out by the DNS responder"),
         );
     }
-    if shared.flow_count() >= crate::stack::MAX_FLOWS {
-        return refuse(
-            "deny",
-            format!("too many open connections ({})", crate::stack::MAX_FLOWS),
-        );
+    if syn.open_flows() >= MAX_FLOWS {
+        return refuse("deny", format!("too many open connections ({MAX_FLOWS})"));
     }
     let decision = ctx
         .policy
@@ -103,7 +100,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, syn: HeldSyn) {
         }
         Err(e) => return refuse(decision.label(), format!("upstream connect failed: {e}")),
     };
-    let guest = shared.accept(syn.clone());
+    let guest = syn.accept();
     log::debug!(
         "flow {id} {} -> {target}:{}: {}",
         flow.guest,
