@@ -241,10 +241,7 @@ impl<P: FramePort> NetBackend<P> {
             return Ok(());
         }
         let mut used = false;
-        loop {
-            let Some(frame) = self.pending.take().or_else(|| self.port.try_recv()) else {
-                break;
-            };
+        while let Some(frame) = self.pending.take().or_else(|| self.port.try_recv()) {
             let outcome = {
                 let mut st = vring.get_mut();
                 deliver(&mem, st.get_queue_mut(), &frame, self.mrg_rxbuf)

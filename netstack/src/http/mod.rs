@@ -8,7 +8,7 @@ pub mod body;
 pub mod decode;
 
 use crate::context::Context;
-use crate::meter::RequestRecord;
+use crate::meter::{CallMeter, Outcome, Provider, RequestRecord};
 use crate::{BoxStream, Flow};
 use body::{full, BlockSlot, Pipe, ProxyBody};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -78,6 +78,22 @@ async fn h1_handshake<S: crate::IoStream>(
     Ok(send)
 }
 
+/// A request's answer from the proxy itself instead of the upstream (already logged and
+/// audited): what a step of [`Proxy::handle`] returns when it refuses the request.
+type Refusal = Box<Response<ProxyBody>>;
+
+/// The request body on its way upstream ([`Proxy::substitute_in_body`]).
+struct RequestBody {
+    /// The body, substituted.
+    pipe: ProxyBody,
+    /// The guest sent no body (the request may be sent again).
+    empty: bool,
+    /// Why the body was blocked, if it was.
+    blocked: BlockSlot,
+    /// Bytes passed upstream.
+    up_bytes: Arc<AtomicU64>,
+}
+
 /// One intercepted connection's proxy state.
 pub struct Proxy {
     /// The agent's shared state.
@@ -95,7 +111,10 @@ pub struct Proxy {
 pub async fn serve<S: crate::IoStream>(proxy: Arc<Proxy>, io: S, h2: bool) -> anyhow::Result<()> {
     let svc = hyper::service::service_fn(move |req| {
         let p = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(p.handle(req).await) }
+        async move {
+            let resp = p.handle(req).await.unwrap_or_else(|refusal| *refusal);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let io = TokioIo::new(io);
     if h2 {
@@ -174,6 +193,27 @@ fn retryable(e: &anyhow::Error, method: &Method) -> bool {
     false
 }
 
+/// The HTTP/1.1 Upgrade (WebSocket, RFC 6455 §4) the guest asks for, when the upstream speaks
+/// HTTP/1.1 too: the `Upgrade` value (forwarded) and the guest's side of the upgraded
+/// connection (spliced with the upstream's after its 101).
+fn take_upgrade(
+    upstream: &UpstreamConn,
+    req: &mut Request<Incoming>,
+) -> Option<(HeaderValue, hyper::upgrade::OnUpgrade)> {
+    let offer = match (upstream, req.version()) {
+        (UpstreamConn::H1(_), Version::HTTP_11) => req.headers().get(header::UPGRADE).cloned(),
+        _ => None,
+    }?;
+    Some((offer, hyper::upgrade::on(req)))
+}
+
+/// Ends a metered call that got no LLM answer: the request was refused, failed or upgraded.
+fn abort(call: &mut Option<CallMeter>, why: String) {
+    if let Some(c) = call.take() {
+        c.finish(Outcome::Aborted(why));
+    }
+}
+
 /// A copy of a request head without extensions (for the meter, before substitution).
 fn copy_head(p: &http::request::Parts) -> http::request::Parts {
     let mut r = Request::new(());
@@ -207,13 +247,7 @@ impl Proxy {
     }
 
     /// Answers `status` with `why` and audits it as blocked.
-    fn refuse(
-        &self,
-        method: &Method,
-        path: &str,
-        status: StatusCode,
-        why: String,
-    ) -> Response<ProxyBody> {
+    fn refuse(&self, method: &Method, path: &str, status: StatusCode, why: String) -> Refusal {
         log::warn!(
             "flow {} {} {method} {path}: {} {why}",
             self.flow.id,
@@ -221,51 +255,126 @@ impl Proxy {
             status.as_u16()
         );
         self.audit(method, path, status.as_u16(), 0, 0, Some(why.clone()));
-        answer(status, &why)
+        Box::new(answer(status, &why))
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        // HTTP/1.1 Upgrade (WebSocket, RFC 6455 §4): forwarded, then the two connections are
-        // spliced; only possible when the upstream speaks HTTP/1.1 too.
-        let upgrade = match (&self.upstream, req.version()) {
-            (UpstreamConn::H1(_), Version::HTTP_11) => req.headers().get(header::UPGRADE).cloned(),
-            _ => None,
-        };
-        let guest_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    /// Answers one guest request (`Err`: a step refused it; the refusal is the answer, logged
+    /// and audited). The steps, in order: the guest's Upgrade offer taken aside, the upstream
+    /// checked, secret substitution in the head, the upgrade refusal and the spend-cap check
+    /// for LLM calls, the head made for the upstream, secret substitution in the body, send
+    /// with retry, and the response scrubbed and metered (or, after a 101, both connections
+    /// spliced).
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let upgrade = take_upgrade(&self.upstream, &mut req);
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
         let path = parts.uri.path().to_string();
-        if let UpstreamConn::Failed(why) = &self.upstream {
-            return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why.clone());
-        }
-        let ctx = self.ctx.clone();
+        self.check_upstream(&method, &path)?;
         let meter_head = copy_head(&parts);
-        if let Err(b) = ctx
+        self.substitute_in_head(&method, &path, &mut parts)?;
+        let provider = self.ctx.meter.provider_for(&self.name, &path);
+        self.refuse_llm_upgrade(&method, &path, provider, &parts.headers)?;
+        self.check_spend_cap(&method, &path, provider)?;
+        let process = !self.ctx.secrets.is_empty() || provider.is_some();
+        let offer = upgrade.as_ref().map(|(u, _)| u);
+        self.upstream_head(&method, &path, &mut parts, offer, process)?;
+        let body = self.substitute_in_body(&mut parts, body, provider.is_some());
+        let mut call = provider.map(|p| self.ctx.meter.begin(p, &meter_head));
+        let sent = self
+            .send_with_retry(&method, parts, body.pipe, body.empty)
+            .await;
+        let resp = self.upstream_response(&method, &path, sent, &body.blocked, &mut call)?;
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some((_, guest))) = (resp.status(), upgrade) {
+            abort(&mut call, "upgraded to another protocol".into());
+            return Ok(self.splice(guest, resp, &method, &path));
+        }
+        self.scrub_and_meter(method, path, resp, call, process, body.up_bytes)
+    }
+
+    /// Upstream check: every request on a connection whose upstream could not be reached or
+    /// verified is refused with 502 and the reason.
+    fn check_upstream(&self, method: &Method, path: &str) -> Result<(), Refusal> {
+        match &self.upstream {
+            UpstreamConn::Failed(why) => {
+                Err(self.refuse(method, path, StatusCode::BAD_GATEWAY, why.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Secret substitution in the request head: placeholders become the real values where
+    /// their secret allows it for this upstream; a placeholder where it may not go refuses the
+    /// request with 403 (`secrets::Secrets::rewrite_request_head`; where: the `secrets` docs).
+    fn substitute_in_head(
+        &self,
+        method: &Method,
+        path: &str,
+        parts: &mut http::request::Parts,
+    ) -> Result<(), Refusal> {
+        self.ctx
             .secrets
             .rewrite_request_head(&self.name, &parts.uri, &mut parts.headers)
-        {
-            return self.refuse(&method, &path, StatusCode::FORBIDDEN, b.0);
-        }
-        let provider = ctx.meter.provider_for(&self.name, &path);
-        if provider.is_some() && parts.headers.contains_key(header::UPGRADE) {
-            // A WebSocket to an LLM API (Codex prefers the Responses WebSocket) would be
-            // spliced unmetered and unscrubbed; refused with 404, which clients read as "no
-            // WebSocket here" and fall back to HTTPS + SSE, which is metered.
-            return self.refuse(
-                &method,
-                &path,
+            .map_err(|b| self.refuse(method, path, StatusCode::FORBIDDEN, b.0))
+    }
+
+    /// Upgrade refusal: a WebSocket to an LLM API (Codex prefers the Responses WebSocket)
+    /// would be spliced unmetered and unscrubbed; it is refused with 404, which clients read
+    /// as "no WebSocket here" and fall back to HTTPS + SSE, which is metered.
+    fn refuse_llm_upgrade(
+        &self,
+        method: &Method,
+        path: &str,
+        provider: Option<Provider>,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        if provider.is_some() && headers.contains_key(header::UPGRADE) {
+            return Err(self.refuse(
+                method,
+                path,
                 StatusCode::NOT_FOUND,
                 "ax-netstack: WebSocket transports to LLM APIs are refused (not metered yet); use HTTPS".into(),
-            );
+            ));
         }
+        Ok(())
+    }
+
+    /// Spend-cap check: an LLM call once the agent's spend or token cap is reached is refused
+    /// with 429 (`meter::Meter::check_cap`).
+    fn check_spend_cap(
+        &self,
+        method: &Method,
+        path: &str,
+        provider: Option<Provider>,
+    ) -> Result<(), Refusal> {
         if provider.is_some() {
-            if let Err(e) = ctx.meter.check_cap() {
-                return self.refuse(&method, &path, StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            if let Err(e) = self.ctx.meter.check_cap() {
+                return Err(self.refuse(
+                    method,
+                    path,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    e.to_string(),
+                ));
             }
         }
-        let process = !ctx.secrets.is_empty() || provider.is_some();
+        Ok(())
+    }
 
-        // The request head as the upstream protocol wants it.
+    /// The request head as the upstream protocol wants it: hop-by-hop headers stripped (the
+    /// guest's Upgrade `offer` put back), `Accept-Encoding` narrowed to what the proxy can
+    /// decode when it inspects the response (`process`), and the target as HTTP/2
+    /// (`:scheme`/`:authority`, no `Host`) or HTTP/1.1 (origin form and `Host`) wants it; a
+    /// target that makes no HTTP/2 URI is refused with 400.
+    fn upstream_head(
+        &self,
+        method: &Method,
+        path: &str,
+        parts: &mut http::request::Parts,
+        offer: Option<&HeaderValue>,
+        process: bool,
+    ) -> Result<(), Refusal> {
         let authority = parts
             .uri
             .authority()
@@ -279,7 +388,7 @@ impl Proxy {
             })
             .unwrap_or_else(|| self.name.clone());
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(u) = &upgrade {
+        if let Some(u) = offer {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -319,12 +428,12 @@ impl Proxy {
             {
                 Ok(u) => u,
                 Err(e) => {
-                    return self.refuse(
-                        &method,
-                        &path,
+                    return Err(self.refuse(
+                        method,
+                        path,
                         StatusCode::BAD_REQUEST,
                         format!("invalid request target: {e}"),
-                    )
+                    ))
                 }
             };
         } else {
@@ -334,21 +443,35 @@ impl Proxy {
             }
             parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
         }
+        Ok(())
+    }
 
+    /// Secret substitution in the request body, chunk by chunk as it goes upstream
+    /// (`secrets::Secrets::request_body`): placeholders of secrets with `body = true` are
+    /// substituted, any other placeholder blocks the request (the reason lands in the block
+    /// slot), except in requests to LLM APIs (`llm`, or a known LLM host), which pass
+    /// unchanged; trailers holding a placeholder are refused. Bytes are counted;
+    /// `Content-Length` goes when substitution may change the length.
+    fn substitute_in_body(
+        &self,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+        llm: bool,
+    ) -> RequestBody {
         let blocked = BlockSlot::default();
         let up_bytes = Arc::new(AtomicU64::new(0));
-        let llm = provider.is_some()
+        let llm = llm
             || crate::policy::LLM_HOSTS
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(&self.name));
-        let rewrite = ctx.secrets.request_body(&self.name, llm);
+        let rewrite = self.ctx.secrets.request_body(&self.name, llm);
         let exact = rewrite.as_ref().is_none_or(|r| r.preserves_length());
         if !exact {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let (c2, name) = (ctx.clone(), self.name.clone());
+        let (c2, name) = (self.ctx.clone(), self.name.clone());
         let empty = body.is_end_stream();
-        let req_body = Pipe::new(body)
+        let pipe = Pipe::new(body)
             .with_rewrite(rewrite, exact)
             .with_trailers(Box::new(move |t| {
                 c2.secrets.check_trailers(&name, t).map_err(|b| b.0)
@@ -356,14 +479,29 @@ impl Proxy {
             .block_slot(blocked.clone())
             .count_into(up_bytes.clone())
             .boxed_unsync();
-        // A request without a body can be sent again on a new connection if the old one
-        // refused it (HTTP/2 REFUSED_STREAM or GOAWAY racing the request, RFC 9113 §8.7; an
-        // HTTP/1.1 connection closed before the request went out).
+        RequestBody {
+            pipe,
+            empty,
+            blocked,
+            up_bytes,
+        }
+    }
+
+    /// Send with retry: the request goes upstream ([`Proxy::send`]). A request without a body
+    /// (`empty`) can be sent again on a new connection if the old one refused it (HTTP/2
+    /// REFUSED_STREAM or GOAWAY racing the request, RFC 9113 §8.7; an HTTP/1.1 connection
+    /// closed before the request went out): once, when [`retryable`].
+    async fn send_with_retry(
+        &self,
+        method: &Method,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        empty: bool,
+    ) -> anyhow::Result<Response<Incoming>> {
         let retry = empty.then(|| copy_head(&parts));
-        let mut call = provider.map(|p| ctx.meter.begin(p, &meter_head));
-        let mut sent = self.send(Request::from_parts(parts, req_body), false).await;
+        let mut sent = self.send(Request::from_parts(parts, body), false).await;
         if let (Err(e), Some(head)) = (&sent, retry) {
-            if retryable(e, &method) {
+            if retryable(e, method) {
                 log::debug!(
                     "flow {} {}: retrying on a new connection: {e:#}",
                     self.flow.id,
@@ -374,36 +512,48 @@ impl Proxy {
                     .await;
             }
         }
-        if let Some(why) = blocked.lock().unwrap().take() {
-            if let Some(c) = call.take() {
-                c.finish(crate::meter::Outcome::Aborted(
-                    "blocked by ax-netstack".into(),
-                ));
-            }
-            return self.refuse(&method, &path, StatusCode::FORBIDDEN, why);
-        }
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                let why = format!(
-                    "ax-netstack: the upstream request to {} failed: {e:#}",
-                    self.name
-                );
-                if let Some(c) = call.take() {
-                    c.finish(crate::meter::Outcome::Aborted(why.clone()));
-                }
-                return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why);
-            }
-        };
+        sent
+    }
 
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(g)) = (resp.status(), guest_upgrade) {
-            if let Some(c) = call.take() {
-                c.finish(crate::meter::Outcome::Aborted(
-                    "upgraded to another protocol".into(),
-                ));
-            }
-            return self.splice(g, resp, &method, &path);
+    /// The upstream's response, or the refusal that answers instead: 403 when the request
+    /// was blocked on its way out (the reason in `blocked`), 502 when it failed. A refusal
+    /// ends the metered call (`call`) as aborted.
+    fn upstream_response(
+        &self,
+        method: &Method,
+        path: &str,
+        sent: anyhow::Result<Response<Incoming>>,
+        blocked: &BlockSlot,
+        call: &mut Option<CallMeter>,
+    ) -> Result<Response<Incoming>, Refusal> {
+        if let Some(why) = blocked.lock().unwrap().take() {
+            abort(call, "blocked by ax-netstack".into());
+            return Err(self.refuse(method, path, StatusCode::FORBIDDEN, why));
         }
+        sent.map_err(|e| {
+            let why = format!(
+                "ax-netstack: the upstream request to {} failed: {e:#}",
+                self.name
+            );
+            abort(call, why.clone());
+            self.refuse(method, path, StatusCode::BAD_GATEWAY, why)
+        })
+    }
+
+    /// Scrub and meter: the response head loses its hop-by-hop headers and any real secret
+    /// value; the body is decoded when the proxy inspects it (`process`; a coding it cannot
+    /// decode is refused with 502), scrubbed chunk by chunk, and metered (`call`); its audit
+    /// record is written when it ends, with `up_bytes` sent and the bytes passed down.
+    fn scrub_and_meter(
+        self: &Arc<Self>,
+        method: Method,
+        path: String,
+        resp: Response<Incoming>,
+        mut call: Option<CallMeter>,
+        process: bool,
+        up_bytes: Arc<AtomicU64>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let ctx = &self.ctx;
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         ctx.secrets.scrub_headers(&mut rparts.headers);
@@ -441,10 +591,8 @@ impl Proxy {
                             self.name,
                             decode::SUPPORTED
                         );
-                        if let Some(c) = call.take() {
-                            c.finish(crate::meter::Outcome::Aborted(why.clone()));
-                        }
-                        return self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why);
+                        abort(&mut call, why.clone());
+                        return Err(self.refuse(&method, &path, StatusCode::BAD_GATEWAY, why));
                     }
                 },
             }
@@ -480,9 +628,9 @@ impl Proxy {
             .on_end(on_end)
             .boxed_unsync();
         if let Some(c) = call.take() {
-            c.finish(crate::meter::Outcome::Complete);
+            c.finish(Outcome::Complete);
         }
-        Response::from_parts(rparts, body)
+        Ok(Response::from_parts(rparts, body))
     }
 
     /// Answers 101 to the guest and splices the upgraded connections (bytes pass unchanged:
