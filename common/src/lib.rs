@@ -5,7 +5,9 @@
 //! - [`paths`]: where ax keeps things (XDG cache/state/config dirs, the ledger, helper
 //!   binaries shipped beside `axctl`).
 //! - [`host`]: host facts measured once (the TSC rate handed to TCG guests).
+//! - [`testing`]: skip-or-fail for tests whose prerequisite is missing (`AX_TEST_REQUIRE_VM`).
 
 pub mod error;
 pub mod host;
 pub mod paths;
+pub mod testing;

@@ -262,7 +262,10 @@ mod tests {
     #[test]
     fn real_npm_with_an_unreachable_registry() {
         let Some(real) = crate::tools::find("npm") else {
-            eprintln!("SKIP: real_npm_with_an_unreachable_registry: npm not installed (apt-get install npm)");
+            ax_common::testing::skip_missing(
+                "real_npm_with_an_unreachable_registry",
+                "npm not installed (apt-get install npm; scripts/deps does)",
+            );
             return;
         };
         let d = tempfile::tempdir().unwrap();

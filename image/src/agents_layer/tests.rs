@@ -275,7 +275,10 @@ fn lock_for(rts: Vec<Runtime>) -> agents::AgentsLock {
 #[test]
 fn layer_is_reproducible_cached_and_keyed() {
     if super::super::tools::find("mkfs.erofs").is_none() {
-        eprintln!("SKIP: layer_is_reproducible_cached_and_keyed: mkfs.erofs not installed (apt-get install erofs-utils)");
+        ax_common::testing::skip_missing(
+            "layer_is_reproducible_cached_and_keyed",
+            "mkfs.erofs not installed (apt-get install erofs-utils; scripts/deps does)",
+        );
         return;
     }
     let fx = Fixture::new();
