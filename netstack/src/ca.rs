@@ -4,7 +4,7 @@
 //! this process's memory; its certificate goes to the guest's trust store (agentd). Leaves are
 //! minted on demand for each SNI name (or IP address), cached, and backdated one day so that a
 //! guest whose clock runs a little behind the host's still accepts them. The guest-side rustls
-//! server configs pick those leaves by SNI; [`provider`] is the crypto provider of both TLS
+//! server configs pick those leaves by SNI; `provider()` is the crypto provider of both TLS
 //! sides (the upstream side: `upstream::tls`).
 
 use rcgen::{

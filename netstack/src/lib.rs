@@ -6,26 +6,27 @@
 //! swapped in (placeholder → real value) and LLM usage metered. Wire formats and addresses:
 //! `docs/network.md`; config: [`config::Config`].
 //!
-//! Module map (one concern each):
-//! - [`config`]: the per-agent TOML config the supervisor pipes in.
-//! - [`context`]: the shared state of one agent's netstack (config, CA, secrets, meter, audit).
-//! - [`stack`]: Ethernet frames ↔ smoltcp; ARP, DNS responder, TCP flows, SYN held until the
-//!   upstream connect succeeded.
-//! - [`policy`]: allow / deny / intercept per host name, port and address.
-//! - [`flow`]: flow dispatch — policy, upstream connect, then splice or intercept.
-//! - [`upstream`]: connecting to the real destination (host resolver, route overrides, blocked
-//!   ranges, optional HTTP CONNECT proxy, TLS client with the routes' extra CAs).
-//! - [`ca`]: the per-agent CA, leaf certificates per SNI, the guest-side TLS server configs.
-//! - [`tls`]: TLS interception: the guest's TLS terminated, TLS to the upstream, the HTTP
-//!   proxy between them.
-//! - [`http`]: the HTTP proxy inside intercepted TLS (hyper both sides, streaming bodies,
-//!   content decoding).
-//! - [`secrets`]: placeholders, substitution in requests, scrubbing of responses, and the
-//!   streaming search-and-replace under both ([`secrets::rewrite`]).
-//! - [`meter`]: usage parsing per provider, prices, spend cap, the ledger and the audit log.
-//! - [`jail`]: Landlock, seccomp, capabilities and namespaces after setup (docs/jail.md).
-//! - [`vhost_user`]: the vhost-user-net backend moving frames between the VMM and the stack.
-//! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames on a socket).
+//! Module map, bottom up: each module uses only the ones listed before it (no cycles).
+//! - crate root: [`Flow`], [`IoStream`], [`BoxStream`], the types the layers pass; uses nothing.
+//! - [`config`]: the per-agent TOML config the supervisor pipes in; uses nothing.
+//! - [`policy`]: allow / deny / intercept per host name, port and address; uses config.
+//! - [`meter`]: usage per provider, prices, spend cap, ledger, audit log; uses config.
+//! - [`secrets`]: placeholders, substitution, scrubbing, [`secrets::rewrite`]; uses config.
+//! - [`ca`]: the per-agent CA, leaves per SNI, guest-side TLS configs; uses secrets (serials).
+//! - [`upstream`]: resolver, routes, blocked ranges, CONNECT proxy, TLS client; uses config, ca.
+//! - [`context`]: one agent's shared state; uses config, policy, upstream, ca, secrets, meter.
+//! - [`http`]: the HTTP proxy inside intercepted TLS; uses context, policy, meter, secrets.
+//! - [`tls`]: TLS interception (guest TLS, upstream TLS, then http); uses context, upstream, http.
+//! - [`stack`]: frames ↔ smoltcp, ARP, DNS, new flows to a handler; uses context, upstream.
+//! - [`flow`]: the handler: decide, connect, splice/tls; uses context, policy, meter, stack, tls.
+//! - [`jail`]: Landlock, seccomp, capabilities, namespaces after setup; uses context, tls, stack.
+//! - [`vhost_user`]: the vhost-user-net backend moving frames to a `FramePort`; uses nothing.
+//! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames); uses vhost_user.
+//!
+//! A module holding the [`context::Context`] also reaches the layers it holds through it (http
+//! and flow connect through its `upstream`). The binary (`main.rs`) starts the stack with
+//! flow's handler ([`stack::Netstack::start`]) and serves its `GuestPort` with vhost_user or
+//! stream.
 
 pub mod ca;
 pub mod config;

@@ -1,5 +1,5 @@
 //! TLS interception: the guest's TLS terminated with a leaf from the agent's CA ([`crate::ca`]),
-//! TLS to the upstream ([`crate::upstream::tls`]), and the HTTP proxy ([`crate::http`]) between
+//! TLS to the upstream (`upstream::tls`), and the HTTP proxy ([`crate::http`]) between
 //! the two.
 //!
 //! Sequence for one intercepted connection (docs/network.md, "TLS interception"):

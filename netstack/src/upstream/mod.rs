@@ -1,6 +1,6 @@
 //! Connecting to the real destination: route overrides, blocked address ranges (loopback,
 //! link-local, private, metadata), the optional HTTP CONNECT proxy, the host's resolver
-//! ([`host_lookup`]), and TLS to the upstream with the extra CAs per host ([`tls`]).
+//! ([`host_lookup`]), and TLS to the upstream with the extra CAs per host (`tls`).
 //! Behaviour and config: docs/network.md ("Routes", "Blocked ranges", "Upstream proxy").
 
 mod lookup;
