@@ -65,7 +65,10 @@ fn a_finished_call_is_visible_to_another_process_immediately() {
                 "a|claude-haiku-4-5|1000|5000"
             );
         }
-        _ => eprintln!("SKIP: sqlite3 shell not installed; checking from a second connection only"),
+        _ => ax_common::testing::skip_missing(
+            "a_finished_call_is_visible_to_another_process_immediately (sqlite3 shell part)",
+            "sqlite3 shell not installed (scripts/deps installs it); checking from a second connection only",
+        ),
     }
     let rows = Ledger::open_read(&db)
         .unwrap()

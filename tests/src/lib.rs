@@ -234,15 +234,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The environment variable that turns skips into failures: `.ci/run` sets it.
-pub const REQUIRE_VM: &str = "AX_TEST_REQUIRE_VM";
-
-/// Whether [`REQUIRE_VM`] is set (to anything but empty or `0`). Then a test whose
-/// prerequisite is missing (QEMU, or another tool scripts/deps installs) fails instead of
-/// skipping: CI must never pass because nothing ran.
-pub fn require_vm() -> bool {
-    std::env::var_os(REQUIRE_VM).is_some_and(|v| !v.is_empty() && v != "0")
-}
+pub use ax_common::testing::{require_vm, REQUIRE_VM};
 
 /// `true` when QEMU is there. Without it: a loud SKIP (and `false`), or a panic under
 /// [`require_vm`]: the suite's VM tests need it.
@@ -265,23 +257,13 @@ pub fn require_qemu() -> bool {
 /// Not for a host without hardware KVM (a kvm-pvm `/dev/kvm`, no VMX/SVM): no package
 /// installs that, so such a test calls [`skip_without_hardware_kvm`], which always skips.
 pub fn skip(test: &str, why: &str) {
-    assert!(
-        !require_vm(),
-        "{test}: {why}; {REQUIRE_VM} is set, so a missing prerequisite fails the test instead of \
-         skipping it (scripts/deps installs what the tests need)"
-    );
-    print_skip(test, why);
+    ax_common::testing::skip_missing(test, why);
 }
 
 /// A test that needs hardware KVM (ax-vmm running the real guest image) on a host without it:
 /// a loud SKIP line, also under [`require_vm`].
 pub fn skip_without_hardware_kvm(test: &str, why: &str) {
-    print_skip(test, why);
-}
-
-fn print_skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "SKIP: {test}: {why}");
+    ax_common::testing::print_skip(test, why);
 }
 
 /// Looks `prog` up in PATH.

@@ -443,7 +443,10 @@ fn agents_info_exclude_keeps_paths_out_of_the_branch() {
     let base = f.head();
     let snap = f.snap();
     let up = f.upper();
-    write(&up.join(".env"), "ANTHROPIC_API_KEY=sk-ant-api03-axphPLACEHOLDER\n");
+    write(
+        &up.join(".env"),
+        "ANTHROPIC_API_KEY=sk-ant-api03-axphPLACEHOLDER\n",
+    );
     write(&up.join("notes/scratch.txt"), "scratch\n");
     write(&up.join("src/new.rs"), "// new\n");
     write(
@@ -451,7 +454,10 @@ fn agents_info_exclude_keeps_paths_out_of_the_branch() {
         "# ax: the synthesized .env (placeholders only)\n/.env\nscratch.txt\n",
     );
     build_branch(&f.repo, &snap, &up, None, "ex", &id()).unwrap();
-    assert_eq!(f.name_status(&base, "ax/ex"), vec!["A src/new.rs".to_string()]);
+    assert_eq!(
+        f.name_status(&base, "ax/ex"),
+        vec!["A src/new.rs".to_string()]
+    );
     // Without the agent's exclude file both would be committed.
     std::fs::remove_file(up.join(".git/info/exclude")).unwrap();
     build_branch_with(

@@ -397,7 +397,7 @@ fn netstack_pid(sock: &Path) -> Option<i32> {
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
         let is_netstack = args.first()?.ends_with(b"ax-netstack");
-        (is_netstack && args.iter().any(|a| *a == want.as_bytes())).then_some(pid)
+        (is_netstack && args.contains(&want.as_bytes())).then_some(pid)
     })
 }
 

@@ -221,7 +221,11 @@ fn attach_to_a_running_shell_through_tmux() {
     // An interactive session cannot be --wait'ed on (exit 2 naming the fix).
     let w = env.run(&["run", "--name", "tty-wait", "--wait"]);
     assert_eq!(w.status.code(), Some(2));
-    assert!(text(&w.stderr).contains("axctl attach"), "{}", text(&w.stderr));
+    assert!(
+        text(&w.stderr).contains("axctl attach"),
+        "{}",
+        text(&w.stderr)
+    );
     let st = env.wait_for("tty", Duration::from_secs(90), |v| {
         v["status"] != "starting"
     });
@@ -430,7 +434,7 @@ fn timeout_fails_the_agent_and_ctrl_c_reaches_it() {
 #[test]
 fn ax_vmm_runs_the_agent_on_hardware_kvm() {
     if let Err(why) = hardware_kvm() {
-        ax_tests::skip(
+        ax_tests::skip_without_hardware_kvm(
             "ax_vmm_runs_the_agent_on_hardware_kvm",
             &format!("no hardware KVM ({why}); ax-vmm itself is covered by vmm/tests with bare-metal guests"),
         );

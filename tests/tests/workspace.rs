@@ -108,9 +108,8 @@ fn agent_edits_land_on_branch_and_host_tree_is_untouched() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
         env.dump("ws");
-        for f in ["fsd.log"] {
-            eprintln!("==== {f}\n{}", ax_tests::read(&env.agent_dir("ws").join(f)));
-        }
+        let f = "fsd.log";
+        eprintln!("==== {f}\n{}", ax_tests::read(&env.agent_dir("ws").join(f)));
     }
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.starts_with("hello from the host\n"), "{out}");

@@ -106,10 +106,12 @@ impl Template {
         for s in &self.0 {
             match s {
                 Seg::Lit(l) => out.push_str(l),
-                Seg::Var(v) => match vars.get(*v) {
-                    Some(val) => out.push_str(&quote(val)),
-                    None => {} // no prompt: nothing (documented)
-                },
+                // No value (no prompt): nothing (documented).
+                Seg::Var(v) => {
+                    if let Some(val) = vars.get(*v) {
+                        out.push_str(&quote(val));
+                    }
+                }
             }
         }
         out

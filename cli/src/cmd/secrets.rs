@@ -214,10 +214,13 @@ fn import(file: &std::path::Path, hosts: &[String]) -> Result<i32> {
     Ok(0)
 }
 
+/// The entries of a .env file: (1-based line, name, value), in file order.
+pub type EnvLines = Vec<(usize, String, String)>;
+
 /// Parses a .env file: `KEY=VALUE` lines, optional `export `, blank lines and `#` comments;
 /// values unquoted (trimmed, ` #…` comment cut), `'single'` (literal) or `"double"` (escapes
 /// `\n \t \r \" \\ \$`). Errors: (1-based line, message).
-pub fn parse_env(text: &str) -> Result<Vec<(usize, String, String)>, (usize, String)> {
+pub fn parse_env(text: &str) -> Result<EnvLines, (usize, String)> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;

@@ -27,8 +27,7 @@ pub fn npm_caches() -> Vec<PathBuf> {
 /// returns the unpacked file, or why it cannot (no cached tarball).
 pub fn unpack_locked(pkg_path: &str, member: &str, dest: &Path) -> Result<PathBuf, String> {
     let text = std::fs::read_to_string(crate::agents_lock_path()).map_err(|e| e.to_string())?;
-    let lock =
-        ax_image::agents::parse(&text, "agents.lock.toml").map_err(|e| e.to_string())?;
+    let lock = ax_image::agents::parse(&text, "agents.lock.toml").map_err(|e| e.to_string())?;
     let pkg = lock
         .runtimes
         .iter()

@@ -25,26 +25,14 @@ pub fn kvm_available() -> Result<(), String> {
 
 /// Prints a loud `SKIP: <test>: <why>` line straight to the stderr fd, so it shows even
 /// when the test harness captures output of passing tests.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {why}");
-}
-
-/// `AX_TEST_REQUIRE_VM` is set (to anything but empty or `0`): .ci/run sets it, so that a
-/// missing tool the project installs (scripts/deps) fails the test instead of skipping it.
-pub fn require_all() -> bool {
-    std::env::var_os("AX_TEST_REQUIRE_VM").is_some_and(|v| !v.is_empty() && v != "0")
-}
+#[allow(unused_imports)]
+pub use ax_common::testing::print_skip as skip;
 
 /// A tool scripts/deps installs (iasl, virtiofsd) is missing: a loud SKIP line, or a panic
-/// under [`require_all`]. KVM itself is not such a tool: [`skip_without_kvm`] always skips.
-pub fn skip_missing_tool(test: &str, why: &str) {
-    assert!(
-        !require_all(),
-        "{test}: {why}; AX_TEST_REQUIRE_VM is set, so this fails instead of skipping (run scripts/deps)"
-    );
-    skip(test, why);
-}
+/// under `AX_TEST_REQUIRE_VM` (.ci/run sets it). KVM itself is not such a tool:
+/// [`skip_without_kvm`] always skips.
+#[allow(unused_imports)] // not every test binary has a tool to miss
+pub use ax_common::testing::skip_missing as skip_missing_tool;
 
 /// Prints the SKIP line and returns true when KVM is unusable.
 pub fn skip_without_kvm(test: &str) -> bool {
