@@ -1,16 +1,7 @@
 //! Per-agent state on disk: `$XDG_STATE_HOME/ax/agents/<name>/`.
 //!
-//! | file               | written by  | what                                              |
-//! |--------------------|-------------|---------------------------------------------------|
-//! | `state.json`       | run, supervisor | [`AgentState`], replaced atomically (rename)  |
-//! | `output.log`       | supervisor  | the agent's output (stdout and stderr, in order)  |
-//! | `console.log`      | the VMM     | the guest's serial console                        |
-//! | `supervisor.log`   | supervisor  | what the supervisor did, with timestamps          |
-//! | `vmm.log`          | the VMM     | the VMM process's own stdout/stderr               |
-//! | `vsock.sock`       | vsock backend | hybrid vsock: `CONNECT <port>\n` → `OK <port>\n` |
-//! | `vhost-vsock.sock` | vsock backend | vhost-user socket the VMM connects to           |
-//!
-//! The format of `state.json` is documented in `docs/state.md`.
+//! Every file in that directory (who writes and reads it, mode, lifetime, format) is in the
+//! one table of `docs/state.md`; [`AgentState`] is `state.json`, replaced atomically (rename).
 
 use crate::error::usage;
 use crate::paths;
