@@ -1,6 +1,7 @@
 //! The outcome of a Landlock ruleset (Documentation/userspace-api/landlock.rst), for the
 //! jails' log lines. The rulesets themselves differ per process (ax-vmm: no path at all;
-//! ax-fsd: its layers), so they are built by each jail with the `landlock` crate.
+//! ax-fsd: its layers; ax-netstack: its ledger and the resolver's files), so they are built
+//! by each jail with the `landlock` crate.
 
 use ::landlock::{LandlockStatus, RestrictionStatus, RulesetStatus};
 

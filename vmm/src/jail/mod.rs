@@ -2,14 +2,15 @@
 //!
 //! Once the VM is built (RAM mapped, KVM set up, kernel loaded, devices and their files and
 //! sockets open) ax-vmm needs no new file, no new privilege and only a handful of syscalls.
-//! [`apply_process`] runs on the main thread between `Machine::new` and `Machine::run`:
+//! [`apply_process`] runs on the main thread between `Machine::new` and `Machine::run`; the
+//! sequence is the shared one of [`ax_jail::Jail::apply`] with per-thread filters:
 //!
-//! 1. namespaces ([`privs::unshare_namespaces`]): new ipc and uts (and on request net)
-//!    namespaces where permitted (root), unless `Policy::namespaces` is off;
+//! 1. namespaces: new ipc and uts (and on request net) namespaces where permitted (root),
+//!    unless `Policy::namespaces` is off;
 //! 2. Landlock ([`landlock::restrict`]): no file-system access, no TCP, no abstract Unix
 //!    sockets or signals outside the process; best effort by kernel ABI;
-//! 3. capabilities ([`privs::drop_capabilities`]): bounding set (where permitted), ambient,
-//!    effective, permitted and inheritable sets emptied; PR_SET_NO_NEW_PRIVS;
+//! 3. capabilities: bounding set (where permitted), ambient, effective, permitted and
+//!    inheritable sets emptied; PR_SET_NO_NEW_PRIVS;
 //! 4. the spawner thread, which starts device threads (see below).
 //!
 //! Then each thread installs the seccomp filter of its kind ([`ThreadKind`], tables in
@@ -33,7 +34,7 @@ pub mod seccomp;
 use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::thread::{Builder, JoinHandle};
 
 /// What a syscall outside a thread's allowlist does (`kill`, the default, or `log`).
@@ -61,10 +62,6 @@ impl ThreadKind {
         ThreadKind::Device,
         ThreadKind::Spawner,
     ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -78,37 +75,9 @@ impl std::fmt::Display for ThreadKind {
     }
 }
 
-/// Errors setting up the jail (the VMM refuses to run the guest unjailed).
-#[derive(Debug, thiserror::Error)]
-pub enum JailError {
-    /// Building or installing a seccomp filter.
-    #[error(
-        "jail: seccomp: {0}; run with --seccomp=log to find the syscall, or --no-jail to debug"
-    )]
-    Seccomp(String),
-    /// Landlock.
-    #[error("jail: landlock: {0}; run with --no-jail to debug")]
-    Landlock(String),
-    /// no_new_privs or capabilities.
-    #[error("jail: {0}; run with --no-jail to debug")]
-    Privs(String),
-    /// apply_process ran twice.
-    #[error("jail: already applied")]
-    AlreadyApplied,
-    /// The spawner thread could not start.
-    #[error("jail: cannot start the spawner thread: {0}")]
-    Spawn(io::Error),
-}
-
-impl From<ax_jail::Error> for JailError {
-    fn from(e: ax_jail::Error) -> Self {
-        match e {
-            ax_jail::Error::Seccomp(m) => JailError::Seccomp(m),
-            ax_jail::Error::Landlock(m) => JailError::Landlock(m),
-            ax_jail::Error::Privs(m) => JailError::Privs(m),
-        }
-    }
-}
+/// Errors setting up the jail (the VMM refuses to run the guest unjailed): the shared
+/// [`ax_jail::Error`].
+pub type JailError = ax_jail::Error;
 
 /// What to enforce.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,58 +108,20 @@ impl Default for Policy {
     }
 }
 
-/// What [`apply_process`] enforced.
-#[derive(Debug)]
-pub struct Report {
-    /// Landlock outcome.
-    pub landlock: landlock::LandlockOutcome,
-    /// Namespaces entered.
-    pub namespaces: Vec<&'static str>,
-    /// Capabilities outcome.
-    pub caps: privs::CapsOutcome,
-    /// Seccomp mode of the per-thread filters.
-    pub seccomp: SeccompMode,
-}
-
-impl std::fmt::Display for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "jail: seccomp per thread ({}), {}, namespaces: {}, capabilities: {} (bounding set {}), no_new_privs",
-            match self.seccomp {
-                SeccompMode::Kill => "kill on violation",
-                SeccompMode::Log => "LOG ONLY on violation",
-            },
-            self.landlock,
-            if self.namespaces.is_empty() {
-                "none (needs CAP_SYS_ADMIN)".to_string()
-            } else {
-                self.namespaces.join(",")
-            },
-            if self.caps.sets_cleared { "none" } else { "kept" },
-            if self.caps.bounding_dropped > 0 {
-                "emptied"
-            } else {
-                "kept: no CAP_SETPCAP"
-            },
-        )
-    }
-}
+/// What [`apply_process`] enforced (the shared [`ax_jail::Report`]).
+pub type Report = ax_jail::Report;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-struct Active {
-    /// Per [`ThreadKind::index`]; empty for kinds not used by this VM.
-    filters: Vec<seccompiler::BpfProgram>,
-    soft_deny: seccompiler::BpfProgram,
-    spawner: Mutex<Option<Sender<Job>>>,
-}
+/// The jail's state: the per-thread filters once [`apply_process`] ran.
+static JAIL: ax_jail::Jail<ThreadKind> = ax_jail::Jail::new();
 
-static ACTIVE: OnceLock<Active> = OnceLock::new();
+/// The spawner thread's job queue (None without device threads).
+static SPAWNER: Mutex<Option<Sender<Job>>> = Mutex::new(None);
 
 /// True once [`apply_process`] has run in this process.
 pub fn is_active() -> bool {
-    ACTIVE.get().is_some()
+    JAIL.is_active()
 }
 
 /// Jails the process (namespaces, Landlock, capabilities, no_new_privs) from the calling
@@ -198,89 +129,55 @@ pub fn is_active() -> bool {
 /// setup's helper threads are all joined by then); then threads entering the jail
 /// ([`spawn`], [`enter_thread`]) install their seccomp filters. ~0.2 ms (release build).
 pub fn apply_process(policy: &Policy) -> Result<Report, JailError> {
-    if is_active() {
-        return Err(JailError::AlreadyApplied);
-    }
-    // Compile everything first: after this point the process allocates but opens nothing.
-    let filters = ThreadKind::ALL
+    use ax_jail::privs::{IPC, NET, UTS};
+    // Kinds not used by this VM get no filter (entering one is an error).
+    let kinds = ThreadKind::ALL
         .iter()
-        .map(|&k| match k {
-            ThreadKind::Device | ThreadKind::Spawner if !policy.device_threads => Ok(Vec::new()),
-            _ => seccomp::filter(k, policy.seccomp),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let soft_deny = seccomp::soft_deny()?;
-    let namespaces = if policy.namespaces {
-        privs::unshare_namespaces(policy.net_namespace)
-    } else {
-        Vec::new()
+        .filter(|k| policy.device_threads || !matches!(k, ThreadKind::Device | ThreadKind::Spawner))
+        .map(|&k| (k, seccomp::rules(k)))
+        .collect();
+    let namespaces: &[ax_jail::privs::Namespace] = match (policy.namespaces, policy.net_namespace) {
+        (false, _) => &[],
+        (true, false) => &[IPC, UTS],
+        (true, true) => &[IPC, UTS, NET],
     };
-    let landlock = landlock::restrict(&policy.unix_connect_dirs)?;
-    let caps = privs::drop_capabilities()?;
-    privs::no_new_privs()?;
-    ACTIVE
-        .set(Active {
-            filters,
-            soft_deny,
-            spawner: Mutex::new(None),
-        })
-        .map_err(|_| JailError::AlreadyApplied)?;
-
-    if !policy.device_threads {
-        return Ok(Report {
-            landlock,
-            namespaces,
-            caps,
+    let mut report = JAIL.apply(
+        ax_jail::Setup {
+            label: "seccomp per thread",
             seccomp: policy.seccomp,
-        });
+            soft_deny: seccomp::soft_deny_rules(),
+            filters: ax_jail::Filters::PerThread(kinds),
+            // The setup's helper threads are joined by now; ax-vmm does not check.
+            single_threaded: false,
+            namespaces,
+            keep_caps: &[],
+        },
+        || landlock::restrict(&policy.unix_connect_dirs),
+    )?;
+    report.took = None; // main.rs logs the time itself
+    if !policy.device_threads {
+        return Ok(report);
     }
     let (tx, rx) = mpsc::channel::<Job>();
     Builder::new()
         .name("jail-spawner".into())
         .stack_size(128 << 10)
         .spawn(move || {
-            enter_or_exit(ThreadKind::Spawner);
+            JAIL.enter_or_exit(ThreadKind::Spawner);
             for job in rx {
                 job();
             }
         })
-        .map_err(JailError::Spawn)?;
-    if let Some(a) = ACTIVE.get() {
-        *a.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-    }
-    Ok(Report {
-        landlock,
-        namespaces,
-        caps,
-        seccomp: policy.seccomp,
-    })
+        .map_err(|e| JailError::Spawn("spawner", e))?;
+    *SPAWNER.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    Ok(report)
 }
 
 /// Installs the seccomp filter of `kind` on the calling thread (and sets no_new_privs).
-/// Does nothing when the jail is off.
+/// Does nothing when the jail is off. Errors: no `kind` threads were expected in this VM
+/// (Policy::device_threads), or installing failed.
 pub fn enter_thread(kind: ThreadKind) -> Result<(), JailError> {
-    let Some(a) = ACTIVE.get() else {
-        return Ok(());
-    };
-    let filter = &a.filters[kind.index()];
-    if filter.is_empty() {
-        return Err(JailError::Seccomp(format!(
-            "no {kind} threads were expected in this VM (Policy::device_threads)"
-        )));
-    }
-    privs::no_new_privs()?;
-    // The soft-deny filter first: once the allowlist is in, seccomp(2) itself is refused.
-    seccomp::install(&a.soft_deny)?;
-    seccomp::install(filter)
-}
-
-/// [`enter_thread`], or stop the process: a thread must never run unjailed when the jail
-/// is on.
-fn enter_or_exit(kind: ThreadKind) {
-    if let Err(e) = enter_thread(kind) {
-        log::error!("cannot confine the {kind} thread: {e}");
-        std::process::exit(1);
-    }
+    JAIL.enter(kind)
 }
 
 /// Starts a thread of `kind` that installs its seccomp filter before running `f`.
@@ -292,12 +189,12 @@ where
     T: Send + 'static,
 {
     let body = move || {
-        enter_or_exit(kind);
+        JAIL.enter_or_exit(kind);
         f()
     };
-    let spawner = match (kind, ACTIVE.get()) {
-        (ThreadKind::Device, Some(a)) => {
-            a.spawner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    let spawner = match kind {
+        ThreadKind::Device if is_active() => {
+            SPAWNER.lock().unwrap_or_else(|e| e.into_inner()).clone()
         }
         _ => None,
     };

@@ -12,13 +12,13 @@ use super::JailError;
 
 /// PR_SET_NO_NEW_PRIVS: no execve can ever grant privileges again (setuid bits, file caps).
 pub fn no_new_privs() -> Result<(), JailError> {
-    Ok(ax_jail::privs::no_new_privs()?)
+    ax_jail::privs::no_new_privs()
 }
 
 /// Empties the bounding set (where permitted), the ambient set and the effective,
 /// permitted and inheritable sets of the calling thread: ax-vmm keeps no capability.
 pub fn drop_capabilities() -> Result<CapsOutcome, JailError> {
-    Ok(ax_jail::privs::drop_capabilities(&[])?)
+    ax_jail::privs::drop_capabilities(&[])
 }
 
 /// Moves the calling thread into new ipc and uts (and, if `net`, net) namespaces, each

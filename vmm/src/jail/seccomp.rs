@@ -1,8 +1,8 @@
 //! Per-thread-kind seccomp-bpf allowlists (seccomp(2), SECCOMP_SET_MODE_FILTER), compiled
 //! with seccompiler.
 //!
-//! Every thread kind gets the [`base`] set (memory management, futexes, logging to an open
-//! fd, thread exit) plus what its own job needs; anything else takes the default action:
+//! Every thread kind gets the [`base`] set (the base group shared by all jails,
+//! [`ax_jail::seccomp::base`], plus the soft-denied unlink calls) and what its own job needs; anything else takes the default action:
 //! SECCOMP_RET_KILL_PROCESS, or SECCOMP_RET_LOG with `--seccomp=log` (the kernel logs the
 //! syscall to the audit log / dmesg as `type=1326 ... syscall=N` and lets it through).
 //!
@@ -17,7 +17,7 @@
 //! why device threads come from the [`super::ThreadKind::Spawner`] thread (device ∪ thread
 //! creation) and never from a vCPU thread.
 
-use ax_jail::seccomp::{allow, allow_arg_in, allow_arg_without, allow_tgkill_self, Rules};
+use ax_jail::seccomp::{allow, allow_arg_in, Rules};
 use kvm_bindings::{
     kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs,
     kvm_userspace_memory_region,
@@ -70,59 +70,13 @@ pub mod kvm_ioctl {
     );
 }
 
-/// Every thread: memory, futexes, signals, time, writing logs and serial output to fds
-/// opened at setup, closing fds, and exiting.
+/// Every thread: the shared base group ([`ax_jail::seccomp::base`]: memory, futexes,
+/// signals, time, ids, writing logs and serial output to fds opened at setup, closing fds,
+/// exit) and `unlink`/`unlinkat`, turned into ENOSYS by [`soft_deny`] (the vsock muxer
+/// removes its socket file on drop; in the jail that is left to whoever started the VMM).
 fn base(r: &mut Rules) {
-    use libc::*;
-    allow(
-        r,
-        &[
-            SYS_brk,
-            SYS_munmap,
-            SYS_mremap,
-            SYS_madvise,
-            SYS_futex,
-            SYS_sched_yield,
-            SYS_rt_sigreturn,
-            SYS_rt_sigprocmask,
-            SYS_sigaltstack,
-            SYS_restart_syscall,
-            SYS_clock_gettime,
-            SYS_clock_nanosleep,
-            SYS_nanosleep,
-            SYS_getpid,
-            SYS_gettid,
-            SYS_getrandom,
-            SYS_write,
-            SYS_writev,
-            SYS_close,
-            // Turned into ENOSYS by [`soft_deny`] (the vsock muxer removes its socket file
-            // on drop; in the jail that is left to whoever started the VMM).
-            SYS_unlink,
-            SYS_unlinkat,
-            SYS_exit,
-            SYS_exit_group,
-        ],
-    );
-    // Anonymous memory for the allocator, never executable (no new code after setup).
-    allow_arg_without(r, SYS_mmap, 2, PROT_EXEC as u64);
-    allow_arg_without(r, SYS_mprotect, 2, PROT_EXEC as u64);
-    // F_GETFD (std's debug check on close), F_GETFL/F_SETFL (O_NONBLOCK),
-    // F_DUPFD_CLOEXEC (EventFd::try_clone), F_SETFD.
-    allow_arg_in(
-        r,
-        SYS_fcntl,
-        1,
-        &[
-            F_GETFD as u64,
-            F_SETFD as u64,
-            F_GETFL as u64,
-            F_SETFL as u64,
-            F_DUPFD_CLOEXEC as u64,
-        ],
-    );
-    // pthread_kill / abort: only threads of this process.
-    allow_tgkill_self(r);
+    ax_jail::seccomp::base(r);
+    allow(r, &[libc::SYS_unlink, libc::SYS_unlinkat]);
 }
 
 /// vCPU threads: KVM_RUN and the ioctls of the exit path, plus what a virtio device
@@ -244,7 +198,7 @@ pub fn rules(kind: ThreadKind) -> Rules {
 
 /// The BPF program for `kind`: allow the table, else kill the process (or log).
 pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, JailError> {
-    Ok(ax_jail::seccomp::allowlist(rules(kind), mode)?)
+    ax_jail::seccomp::allowlist(rules(kind), mode)
 }
 
 /// The second filter every jailed thread carries: a few calls fail softly with ENOSYS
@@ -254,16 +208,22 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, JailErr
 /// the VMM cleans those up). Filters stack and the strictest verdict wins, so for a kind
 /// whose allowlist lacks one of these it still kills.
 pub fn soft_deny() -> Result<BpfProgram, JailError> {
-    Ok(ax_jail::seccomp::soft_deny(&[
-        libc::SYS_clone3,
-        libc::SYS_unlink,
-        libc::SYS_unlinkat,
-    ])?)
+    ax_jail::seccomp::soft_deny_table(soft_deny_rules())
+}
+
+/// The table of [`soft_deny`]: `clone3`, `unlink`, `unlinkat`.
+pub fn soft_deny_rules() -> Rules {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[libc::SYS_clone3, libc::SYS_unlink, libc::SYS_unlinkat],
+    );
+    r
 }
 
 /// Installs `prog` on the calling thread (sets PR_SET_NO_NEW_PRIVS first).
 pub fn install(prog: &BpfProgram) -> Result<(), JailError> {
-    Ok(ax_jail::seccomp::install(prog)?)
+    ax_jail::seccomp::install(prog)
 }
 
 #[cfg(test)]
