@@ -3,8 +3,9 @@
 //! ax-fsd parses FUSE requests from the guest, so a bug in it must not reach more of the host
 //! than the agent's share. Once the layers and the journal are open and the frontend has
 //! connected to the vhost-user socket, `main.rs` calls [`apply`] on the main thread while it
-//! is the only thread; every thread started afterwards (vhost-user-backend's request handler
-//! and vring workers, which serve the guest) inherits all of it:
+//! is the only thread (the shared sequence of [`ax_jail::Jail::apply`]); every thread started
+//! afterwards (vhost-user-backend's request handler and vring workers, which serve the
+//! guest) inherits all of it:
 //!
 //! 1. new **ipc** and **uts** namespaces (as root);
 //! 2. **Landlock**: read (files, directory listings) beneath the lower layer only — the
@@ -15,9 +16,14 @@
 //!    sockets or signals outside the process);
 //! 3. **capabilities**: all dropped except those the union needs to keep the guest's view
 //!    ([`KEPT_CAPS`]); the ambient set cleared; **PR_SET_NO_NEW_PRIVS**;
-//! 4. **seccomp**: one allowlist ([`rules`]) for every thread (the threads are started by
-//!    vhost-user-backend, which has no hook for a per-thread filter), plus a soft-deny filter
-//!    (`clone3`, `unlink` → ENOSYS).
+//! 4. **seccomp**, a soft-deny filter (`clone3`, `unlink` → ENOSYS) under an allowlist:
+//!    - with [`Policy::per_thread_filters`] (the binary) one allowlist per [`ThreadKind`]
+//!      ([`thread_rules`]), each installed by the thread itself: the vring workers at their
+//!      first event ([`enter_worker`], before they read a request), the main thread once the
+//!      workers exist and before it accepts the frontend ([`enter_main`]); the request
+//!      handler, which the main thread starts after that, inherits the main thread's;
+//!    - otherwise one allowlist for every thread ([`rules`], the union of the kinds'),
+//!      installed on the calling thread by [`apply`].
 //!
 //! `/proc` stays reachable: the union names open nodes as `/proc/self/fd/N` (docs/fsd.md,
 //! "Security rules"). Landlock checks the file such a path resolves to, not the `/proc`
@@ -27,11 +33,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ax_jail::landlock::LandlockOutcome;
-use ax_jail::privs::{cap, CapsOutcome, IPC, UTS};
-use ax_jail::seccomp::{
-    allow, allow_arg_in, allow_arg_without, allow_tgkill_self, thread_creation, Rules,
-};
-use ax_jail::SeccompMode;
+use ax_jail::privs::{cap, IPC, UTS};
+use ax_jail::seccomp::{allow, allow_arg_in, Rules};
+use ax_jail::{Filters, Jail, SeccompMode, Setup};
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, RestrictSelfAttr, RulesetAttr,
     RulesetCreatedAttr, Scope, ABI,
@@ -77,107 +81,98 @@ pub struct Policy {
     pub files: Vec<PathBuf>,
     /// What a syscall outside the allowlist does.
     pub seccomp: SeccompMode,
+    /// One allowlist per [`ThreadKind`], each installed by the thread itself ([`enter_main`],
+    /// [`enter_worker`]); off: one allowlist ([`rules`]) installed by [`apply`] on the
+    /// calling thread and inherited by every thread created afterwards.
+    pub per_thread_filters: bool,
 }
+
+/// The kinds of ax-fsd thread, each with its own allowlist once jailed with
+/// [`Policy::per_thread_filters`] (docs/jail.md, "ax-fsd: per thread kind").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread once the vring workers exist: accepts the frontend, starts the
+    /// request handler (which inherits this filter: it handles the vhost-user messages),
+    /// waits for it, stops the workers, exits.
+    Main,
+    /// A vring worker: serves the request queues (FUSE on the layers, the journal).
+    Worker,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 2] = [ThreadKind::Main, ThreadKind::Worker];
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Worker => "vring worker",
+        })
+    }
+}
+
+static JAIL: Jail<ThreadKind> = Jail::new();
 
 /// Errors setting up the jail (ax-fsd refuses to serve unjailed).
-#[derive(Debug)]
-pub struct JailError(String);
-
-impl fmt::Display for JailError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "jail: {}; run with --no-jail to debug", self.0)
-    }
-}
-
-impl std::error::Error for JailError {}
-
-impl From<ax_jail::Error> for JailError {
-    fn from(e: ax_jail::Error) -> Self {
-        JailError(e.to_string())
-    }
-}
+pub type JailError = ax_jail::Error;
 
 /// What [`apply`] enforced, for the log line.
-#[derive(Debug)]
-pub struct Report {
-    /// Landlock outcome.
-    pub landlock: LandlockOutcome,
-    /// Namespaces entered.
-    pub namespaces: Vec<&'static str>,
-    /// Capabilities outcome.
-    pub caps: CapsOutcome,
-    /// Seccomp mode.
-    pub seccomp: SeccompMode,
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "jail: seccomp ({}), {}, namespaces: {}, capabilities kept: {} (bounding set {}), \
-             no_new_privs",
-            match self.seccomp {
-                SeccompMode::Kill => "kill on violation",
-                SeccompMode::Log => "LOG ONLY on violation",
-            },
-            self.landlock,
-            if self.namespaces.is_empty() {
-                "none (needs CAP_SYS_ADMIN)".to_string()
-            } else {
-                self.namespaces.join(",")
-            },
-            self.caps.kept_names(),
-            if self.caps.bounding_dropped > 0 {
-                "reduced to them"
-            } else {
-                "kept: no CAP_SETPCAP"
-            },
-        )
-    }
-}
-
-/// Threads of this process (from `/proc/self/task`; 0 if unreadable).
-fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+pub type Report = ax_jail::Report;
 
 /// Jails the process as the module doc says. Must run on the only thread (threads that
 /// exist already would keep their privileges and Landlock domain): refused otherwise.
 /// ~0.2 ms.
 pub fn apply(policy: &Policy) -> Result<Report, JailError> {
-    let threads = thread_count();
-    if threads > 1 {
-        return Err(JailError(format!(
-            "{threads} threads exist before the jail; it must be applied while single-threaded"
-        )));
-    }
-    // Compile first: from here on nothing new is opened outside the layers.
-    let soft = ax_jail::seccomp::soft_deny(&[libc::SYS_clone3, libc::SYS_unlink])?;
-    let allowlist = ax_jail::seccomp::allowlist(rules(), policy.seccomp)?;
-    let namespaces = ax_jail::privs::unshare_namespaces(&[IPC, UTS]);
-    let landlock = restrict_paths(policy)?;
-    let caps = ax_jail::privs::drop_capabilities(&KEPT_CAPS)?;
-    ax_jail::privs::no_new_privs()?;
-    // The soft-deny filter first: once the allowlist is in, seccomp(2) is only allowed for
-    // SECCOMP_SET_MODE_FILTER, which would still work, but the order keeps it obvious.
-    ax_jail::seccomp::install(&soft)?;
-    ax_jail::seccomp::install(&allowlist)?;
-    Ok(Report {
-        landlock,
-        namespaces,
-        caps,
-        seccomp: policy.seccomp,
-    })
+    let filters = if policy.per_thread_filters {
+        Filters::PerThread(
+            ThreadKind::ALL
+                .iter()
+                .map(|&k| (k, thread_rules(k)))
+                .collect(),
+        )
+    } else {
+        Filters::Process(rules())
+    };
+    let mut soft_deny = Rules::new();
+    allow(&mut soft_deny, &[libc::SYS_clone3, libc::SYS_unlink]);
+    JAIL.apply(
+        Setup {
+            label: "seccomp",
+            seccomp: policy.seccomp,
+            soft_deny,
+            filters,
+            single_threaded: true,
+            namespaces: &[IPC, UTS],
+            keep_caps: &KEPT_CAPS,
+        },
+        || restrict_paths(policy),
+    )
+}
+
+/// The main thread enters its filter ([`ThreadKind::Main`]): call it once the vring workers
+/// exist and before the frontend's connection is accepted (the request handler, started
+/// afterwards, inherits it). Does nothing unless jailed with per-thread filters. Errors:
+/// installing the filter failed.
+pub fn enter_main() -> Result<(), JailError> {
+    JAIL.enter(ThreadKind::Main)
+}
+
+/// A vring worker enters its filter ([`ThreadKind::Worker`]) the first time it gets here:
+/// call it at the top of the backend's event handler, before anything from the guest is
+/// read. Does nothing unless jailed with per-thread filters; ends the process if the filter
+/// cannot be installed.
+pub fn enter_worker() {
+    JAIL.enter_once_or_exit(ThreadKind::Worker);
 }
 
 fn ll_err(e: impl fmt::Display) -> JailError {
-    JailError(format!("landlock: {e}"))
+    JailError::Landlock(e.to_string())
 }
 
 fn path_fd(p: &Path) -> Result<PathFd, JailError> {
-    PathFd::new(p).map_err(|e| JailError(format!("landlock: {}: {e}", p.display())))
+    PathFd::new(p).map_err(|e| JailError::Landlock(format!("{}: {e}", p.display())))
 }
 
 /// The Landlock ruleset of [`Policy`] (see the module doc), enforced on the calling thread
@@ -262,147 +257,100 @@ fn alternates(objects: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The seccomp allowlist of every ax-fsd thread once jailed (docs/jail.md has the why of
-/// each group). Never allowed: `execve`, `socket`/`connect`/`bind`/`listen`, `ptrace`,
-/// `mount`/`umount2`/`pivot_root`, `unshare`/`setns`, `open_by_handle_at`, `bpf`, `kill`,
-/// `ioctl` beyond FIONBIO/FIOCLEX.
+/// The allowlist of every ax-fsd thread when one filter serves the whole process: the union
+/// of the [`thread_rules`] of every kind. Never allowed: `execve`, `socket`/`connect`/`bind`/
+/// `listen`, `ptrace`, `mount`/`umount2`/`pivot_root`, `unshare`/`setns`,
+/// `open_by_handle_at`, `bpf`, `kill`, `ioctl` beyond FIONBIO/FIOCLEX/FIONCLEX.
 pub fn rules() -> Rules {
-    use libc::*;
     let mut r = Rules::new();
-    // Memory (never executable: no new code after setup), futexes, signals, time, ids.
-    allow(
-        &mut r,
-        &[
-            SYS_brk,
-            SYS_munmap,
-            SYS_mremap,
-            SYS_madvise,
-            SYS_futex,
-            SYS_sched_yield,
-            SYS_rt_sigreturn,
-            SYS_rt_sigprocmask,
-            SYS_sigaltstack,
-            SYS_restart_syscall,
-            SYS_clock_gettime,
-            SYS_clock_nanosleep,
-            SYS_nanosleep,
-            SYS_getpid,
-            SYS_gettid,
-            SYS_getrandom,
-            SYS_getuid,
-            SYS_geteuid,
-            SYS_getgid,
-            SYS_getegid,
-            SYS_exit,
-            SYS_exit_group,
-            // Turned into ENOSYS by the soft-deny filter: the vhost-user listener removes its
-            // socket file on drop; ax-fsd already removed it before the jail.
-            SYS_unlink,
-        ],
-    );
-    allow_arg_without(&mut r, SYS_mmap, 2, PROT_EXEC as u64);
-    allow_arg_without(&mut r, SYS_mprotect, 2, PROT_EXEC as u64);
-    allow_tgkill_self(&mut r);
-    // Threads: vhost-user-backend starts its vring workers and request handler after the
-    // jail (they inherit it). glibc installs its internal SIGCANCEL/SIGSETXID handlers
-    // (signals 32 and 33) at the first pthread_create: rt_sigaction for those only.
-    thread_creation(&mut r);
-    allow_arg_in(&mut r, SYS_rt_sigaction, 0, &[32, 33]);
-    // getrlimit/setrlimit(RLIMIT_NOFILE) of this process (the union's fd budget); raising
-    // above the hard limit needs CAP_SYS_RESOURCE, which is dropped.
-    allow_arg_in(&mut r, SYS_prlimit64, 0, &[0]);
-    // The vhost-user connection (accepted after the jail, on a listener bound before it):
-    // messages with SCM_RIGHTS (the guest RAM memfd, kick/call eventfds), the event loops,
-    // eventfd signalling.
-    allow(
-        &mut r,
-        &[
-            SYS_accept4,
-            SYS_recvmsg,
-            SYS_recvfrom,
-            SYS_sendmsg,
-            SYS_sendto,
-            SYS_shutdown,
-            SYS_epoll_create1,
-            SYS_epoll_ctl,
-            SYS_epoll_wait,
-            SYS_epoll_pwait,
-            SYS_eventfd2,
-            SYS_poll,
-            SYS_ppoll,
-            SYS_dup,
-            SYS_read,
-            SYS_readv,
-            SYS_write,
-            SYS_writev,
-            SYS_close,
-        ],
-    );
-    allow_arg_in(
-        &mut r,
-        SYS_fcntl,
-        1,
-        &[
-            F_GETFD as u64,
-            F_SETFD as u64,
-            F_GETFL as u64,
-            F_SETFL as u64,
-            F_DUPFD_CLOEXEC as u64,
-        ],
-    );
-    allow_arg_in(&mut r, SYS_ioctl, 1, &[FIONBIO, FIOCLEX, FIONCLEX]);
-    // The union (fsd/src/union, docs/fsd.md): *at(2) calls relative to the layer fds,
-    // `/proc/self/fd/N` reopens, xattrs, copy-up (copy_file_range, SEEK_DATA/SEEK_HOLE,
-    // O_TMPFILE + linkat), whiteouts (mknodat), renameat2 (glibc uses renameat for flags
-    // 0), fallocate; the git lower's
-    // object reads (open, mmap, getdents64 of pack directories); the journal's appends.
-    allow(
-        &mut r,
-        &[
-            SYS_open,
-            SYS_openat,
-            SYS_fstat,
-            SYS_newfstatat,
-            SYS_statx,
-            SYS_lseek,
-            SYS_pread64,
-            SYS_preadv,
-            SYS_preadv2,
-            SYS_pwrite64,
-            SYS_pwritev,
-            SYS_pwritev2,
-            SYS_getdents64,
-            SYS_mkdirat,
-            SYS_mknodat,
-            SYS_symlinkat,
-            SYS_readlink,
-            SYS_readlinkat,
-            SYS_unlinkat,
-            SYS_renameat,
-            SYS_renameat2,
-            SYS_linkat,
-            SYS_fchownat,
-            SYS_chmod,
-            SYS_fchmodat,
-            SYS_utimensat,
-            SYS_getxattr,
-            SYS_lgetxattr,
-            SYS_setxattr,
-            SYS_lsetxattr,
-            SYS_listxattr,
-            SYS_llistxattr,
-            SYS_removexattr,
-            SYS_lremovexattr,
-            SYS_ftruncate,
-            SYS_fallocate,
-            SYS_copy_file_range,
-            SYS_fsync,
-            SYS_fdatasync,
-            SYS_fstatfs,
-            SYS_statfs,
-            SYS_getcwd,
-        ],
-    );
+    for k in ThreadKind::ALL {
+        ax_jail::seccomp::merge(&mut r, &thread_rules(k));
+    }
+    r
+}
+
+/// The allowlist of `kind` (docs/jail.md has the why of each group): the base group
+/// ([`ax_jail::seccomp::base`]) and
+///
+/// - [`ThreadKind::Main`]: thread creation (the request handler) and glibc's thread signal
+///   handlers; the vhost-user control group ([`ax_jail::seccomp::vhost_user_control`]:
+///   accept4, the messages with their SCM_RIGHTS fds, epoll sets and eventfds); `unlink`
+///   (soft-denied: the listener removes its socket file on drop, ax-fsd already removed it
+///   before the jail);
+/// - [`ThreadKind::Worker`]: the vring loop (`epoll_wait epoll_pwait read readv`) and the
+///   union on the layers: *at(2) calls relative to the layer fds, `/proc/self/fd/N`
+///   reopens, xattrs, copy-up (copy_file_range, SEEK_DATA/SEEK_HOLE, O_TMPFILE + linkat),
+///   whiteouts (mknodat), renameat2 (glibc uses renameat for flags 0), fallocate; the git
+///   lower's object reads (open, mmap, getdents64 of pack directories); the journal's
+///   appends; the process's ids and RLIMIT_NOFILE (the union's fd budget).
+pub fn thread_rules(kind: ThreadKind) -> Rules {
+    use libc::*;
+    let mut r = ax_jail::seccomp::with_base();
+    match kind {
+        ThreadKind::Main => {
+            ax_jail::seccomp::thread_creation(&mut r);
+            ax_jail::seccomp::glibc_thread_signals(&mut r);
+            ax_jail::seccomp::vhost_user_control(&mut r);
+            allow(&mut r, &[SYS_unlink]);
+        }
+        ThreadKind::Worker => {
+            allow(
+                &mut r,
+                &[SYS_epoll_wait, SYS_epoll_pwait, SYS_read, SYS_readv],
+            );
+            ax_jail::seccomp::ids(&mut r);
+            // getrlimit/setrlimit(RLIMIT_NOFILE) of this process; raising above the hard
+            // limit needs CAP_SYS_RESOURCE, which is dropped.
+            allow_arg_in(&mut r, SYS_prlimit64, 0, &[0]);
+            allow(
+                &mut r,
+                &[
+                    SYS_open,
+                    SYS_openat,
+                    SYS_fstat,
+                    SYS_newfstatat,
+                    SYS_statx,
+                    SYS_lseek,
+                    SYS_pread64,
+                    SYS_preadv,
+                    SYS_preadv2,
+                    SYS_pwrite64,
+                    SYS_pwritev,
+                    SYS_pwritev2,
+                    SYS_getdents64,
+                    SYS_mkdirat,
+                    SYS_mknodat,
+                    SYS_symlinkat,
+                    SYS_readlink,
+                    SYS_readlinkat,
+                    SYS_unlinkat,
+                    SYS_renameat,
+                    SYS_renameat2,
+                    SYS_linkat,
+                    SYS_fchownat,
+                    SYS_chmod,
+                    SYS_fchmodat,
+                    SYS_utimensat,
+                    SYS_getxattr,
+                    SYS_lgetxattr,
+                    SYS_setxattr,
+                    SYS_lsetxattr,
+                    SYS_listxattr,
+                    SYS_llistxattr,
+                    SYS_removexattr,
+                    SYS_lremovexattr,
+                    SYS_ftruncate,
+                    SYS_fallocate,
+                    SYS_copy_file_range,
+                    SYS_fsync,
+                    SYS_fdatasync,
+                    SYS_fstatfs,
+                    SYS_statfs,
+                    SYS_getcwd,
+                ],
+            );
+        }
+    }
     r
 }
 
@@ -447,6 +395,67 @@ mod tests {
             assert!(!ax_jail::seccomp::allowlist(rules(), mode)
                 .unwrap()
                 .is_empty());
+        }
+    }
+
+    #[test]
+    fn thread_kinds_split_the_process_allowlist() {
+        let (main, worker) = (
+            thread_rules(ThreadKind::Main),
+            thread_rules(ThreadKind::Worker),
+        );
+        let all = rules();
+        for (kind, r) in [("main", &main), ("worker", &worker)] {
+            for nr in r.keys() {
+                assert!(
+                    all.contains_key(nr),
+                    "{kind}: {nr} not in the process table"
+                );
+            }
+            // The base group is in every kind.
+            for nr in ax_jail::seccomp::with_base().keys() {
+                assert!(r.contains_key(nr), "{kind}: base {nr} missing");
+            }
+        }
+        for nr in all.keys() {
+            assert!(main.contains_key(nr) || worker.contains_key(nr), "{nr}");
+        }
+        // A worker serves FUSE: no accepting, no messages with fds, no threads.
+        for nr in [
+            libc::SYS_accept4,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_prctl,
+            libc::SYS_seccomp,
+            libc::SYS_eventfd2,
+            libc::SYS_epoll_ctl,
+            libc::SYS_ioctl,
+            libc::SYS_unlink,
+        ] {
+            assert!(!worker.contains_key(&nr), "worker allows {nr}");
+        }
+        // The main thread and the request handler never touch the layers.
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_getdents64,
+            libc::SYS_renameat2,
+            libc::SYS_unlinkat,
+            libc::SYS_setxattr,
+            libc::SYS_fchownat,
+            libc::SYS_pwrite64,
+            libc::SYS_copy_file_range,
+        ] {
+            assert!(!main.contains_key(&nr), "main allows {nr}");
+        }
+        for k in ThreadKind::ALL {
+            assert!(
+                !ax_jail::seccomp::allowlist(thread_rules(k), SeccompMode::Kill)
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 

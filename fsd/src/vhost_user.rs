@@ -290,6 +290,8 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        // The worker's own seccomp filter, before it reads a request (docs/jail.md).
+        crate::jail::enter_worker();
         if evset != EventSet::IN {
             warn!("virtio-fs: unexpected event set {evset:?}");
         }
@@ -308,14 +310,19 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
 pub use ax_vhost::{listen, VhostUserListener};
 
 /// Serves one vhost-user frontend until it disconnects (the VM powering off is `Ok`).
-/// Blocking. Errors: a bad [`FsConfig`], or a vhost-user failure ([`ax_vhost::serve`]).
+/// Blocking. Errors: a bad [`FsConfig`], the jail's main-thread filter, or a vhost-user
+/// failure ([`ax_vhost::serve`]).
 pub fn serve<F: FileSystem + 'static>(
     listener: VhostUserListener,
     server: Arc<Server<F>>,
     cfg: FsConfig,
 ) -> anyhow::Result<()> {
     let backend = Arc::new(FsBackend::new(server, cfg)?);
-    ax_vhost::serve("ax-fsd", backend, listener, &[])
+    // The main thread's seccomp filter once the vring workers exist; the request handler,
+    // started next, inherits it (docs/jail.md).
+    ax_vhost::serve_with_hook("ax-fsd", backend, listener, &[], || {
+        Ok(crate::jail::enter_main()?)
+    })
 }
 
 #[cfg(test)]

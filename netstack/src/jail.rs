@@ -5,9 +5,10 @@
 //! and nothing it does not need to proxy guest TCP out. `main.rs` does the whole setup first:
 //! config read from stdin, the CA generated and written, `[[route]]` CA files read, the
 //! ledger opened, [`prepare`] (system trust anchors loaded, the host resolver used once),
-//! the frontend socket bound and **connected to** ([`wait_for_frontend`]). Then, while the
-//! main thread is the only thread, [`apply`]; the stack's tokio runtime and the vhost-user
-//! (or netdev stream) threads start afterwards and inherit everything:
+//! the frontend socket bound and **connected to**. Then, while the main thread is the only
+//! thread, [`apply`] (the shared sequence of [`ax_jail::Jail::apply`]); the stack's tokio
+//! runtime and the vhost-user (or netdev stream) threads start afterwards and inherit
+//! everything:
 //!
 //! 1. new **ipc** and **uts** namespaces (as root);
 //! 2. **Landlock**: read and write (no create, remove or rename) of the ledger's files
@@ -17,27 +18,31 @@
 //!    TCP to the world); no abstract Unix sockets or signals outside the process (ABI ≥ 6);
 //! 3. **capabilities**: all dropped (it needs none), ambient set cleared,
 //!    **PR_SET_NO_NEW_PRIVS**;
-//! 4. **seccomp**: one allowlist ([`rules`]) for every thread — tokio and vhost-user-backend
-//!    create their threads themselves, with no hook to install a per-thread filter first —
-//!    plus a soft-deny filter ([`soft_deny_rules`]: `clone3` and `socket` for `AF_UNIX` /
-//!    `AF_NETLINK` fail with ENOSYS, so glibc's resolver skips nscd and the netlink address
-//!    check instead of dying).
+//! 4. **seccomp**, a soft-deny filter ([`soft_deny_rules`]: `clone3` and `socket` for
+//!    `AF_UNIX` / `AF_NETLINK` fail with ENOSYS, so glibc's resolver skips nscd and the
+//!    netlink address check instead of dying) under an allowlist:
+//!    - with [`Policy::per_thread_filters`] (the binary) one allowlist per [`ThreadKind`]
+//!      ([`thread_rules`]), each installed by the thread itself: tokio's threads as they
+//!      start ([`enter_tokio_thread`], the runtime's `on_thread_start`), the guest I/O
+//!      threads (the netdev stream writer as it starts, the vring worker at its first event,
+//!      [`enter_guest_io`], [`enter_guest_io_once`]), the main thread once it has started
+//!      them ([`enter_main`]; the vhost-user request handler, started after that, inherits
+//!      the main thread's);
+//!    - otherwise one allowlist for every thread ([`rules`], the union of the kinds'),
+//!      installed on the calling thread by [`apply`].
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use ax_jail::landlock::LandlockOutcome;
-use ax_jail::privs::{CapsOutcome, IPC, UTS};
-use ax_jail::seccomp::{
-    allow, allow_arg_in, allow_arg_without, allow_tgkill_self, cond, rule, thread_creation, Rules,
-};
-use ax_jail::SeccompMode;
+use ax_jail::privs::{IPC, UTS};
+use ax_jail::seccomp::{allow, allow_arg_in, cond, rule, Rules};
+use ax_jail::{Filters, Jail, SeccompMode, Setup};
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, RulesetAttr, RulesetCreatedAttr,
     Scope, ABI,
 };
-use seccompiler::{SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op};
+use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op};
 
 use crate::context::Context;
 
@@ -64,7 +69,45 @@ pub struct Policy {
     pub read_only_files: Vec<PathBuf>,
     /// What a syscall outside the allowlist does.
     pub seccomp: SeccompMode,
+    /// One allowlist per [`ThreadKind`], each installed by the thread itself; off: one
+    /// allowlist ([`rules`]) installed by [`apply`] on the calling thread and inherited by
+    /// every thread created afterwards.
+    pub per_thread_filters: bool,
 }
+
+/// The kinds of ax-netstack thread, each with its own allowlist once jailed with
+/// [`Policy::per_thread_filters`] (docs/jail.md, "The ax-netstack jail").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread once the stack and the guest I/O threads run: accepts the frontend
+    /// (vhost-user: starts the request handler, which inherits this filter and handles the
+    /// vhost-user messages; netdev stream: reads the guest's frames), waits, drops the stack
+    /// (and with it, when it holds the last reference, the ledger's SQLite connection).
+    Main,
+    /// tokio's threads: the runtime's workers (the poll loop, flows, TLS, HTTP, the ledger)
+    /// and its blocking pool (getaddrinfo), which the workers start.
+    Tokio,
+    /// Moving frames between the guest and the stack: the vring worker (vhost-user) or the
+    /// netdev stream's writer.
+    GuestIo,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Tokio, ThreadKind::GuestIo];
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Tokio => "tokio",
+            ThreadKind::GuestIo => "guest I/O",
+        })
+    }
+}
+
+static JAIL: Jail<ThreadKind> = Jail::new();
 
 impl Policy {
     /// The policy for a netstack whose ledger is `ledger` (`[meter] ledger`, if any): the
@@ -78,6 +121,7 @@ impl Policy {
                 .filter(|p| p.exists())
                 .collect(),
             seccomp,
+            per_thread_filters: false,
         }
     }
 }
@@ -98,63 +142,10 @@ pub fn ledger_files(db: &Path) -> Vec<PathBuf> {
 }
 
 /// Errors setting up the jail (ax-netstack refuses to serve unjailed).
-#[derive(Debug)]
-pub struct JailError(String);
-
-impl fmt::Display for JailError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "jail: {}; run with --no-jail to debug", self.0)
-    }
-}
-
-impl std::error::Error for JailError {}
-
-impl From<ax_jail::Error> for JailError {
-    fn from(e: ax_jail::Error) -> Self {
-        JailError(e.to_string())
-    }
-}
+pub type JailError = ax_jail::Error;
 
 /// What [`apply`] enforced, for the log line.
-#[derive(Debug)]
-pub struct Report {
-    /// Landlock outcome.
-    pub landlock: LandlockOutcome,
-    /// Namespaces entered.
-    pub namespaces: Vec<&'static str>,
-    /// Capabilities outcome.
-    pub caps: CapsOutcome,
-    /// Seccomp mode.
-    pub seccomp: SeccompMode,
-    /// Time [`apply`] took.
-    pub took: std::time::Duration,
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "jail: seccomp ({}), {}, namespaces: {}, capabilities: none (bounding set {}), \
-             no_new_privs ({} µs)",
-            match self.seccomp {
-                SeccompMode::Kill => "kill on violation",
-                SeccompMode::Log => "LOG ONLY on violation",
-            },
-            self.landlock,
-            if self.namespaces.is_empty() {
-                "none (needs CAP_SYS_ADMIN)".to_string()
-            } else {
-                self.namespaces.join(",")
-            },
-            if self.caps.bounding_dropped > 0 {
-                "emptied"
-            } else {
-                "kept: no CAP_SETPCAP"
-            },
-            self.took.as_micros(),
-        )
-    }
-}
+pub type Report = ax_jail::Report;
 
 /// Does, before the jail, what would otherwise first happen inside it and need files the
 /// jail does not allow: loads the system trust anchors for upstream TLS (rustls-native-certs
@@ -166,54 +157,71 @@ pub fn prepare(ctx: &Context) {
     if let Err(e) = crate::tls::client::config(ctx, "localhost", &[]) {
         log::warn!("jail: upstream TLS config: {e:#}");
     }
-    if let Err(e) = crate::stack::dns::host_lookup("localhost") {
+    if let Err(e) = crate::upstream::host_lookup("localhost") {
         log::debug!("jail: resolving localhost before the jail: {e:?}");
     }
-}
-
-/// Threads of this process (from `/proc/self/task`; 0 if unreadable).
-fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// Jails the process as the module doc says. Must run on the only thread (threads that
 /// exist already would keep their privileges and Landlock domain): refused otherwise.
 /// Errors: a step failed (one line, ends with "run with --no-jail to debug").
 pub fn apply(policy: &Policy) -> Result<Report, JailError> {
-    let t0 = std::time::Instant::now();
-    let threads = thread_count();
-    if threads > 1 {
-        return Err(JailError(format!(
-            "{threads} threads exist before the jail; it must be applied while single-threaded"
-        )));
-    }
-    let soft = ax_jail::seccomp::compile(
-        soft_deny_rules(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    let allowlist = ax_jail::seccomp::allowlist(rules(), policy.seccomp)?;
-    let namespaces = ax_jail::privs::unshare_namespaces(&[IPC, UTS]);
-    let landlock = restrict(policy)?;
-    let caps = ax_jail::privs::drop_capabilities(&[])?;
-    ax_jail::privs::no_new_privs()?;
-    // The soft-deny filter first: it is only a narrowing, but installing it after the
-    // allowlist would need seccomp(2) to pass the allowlist.
-    ax_jail::seccomp::install(&soft)?;
-    ax_jail::seccomp::install(&allowlist)?;
-    Ok(Report {
-        landlock,
-        namespaces,
-        caps,
-        seccomp: policy.seccomp,
-        took: t0.elapsed(),
-    })
+    let filters = if policy.per_thread_filters {
+        Filters::PerThread(
+            ThreadKind::ALL
+                .iter()
+                .map(|&k| (k, thread_rules(k)))
+                .collect(),
+        )
+    } else {
+        Filters::Process(rules())
+    };
+    JAIL.apply(
+        Setup {
+            label: "seccomp",
+            seccomp: policy.seccomp,
+            soft_deny: soft_deny_rules(),
+            filters,
+            single_threaded: true,
+            namespaces: &[IPC, UTS],
+            keep_caps: &[],
+        },
+        || restrict(policy),
+    )
+}
+
+/// The main thread enters its filter ([`ThreadKind::Main`]): call it once the stack's
+/// runtime and the guest I/O threads exist, before the frontend's frames or messages are
+/// read (the vhost-user request handler, started afterwards, inherits it). Does nothing
+/// unless jailed with per-thread filters. Errors: installing the filter failed.
+pub fn enter_main() -> Result<(), JailError> {
+    JAIL.enter(ThreadKind::Main)
+}
+
+/// A tokio thread enters its filter ([`ThreadKind::Tokio`]) as it starts (the runtime's
+/// `on_thread_start`): a worker created by the main thread installs it; a blocking-pool
+/// thread created by a worker already carries the worker's and keeps it
+/// ([`Jail::enter_unless_inherited`]). Does nothing unless jailed with per-thread filters;
+/// ends the process if the filter cannot be installed.
+pub fn enter_tokio_thread() {
+    JAIL.enter_unless_inherited_or_exit(ThreadKind::Tokio);
+}
+
+/// A guest I/O thread enters its filter ([`ThreadKind::GuestIo`]) as its first act (the
+/// netdev stream's writer). Does nothing unless jailed with per-thread filters; ends the
+/// process if the filter cannot be installed.
+pub fn enter_guest_io() {
+    JAIL.enter_or_exit(ThreadKind::GuestIo);
+}
+
+/// [`enter_guest_io`] the first time the calling thread gets here (the vring worker, at the
+/// top of the backend's event handler, before it reads a frame).
+pub fn enter_guest_io_once() {
+    JAIL.enter_once_or_exit(ThreadKind::GuestIo);
 }
 
 fn ll_err(e: impl fmt::Display) -> JailError {
-    JailError(format!("landlock: {e}"))
+    JailError::Landlock(e.to_string())
 }
 
 /// The Landlock layer of [`apply`] alone (for tests of what each layer refuses): every
@@ -264,112 +272,141 @@ pub fn soft_deny_rules() -> Rules {
     r
 }
 
-/// The seccomp allowlist of every ax-netstack thread once jailed (docs/jail.md has the why
-/// of each group). Never allowed: `execve`/`execveat`, `fork`/`vfork` (clone without
-/// CLONE_THREAD), `bind`, `listen`, sockets other than TCP/UDP over IPv4/IPv6, `ptrace`,
-/// `mount`/`umount2`/`pivot_root`, `unshare`/`setns`, `bpf`, `kill`, `setuid`/`capset`,
-/// executable memory, `ioctl` beyond FIONBIO/FIOCLEX/FIONCLEX/FIONREAD.
+/// The allowlist of every ax-netstack thread when one filter serves the whole process: the
+/// union of the kinds' tables (docs/jail.md has the why of each group). Never allowed:
+/// `execve`/`execveat`, `fork`/`vfork` (clone without CLONE_THREAD), `bind`, `listen`,
+/// sockets other than TCP/UDP over IPv4/IPv6, `ptrace`, `mount`/`umount2`/`pivot_root`,
+/// `unshare`/`setns`, `bpf`, `kill`, `setuid`/`capset`, executable memory, `ioctl` beyond
+/// FIONBIO/FIOCLEX/FIONCLEX/FIONREAD.
 pub fn rules() -> Rules {
-    use libc::*;
     let mut r = Rules::new();
-    // Memory (never executable: no new code after setup), futexes, signals, time, ids.
-    allow(
-        &mut r,
-        &[
-            SYS_brk,
-            SYS_munmap,
-            SYS_mremap,
-            SYS_madvise,
-            SYS_futex,
-            SYS_sched_yield,
-            SYS_rt_sigreturn,
-            SYS_rt_sigprocmask,
-            SYS_sigaltstack,
-            SYS_restart_syscall,
-            SYS_clock_gettime,
-            SYS_clock_nanosleep,
-            SYS_nanosleep,
-            SYS_getpid,
-            SYS_gettid,
-            SYS_getrandom,
-            SYS_getuid,
-            SYS_geteuid,
-            SYS_getgid,
-            SYS_getegid,
-            SYS_uname,
-            SYS_sysinfo,
-            SYS_exit,
-            SYS_exit_group,
-        ],
-    );
-    allow_arg_without(&mut r, SYS_mmap, 2, PROT_EXEC as u64);
-    allow_arg_without(&mut r, SYS_mprotect, 2, PROT_EXEC as u64);
-    allow_tgkill_self(&mut r);
-    // Threads: the tokio runtime (workers, the blocking pool for getaddrinfo), the
-    // vhost-user daemon's threads or the netdev stream's writer, all started after the
-    // jail. glibc installs its SIGCANCEL/SIGSETXID handlers (32, 33) at the first
-    // pthread_create.
-    thread_creation(&mut r);
-    allow_arg_in(&mut r, SYS_rt_sigaction, 0, &[32, 33]);
-    // Event loops, eventfds, the frontend connection (accept4 on the listener bound before
-    // the jail; vhost-user messages carry the guest RAM memfd and eventfds as SCM_RIGHTS),
-    // socket I/O.
-    allow(
-        &mut r,
-        &[
-            SYS_accept4,
-            SYS_epoll_create1,
-            SYS_epoll_ctl,
-            SYS_epoll_wait,
-            SYS_epoll_pwait,
-            SYS_epoll_pwait2,
-            SYS_eventfd2,
-            SYS_poll,
-            SYS_ppoll,
-            SYS_dup,
-            SYS_read,
-            SYS_readv,
-            SYS_write,
-            SYS_writev,
-            SYS_close,
-            SYS_recvfrom,
-            SYS_recvmsg,
-            SYS_recvmmsg,
-            SYS_sendto,
-            SYS_sendmsg,
-            SYS_sendmmsg,
-            SYS_shutdown,
-            SYS_connect,
-            SYS_getsockopt,
-            SYS_setsockopt,
-            SYS_getsockname,
-            SYS_getpeername,
-        ],
-    );
-    // New sockets: TCP (upstream connections) and UDP (glibc's DNS queries, and the
-    // connected datagram sockets getaddrinfo uses to pick source addresses, RFC 6724) over
-    // IPv4 and IPv6; the type's low bits without SOCK_NONBLOCK/SOCK_CLOEXEC. AF_UNIX and
-    // AF_NETLINK are listed for the soft-deny filter (they fail with ENOSYS).
-    for domain in [AF_INET, AF_INET6] {
-        for ty in [SOCK_STREAM, SOCK_DGRAM] {
-            r.entry(SYS_socket).or_default().push(rule(vec![
-                cond(0, Len::Dword, Op::Eq, domain as u64),
-                cond(1, Len::Dword, Op::MaskedEq(0xf), ty as u64),
-            ]));
+    for k in ThreadKind::ALL {
+        ax_jail::seccomp::merge(&mut r, &kind_rules(k));
+    }
+    r
+}
+
+/// The allowlist of `kind` with per-thread filters: its table and, for tokio's threads, the
+/// check whether a new thread inherited its creator's filter
+/// ([`ax_jail::seccomp::inheritance_check`]), which one filter for the process never needs.
+pub fn thread_rules(kind: ThreadKind) -> Rules {
+    let mut r = kind_rules(kind);
+    if kind == ThreadKind::Tokio {
+        ax_jail::seccomp::inheritance_check(&mut r);
+    }
+    r
+}
+
+/// The table of `kind`: the base group ([`ax_jail::seccomp::base`]) and
+///
+/// - [`ThreadKind::Main`]: thread creation (the request handler) and glibc's thread signal
+///   handlers, the process's ids, the vhost-user control group
+///   ([`ax_jail::seccomp::vhost_user_control`]: accept4, messages with SCM_RIGHTS fds, epoll
+///   sets, eventfds; also the netdev stream's reads), and the ledger's files (dropping the
+///   stack can close the SQLite connection: a checkpoint);
+/// - [`ThreadKind::Tokio`]: everything the network side needs: thread creation (the
+///   blocking pool), ids, `uname sysinfo`, event loops, sockets (TCP/UDP over IPv4/IPv6),
+///   `ioctl` FIONREAD, the ledger's files and locks, the resolver's files; not `accept4`;
+/// - [`ThreadKind::GuestIo`]: waiting on eventfds and the frontend socket (`epoll_wait
+///   epoll_pwait poll ppoll read`) and writing frames to the netdev stream (`sendto`).
+fn kind_rules(kind: ThreadKind) -> Rules {
+    use libc::*;
+    let mut r = ax_jail::seccomp::with_base();
+    match kind {
+        ThreadKind::Main => {
+            ax_jail::seccomp::thread_creation(&mut r);
+            ax_jail::seccomp::glibc_thread_signals(&mut r);
+            ax_jail::seccomp::ids(&mut r);
+            ax_jail::seccomp::vhost_user_control(&mut r);
+            files(&mut r);
+        }
+        ThreadKind::Tokio => {
+            // The blocking pool (getaddrinfo) grows from the workers.
+            ax_jail::seccomp::thread_creation(&mut r);
+            ax_jail::seccomp::glibc_thread_signals(&mut r);
+            ax_jail::seccomp::ids(&mut r);
+            allow(&mut r, &[SYS_uname, SYS_sysinfo]);
+            // Event loops, eventfds, socket I/O.
+            allow(
+                &mut r,
+                &[
+                    SYS_epoll_create1,
+                    SYS_epoll_ctl,
+                    SYS_epoll_wait,
+                    SYS_epoll_pwait,
+                    SYS_epoll_pwait2,
+                    SYS_eventfd2,
+                    SYS_poll,
+                    SYS_ppoll,
+                    SYS_dup,
+                    SYS_read,
+                    SYS_readv,
+                    SYS_recvfrom,
+                    SYS_recvmsg,
+                    SYS_recvmmsg,
+                    SYS_sendto,
+                    SYS_sendmsg,
+                    SYS_sendmmsg,
+                    SYS_shutdown,
+                    SYS_connect,
+                    SYS_getsockopt,
+                    SYS_setsockopt,
+                    SYS_getsockname,
+                    SYS_getpeername,
+                ],
+            );
+            // New sockets: TCP (upstream connections) and UDP (glibc's DNS queries, and the
+            // connected datagram sockets getaddrinfo uses to pick source addresses, RFC
+            // 6724) over IPv4 and IPv6; the type's low bits without
+            // SOCK_NONBLOCK/SOCK_CLOEXEC. AF_UNIX and AF_NETLINK are listed for the
+            // soft-deny filter (they fail with ENOSYS).
+            for domain in [AF_INET, AF_INET6] {
+                for ty in [SOCK_STREAM, SOCK_DGRAM] {
+                    r.entry(SYS_socket).or_default().push(rule(vec![
+                        cond(0, Len::Dword, Op::Eq, domain as u64),
+                        cond(1, Len::Dword, Op::MaskedEq(0xf), ty as u64),
+                    ]));
+                }
+            }
+            allow_arg_in(&mut r, SYS_socket, 0, &[AF_UNIX as u64, AF_NETLINK as u64]);
+            // FIONREAD: glibc's resolver sizes each UDP answer before reading it (res_send).
+            allow_arg_in(
+                &mut r,
+                SYS_ioctl,
+                1,
+                &[FIONBIO, FIOCLEX, FIONCLEX, FIONREAD],
+            );
+            files(&mut r);
+        }
+        ThreadKind::GuestIo => {
+            allow(
+                &mut r,
+                &[
+                    SYS_epoll_wait,
+                    SYS_epoll_pwait,
+                    SYS_poll,
+                    SYS_ppoll,
+                    SYS_read,
+                    SYS_sendto,
+                ],
+            );
         }
     }
-    allow_arg_in(&mut r, SYS_socket, 0, &[AF_UNIX as u64, AF_NETLINK as u64]);
+    r
+}
+
+/// Files, confined by Landlock: the ledger (SQLite: pread/pwrite, fsync/fdatasync, the -shm
+/// mapping, truncating the WAL, existence checks, its POSIX advisory locks on the database
+/// and the -shm, unlinking the WAL when the last connection closes — refused by Landlock,
+/// SQLite goes on), the resolver's files (getaddrinfo opens /etc/hosts on every lookup,
+/// stats the others for changes).
+fn files(r: &mut Rules) {
+    use libc::*;
     allow_arg_in(
-        &mut r,
+        r,
         SYS_fcntl,
         1,
         &[
-            F_GETFD as u64,
-            F_SETFD as u64,
-            F_GETFL as u64,
-            F_SETFL as u64,
-            F_DUPFD_CLOEXEC as u64,
-            // SQLite's POSIX advisory locks on the database and its -shm.
             F_GETLK as u64,
             F_SETLK as u64,
             F_SETLKW as u64,
@@ -378,14 +415,8 @@ pub fn rules() -> Rules {
             F_OFD_SETLKW as u64,
         ],
     );
-    // FIONREAD: glibc's resolver sizes each UDP answer before reading it (res_send).
-    allow_arg_in(&mut r, SYS_ioctl, 1, &[FIONBIO, FIOCLEX, FIONCLEX, FIONREAD]);
-    // Files, confined by Landlock: the ledger (SQLite: pread/pwrite, fsync/fdatasync, the
-    // -shm mapping, truncating the WAL, existence checks, unlinking the WAL when the last
-    // connection closes — refused by Landlock, SQLite goes on), the resolver's files
-    // (getaddrinfo opens /etc/hosts on every lookup, stats the others for changes).
     allow(
-        &mut r,
+        r,
         &[
             SYS_open,
             SYS_openat,
@@ -410,29 +441,6 @@ pub fn rules() -> Rules {
             SYS_fchown,
         ],
     );
-    r
-}
-
-/// Blocks until a frontend is waiting on the listening socket `fd` (a pending connection:
-/// POLLIN), so the jail goes on after it connected and before anything is served. Retries
-/// on EINTR.
-pub fn wait_for_frontend(fd: std::os::fd::RawFd) -> io::Result<()> {
-    loop {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if n > 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if n < 0 && e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -478,6 +486,53 @@ mod tests {
                 "soft-denied {nr} must be in the allowlist"
             );
         }
+    }
+
+    #[test]
+    fn thread_kinds_split_the_process_allowlist() {
+        let all = rules();
+        let base = ax_jail::seccomp::with_base();
+        for k in ThreadKind::ALL {
+            let r = kind_rules(k);
+            for nr in base.keys() {
+                assert!(r.contains_key(nr), "{k}: base {nr} missing");
+            }
+            for nr in r.keys() {
+                assert!(all.contains_key(nr), "{k}: {nr} not in the process table");
+            }
+            assert!(
+                !ax_jail::seccomp::allowlist(thread_rules(k), SeccompMode::Kill)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let (main, tokio, guest) = (
+            thread_rules(ThreadKind::Main),
+            thread_rules(ThreadKind::Tokio),
+            thread_rules(ThreadKind::GuestIo),
+        );
+        // Only tokio's threads make sockets and connect; only the main thread accepts.
+        for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_setsockopt] {
+            assert!(tokio.contains_key(&nr) && !main.contains_key(&nr) && !guest.contains_key(&nr));
+        }
+        assert!(main.contains_key(&libc::SYS_accept4) && !tokio.contains_key(&libc::SYS_accept4));
+        // Guest I/O threads: no files, no threads, no messages with fds.
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_clone,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_ioctl,
+            libc::SYS_unlink,
+            libc::SYS_prctl,
+        ] {
+            assert!(!guest.contains_key(&nr), "guest I/O allows {nr}");
+        }
+        // The one entry beyond the process table: tokio's PR_GET_SECCOMP check.
+        assert_eq!(
+            tokio[&libc::SYS_prctl].len(),
+            all[&libc::SYS_prctl].len() + 1
+        );
     }
 
     #[test]

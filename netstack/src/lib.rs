@@ -17,11 +17,14 @@
 //! - [`context`]: one agent's shared state; uses config, policy, upstream, ca, secrets, meter.
 //! - [`http`]: the HTTP proxy inside intercepted TLS; uses context, policy, meter, secrets.
 //! - [`tls`]: TLS interception (guest TLS, upstream TLS, then http); uses context, upstream, http.
-//! - [`stack`]: frames ↔ smoltcp, ARP, DNS, new flows to a handler; uses context, upstream.
+//! - [`jail`]: Landlock, seccomp, capabilities, namespaces after setup, the per-thread filters
+//!   the threads below enter; uses context, upstream, tls.
+//! - [`stack`]: frames ↔ smoltcp, ARP, DNS, new flows to a handler; uses context, upstream,
+//!   jail (its tokio threads enter their filter).
 //! - [`flow`]: the handler: decide, connect, splice/tls; uses context, policy, meter, stack, tls.
-//! - [`jail`]: Landlock, seccomp, capabilities, namespaces after setup; uses context, tls, stack.
-//! - [`vhost_user`]: the vhost-user-net backend moving frames to a `FramePort`; uses nothing.
-//! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames); uses vhost_user.
+//! - [`vhost_user`]: the vhost-user-net backend moving frames to a `FramePort`; uses jail.
+//! - [`stream`]: the same for QEMU's `-netdev stream` (length-prefixed frames); uses
+//!   vhost_user, jail.
 //!
 //! A module holding the [`context::Context`] also reaches the layers it holds through it (http
 //! and flow connect through its `upstream`). The binary (`main.rs`) starts the stack with

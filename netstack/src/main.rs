@@ -201,9 +201,11 @@ fn enter_jail(
         return Ok(());
     }
     jail::prepare(ctx);
-    jail::wait_for_frontend(listener).context("waiting for the frontend to connect")?;
+    ax_vhost::wait_for_frontend(&listener).context("waiting for the frontend to connect")?;
     let _ = std::fs::remove_file(socket);
-    let policy = jail::Policy::for_ledger(ctx.config.meter.ledger.as_deref(), args.seccomp);
+    let mut policy = jail::Policy::for_ledger(ctx.config.meter.ledger.as_deref(), args.seccomp);
+    // Each thread installs its own allowlist (the stack's runtime, vhost_user, stream).
+    policy.per_thread_filters = true;
     let report = jail::apply(&policy)?;
     log::info!("{report}");
     Ok(())

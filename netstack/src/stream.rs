@@ -43,8 +43,14 @@ pub fn serve<P: FramePort>(listener: UnixListener, port: P) -> io::Result<Stats>
         let (port, stop, mut out) = (port.clone(), stop.clone(), conn.try_clone()?);
         std::thread::Builder::new()
             .name("net-stream-rx".into())
-            .spawn(move || to_guest(&*port, &mut out, &stop))?
+            .spawn(move || {
+                // Its own seccomp filter first (docs/jail.md).
+                crate::jail::enter_guest_io();
+                to_guest(&*port, &mut out, &stop)
+            })?
     };
+    // The main thread's filter, before it reads the guest's frames.
+    crate::jail::enter_main().map_err(io::Error::other)?;
     let mut stats = Stats::default();
     let result = from_guest(&*port, &conn, &mut stats);
     stop.store(true, Ordering::SeqCst);

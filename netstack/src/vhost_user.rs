@@ -468,6 +468,8 @@ impl<P: FramePort> VhostUserBackendMut for NetBackend<P> {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // The vring worker's own seccomp filter, before it reads a frame (docs/jail.md).
+        crate::jail::enter_guest_io_once();
         let [rx, tx, ..] = vrings else {
             return Err(io::Error::other("virtio-net: expected rx and tx vrings"));
         };
@@ -505,7 +507,12 @@ pub fn serve<P: FramePort>(
         event: PORT_EVENT,
         what: "the stack's eventfd",
     };
-    let result = ax_vhost::serve("ax-netstack", backend.clone(), listener, &[watch]);
+    // The main thread's seccomp filter once the vring worker exists; the request handler,
+    // started next, inherits it (docs/jail.md).
+    let result =
+        ax_vhost::serve_with_hook("ax-netstack", backend.clone(), listener, &[watch], || {
+            Ok(crate::jail::enter_main()?)
+        });
     let stats = backend.read().map(|b| b.stats()).unwrap_or_default();
     result.map(|()| stats)
 }

@@ -4,7 +4,8 @@
 //! loopback server, DNS through the host's getaddrinfo and the audit rows in the ledger, all
 //! inside the jail; files outside the ledger and the resolver's configuration refused; TCP
 //! bind refused by Landlock (ABI ≥ 4) and by seccomp; syscalls outside the allowlist kill
-//! with SIGSYS. A kernel without Landlock prints SKIP for the Landlock checks.
+//! with SIGSYS; with per-thread filters each thread kind (main, tokio, guest I/O) is refused
+//! what only another may do. A kernel without Landlock prints SKIP for the Landlock checks.
 
 #[path = "stack_support/mod.rs"]
 mod stack_support;
@@ -464,6 +465,126 @@ fn syscalls_outside_the_allowlist_kill_and_soft_denied_ones_fail() {
     });
     if exit_code(st) != Some(3) {
         assert_eq!(exit_code(st), Some(21), "allowed calls: status {st:#x}");
+    }
+}
+
+/// A TCP socket, closed again: 0 when it was made.
+fn tcp_socket() -> i32 {
+    // SAFETY: integer arguments; the fd is closed again.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return 1;
+        }
+        libc::close(fd);
+    }
+    0
+}
+
+/// accept4(2) on no socket: EBADF where allowed.
+fn accept4_nothing() -> i32 {
+    // SAFETY: an invalid fd and NULL address: fails with EBADF if the filter lets it through.
+    let r = unsafe { libc::accept4(-1, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    i32::from(r >= 0)
+}
+
+/// Where a probe runs in [`probe_in_thread_kind`].
+#[derive(Clone, Copy, Debug)]
+enum Where {
+    /// The main thread after `jail::enter_main`.
+    Main,
+    /// A task on the stack's runtime (a tokio worker, entered by `on_thread_start`).
+    TokioWorker,
+    /// `spawn_blocking` from such a task (a blocking-pool thread started by a worker: it
+    /// keeps the worker's filter).
+    TokioBlocking,
+    /// A thread that entered the guest I/O filter (the netdev stream's writer, the vring
+    /// worker).
+    GuestIo,
+}
+
+/// In a forked child jailed with per-thread filters, with the stack running: `probe` on a
+/// thread of the kind `at`; the child exits with its value (99: it panicked). Returns the
+/// wait status.
+fn probe_in_thread_kind(at: Where, probe: fn() -> i32) -> i32 {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "agent = \"t\"\n[meter]\nledger = {:?}\n",
+        dir.path().join("ledger.sqlite").to_str().unwrap()
+    );
+    in_child(|| {
+        let ctx = Context::new(Config::parse(&toml, "test").unwrap()).unwrap();
+        jail::prepare(&ctx);
+        let mut policy = Policy::for_ledger(ctx.config.meter.ledger.as_deref(), SeccompMode::Kill);
+        policy.per_thread_filters = true;
+        match jail::apply(&policy) {
+            Ok(r) if r.landlock.abi.is_none() => return 3,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                return 4;
+            }
+        }
+        // The binary's order: the stack's threads, the guest I/O thread, then the main
+        // thread's own filter.
+        let (ns, _gp) = Netstack::start(ctx).unwrap();
+        let guest = std::thread::spawn(move || {
+            jail::enter_guest_io();
+            if matches!(at, Where::GuestIo) {
+                probe()
+            } else {
+                0
+            }
+        });
+        if jail::enter_main().is_err() {
+            return 6;
+        }
+        let rt = ns.runtime();
+        let (tx, rx) = std::sync::mpsc::channel();
+        match at {
+            Where::Main => return probe(),
+            Where::GuestIo => return guest.join().unwrap_or(99),
+            Where::TokioWorker => {
+                rt.spawn(async move { tx.send(probe()) });
+            }
+            Where::TokioBlocking => {
+                rt.spawn(async move {
+                    let r = tokio::task::spawn_blocking(probe).await.unwrap_or(99);
+                    tx.send(r)
+                });
+            }
+        }
+        rx.recv_timeout(Duration::from_secs(20)).unwrap_or(98)
+    })
+}
+
+#[test]
+fn per_thread_filters_refuse_each_kind_what_only_another_may_do() {
+    use Where::*;
+    let sigsys = |st: i32| killed_by(st) == Some(libc::SIGSYS);
+    // TCP sockets: tokio's threads only.
+    for at in [TokioWorker, TokioBlocking] {
+        let st = probe_in_thread_kind(at, tcp_socket);
+        if exit_code(st) == Some(3) {
+            eprintln!("SKIP: no Landlock here, the jail is not applied in full");
+            return;
+        }
+        assert_eq!(exit_code(st), Some(0), "socket on {at:?}: status {st:#x}");
+    }
+    for at in [Main, GuestIo] {
+        let st = probe_in_thread_kind(at, tcp_socket);
+        assert!(sigsys(st), "socket on {at:?}: status {st:#x}");
+    }
+    // accept4 (the frontend's connection): the main thread only.
+    let st = probe_in_thread_kind(Main, accept4_nothing);
+    assert_eq!(
+        exit_code(st),
+        Some(0),
+        "accept4 on the main thread: status {st:#x}"
+    );
+    for at in [TokioWorker, TokioBlocking, GuestIo] {
+        let st = probe_in_thread_kind(at, accept4_nothing);
+        assert!(sigsys(st), "accept4 on {at:?}: status {st:#x}");
     }
 }
 

@@ -7,7 +7,9 @@
 //!   connected (the jails go on from there, docs/jail.md);
 //! - [`serve`] runs a `vhost_user_backend::VhostUserDaemon` for exactly one frontend, with
 //!   extra file descriptors the backend wants polled ([`Watch`]), and treats the frontend
-//!   going away as the normal end;
+//!   going away as the normal end; [`serve_with_hook`] runs a hook between starting the
+//!   vring workers and accepting the frontend (where the jails install the serving thread's
+//!   seccomp filter);
 //! - [`process_available`]: the loop over a driver-to-device queue's available ring (with
 //!   `VIRTIO_RING_F_EVENT_IDX` notification suppression);
 //! - [`config_slice`] and [`ExitEvent`]: the parts of `VhostUserBackend` every device fills
@@ -116,8 +118,27 @@ pub struct Watch<'a> {
 pub fn serve<T>(
     name: &str,
     backend: T,
+    listener: VhostUserListener,
+    watch: &[Watch<'_>],
+) -> anyhow::Result<()>
+where
+    T: VhostUserBackend<Bitmap = ()> + Clone + 'static,
+    T::Vring: Clone + Send + Sync,
+{
+    serve_with_hook(name, backend, listener, watch, || Ok(()))
+}
+
+/// [`serve`], calling `workers_started` on the calling thread once the daemon's vring worker
+/// threads exist and before the frontend's connection is accepted. The request-handler
+/// thread is created after it, by the calling thread: a jail installs the calling thread's
+/// own seccomp filter there, which the workers do not get and the request handler inherits
+/// (docs/jail.md). An error from `workers_started` ends serving.
+pub fn serve_with_hook<T>(
+    name: &str,
+    backend: T,
     mut listener: VhostUserListener,
     watch: &[Watch<'_>],
+    workers_started: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
 where
     T: VhostUserBackend<Bitmap = ()> + Clone + 'static,
@@ -140,6 +161,12 @@ where
                 .register_listener(w.fd, vmm_sys_util::epoll::EventSet::IN, u64::from(w.event))
                 .map_err(|e| anyhow!("cannot register {}: {e}", w.what))?;
         }
+    }
+    if let Err(e) = workers_started() {
+        for h in daemon.get_epoll_handlers() {
+            h.send_exit_event();
+        }
+        return Err(e);
     }
     let result = daemon
         .start(&mut listener.inner)

@@ -141,6 +141,8 @@ impl Netstack {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ax-netstack")
+            // Jailed with per-thread filters: each tokio thread installs its own first.
+            .on_thread_start(crate::jail::enter_tokio_thread)
             .enable_all()
             .build()?;
         let net = ctx.config.network.clone();
