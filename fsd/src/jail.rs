@@ -277,7 +277,7 @@ pub fn rules() -> Rules {
 ///   accept4, the messages with their SCM_RIGHTS fds, epoll sets and eventfds); `unlink`
 ///   (soft-denied: the listener removes its socket file on drop, ax-fsd already removed it
 ///   before the jail);
-/// - [`ThreadKind::Worker`]: the vring loop (`epoll_wait epoll_pwait read readv`) and the
+/// - [`ThreadKind::Worker`]: the vring loop (`epoll_wait epoll_pwait readv`) and the
 ///   union on the layers: *at(2) calls relative to the layer fds, `/proc/self/fd/N`
 ///   reopens, xattrs, copy-up (copy_file_range, SEEK_DATA/SEEK_HOLE, O_TMPFILE + linkat),
 ///   whiteouts (mknodat), renameat2 (glibc uses renameat for flags 0), fallocate; the git
@@ -294,10 +294,7 @@ pub fn thread_rules(kind: ThreadKind) -> Rules {
             allow(&mut r, &[SYS_unlink]);
         }
         ThreadKind::Worker => {
-            allow(
-                &mut r,
-                &[SYS_epoll_wait, SYS_epoll_pwait, SYS_read, SYS_readv],
-            );
+            allow(&mut r, &[SYS_epoll_wait, SYS_epoll_pwait, SYS_readv]);
             ax_jail::seccomp::ids(&mut r);
             // getrlimit/setrlimit(RLIMIT_NOFILE) of this process; raising above the hard
             // limit needs CAP_SYS_RESOURCE, which is dropped.

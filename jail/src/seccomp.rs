@@ -194,7 +194,7 @@ pub fn glibc_thread_signals(r: &mut Rules) {
 /// and its request handler: `accept4` of the frontend on the listener bound before the jail;
 /// vhost-user messages with SCM_RIGHTS (the guest RAM memfd, kick/call eventfds: `recvmsg
 /// recvfrom sendmsg sendto shutdown`); the vring workers' epoll sets and eventfds
-/// (`epoll_create1 epoll_ctl epoll_wait epoll_pwait eventfd2 poll ppoll dup read readv`);
+/// (`epoll_create1 epoll_ctl epoll_wait epoll_pwait eventfd2 poll ppoll dup readv`);
 /// `ioctl` FIONBIO/FIOCLEX/FIONCLEX only.
 pub fn vhost_user_control(r: &mut Rules) {
     use libc::*;
@@ -215,7 +215,6 @@ pub fn vhost_user_control(r: &mut Rules) {
             SYS_poll,
             SYS_ppoll,
             SYS_dup,
-            SYS_read,
             SYS_readv,
         ],
     );

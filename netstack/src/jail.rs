@@ -308,7 +308,7 @@ pub fn thread_rules(kind: ThreadKind) -> Rules {
 ///   blocking pool), ids, `uname sysinfo`, event loops, sockets (TCP/UDP over IPv4/IPv6),
 ///   `ioctl` FIONREAD, the ledger's files and locks, the resolver's files; not `accept4`;
 /// - [`ThreadKind::GuestIo`]: waiting on eventfds and the frontend socket (`epoll_wait
-///   epoll_pwait poll ppoll read`) and writing frames to the netdev stream (`sendto`).
+///   epoll_pwait poll ppoll`) and writing frames to the netdev stream (`sendto`).
 fn kind_rules(kind: ThreadKind) -> Rules {
     use libc::*;
     let mut r = ax_jail::seccomp::with_base();
@@ -339,7 +339,6 @@ fn kind_rules(kind: ThreadKind) -> Rules {
                     SYS_poll,
                     SYS_ppoll,
                     SYS_dup,
-                    SYS_read,
                     SYS_readv,
                     SYS_recvfrom,
                     SYS_recvmsg,
@@ -386,7 +385,6 @@ fn kind_rules(kind: ThreadKind) -> Rules {
                     SYS_epoll_pwait,
                     SYS_poll,
                     SYS_ppoll,
-                    SYS_read,
                     SYS_sendto,
                 ],
             );

@@ -103,13 +103,7 @@ fn vcpu(r: &mut Rules) {
     // Activation: queue eventfd clones, the worker's epoll and kill eventfd.
     allow(
         r,
-        &[
-            SYS_read,
-            SYS_eventfd2,
-            SYS_epoll_create1,
-            SYS_epoll_ctl,
-            SYS_dup,
-        ],
+        &[SYS_eventfd2, SYS_epoll_create1, SYS_epoll_ctl, SYS_dup],
     );
 }
 
@@ -127,7 +121,6 @@ fn device(r: &mut Rules) {
             SYS_epoll_create1,
             SYS_eventfd2,
             SYS_dup,
-            SYS_read,
             SYS_readv,
             SYS_pread64,
             SYS_preadv,
@@ -167,16 +160,7 @@ fn device(r: &mut Rules) {
 /// see `Vm::delete_memory`) once every vCPU thread has stopped.
 fn main_thread(r: &mut Rules) {
     use libc::*;
-    allow(
-        r,
-        &[
-            SYS_poll,
-            SYS_ppoll,
-            SYS_read,
-            SYS_epoll_wait,
-            SYS_epoll_pwait,
-        ],
-    );
+    allow(r, &[SYS_poll, SYS_ppoll, SYS_epoll_wait, SYS_epoll_pwait]);
     allow_arg_in(r, SYS_ioctl, 1, &[kvm_ioctl::KVM_SET_USER_MEMORY_REGION]);
 }
 
