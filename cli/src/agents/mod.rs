@@ -18,7 +18,6 @@ pub use resolve::Dirs;
 
 use crate::error::usage;
 use anyhow::Result;
-use ax_supervisor::secret::ResolvedSecret;
 use def::{Command, DefFile, FileSpec, GuestPath, Mcp};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -248,22 +247,6 @@ mod humantime_opt {
             Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
         }
-    }
-}
-
-impl Launch {
-    /// The netstack side of this launch, in the shape of the netstack config
-    /// (netstack/src/config.rs, docs/network.md): one `[[secret]]` per resolved secret
-    /// (`name`, real `value`, the store's `hosts`, `body`, and `placeholder` from
-    /// `placeholders` when it has one: the same value [`LaunchVars::secrets`] gave the guest)
-    /// and `[policy]` when the definition has one. The supervisor merges it into the config it
-    /// pipes to `ax-netstack`; it holds secret values, so it must never be written to disk.
-    pub fn netstack_fragment(
-        &self,
-        resolved: &[ResolvedSecret],
-        placeholders: &BTreeMap<String, String>,
-    ) -> toml::Table {
-        ax_supervisor::netconf::secrets_fragment(resolved, placeholders, self.policy.as_ref())
     }
 }
 

@@ -347,7 +347,7 @@ action = "intercept"
         .launch(Mode::Batch, &vars(Some("x"), &ph))
         .unwrap();
     assert_eq!(l.env["TOKEN"], "ph-0123456789");
-    let mut t = l.netstack_fragment(&resolved, &ph);
+    let mut t = ax_supervisor::netconf::secrets_fragment(&resolved, &ph, l.policy.as_ref());
     t.insert("agent".into(), "job-1".into());
     let cfg =
         ax_netstack::config::Config::parse(&toml::to_string(&t).unwrap(), "fragment").unwrap();

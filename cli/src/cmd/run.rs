@@ -100,14 +100,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let agent = resolve_definition(&args)?;
     let pre = preflight(&args, &agent)?;
     let (name, dir) = prepare_state(&args, &agent, &pre, t0)?;
-    let cmd = supervisor_command(&name, &dir, args.wait)?;
-    if !args.wait {
-        let mut cmd = cmd;
-        cmd.spawn().context("starting the supervisor")?;
-        println!("{name}");
-        return Ok(0);
+    let mut cmd = supervisor_command(&name, &dir, args.wait)?;
+    if args.wait {
+        return foreground_wait(cmd, &name, &dir);
     }
-    foreground_wait(cmd, &name, &dir)
+    cmd.spawn().context("starting the supervisor")?;
+    println!("{name}");
+    Ok(0)
 }
 
 /// The definition: the repository's .ax/agents (of --repo, else around the current
@@ -130,6 +129,9 @@ struct Preflight {
     branch_cfg: crate::config::BranchConfig,
     author: Option<ax_branch::Person>,
     net: netconf::NetChoice,
+    /// The agent's secrets with their values (none without a network): each gets a fresh
+    /// placeholder in the launch record; the supervisor resolves them again for the netstack.
+    resolved: Vec<ResolvedSecret>,
 }
 
 /// Every check that can fail on the user's input, before anything is built or started
@@ -169,13 +171,16 @@ fn preflight(args: &RunArgs, agent: &Agent) -> Result<Preflight> {
             .map_err(|e| usage(format!("--author: {e:#}"), "give \"Name <email>\""))?;
     }
     let net = check_net(args)?;
-    if net.enabled {
-        secrets::resolve(&agent.secrets)?;
-    }
+    let resolved = if net.enabled {
+        secrets::resolve(&agent.secrets)?
+    } else {
+        Vec::new()
+    };
     Ok(Preflight {
         branch_cfg,
         author,
         net,
+        resolved,
     })
 }
 
@@ -205,7 +210,7 @@ fn prepare_state(
         None => state::create_unique(&state::slug(args.prompt.as_deref().unwrap_or(&agent.name)))?,
     };
     let fill = || -> Result<AgentState> {
-        let (rec, _) = prepare(agent, &name, args.prompt.as_deref(), pre.net.enabled)?;
+        let rec = prepare(agent, &name, args.prompt.as_deref(), &pre.resolved)?;
         rec.save(&dir)?;
         let mut st = AgentState {
             name: name.clone(),
@@ -408,21 +413,14 @@ fn snapshot_repo(
 }
 
 /// Renders `agent` for instance `name`: with a `prompt` its batch command, without one its
-/// interactive command (usage error when it has none). With `net`, its secrets
-/// are resolved (usage error naming `axctl secrets add …` when a required one is missing)
-/// and each gets a fresh placeholder; without a network the agent gets no secrets at all.
-/// Returns the record and the resolved secrets.
+/// interactive command (usage error when it has none). Each of the `resolved` secrets (the
+/// preflight's; none without a network) gets a fresh placeholder. Returns the record.
 pub fn prepare(
     agent: &Agent,
     name: &str,
     prompt: Option<&str>,
-    net: bool,
-) -> Result<(LaunchRecord, Vec<ResolvedSecret>)> {
-    let resolved = if net {
-        secrets::resolve(&agent.secrets)?
-    } else {
-        Vec::new()
-    };
+    resolved: &[ResolvedSecret],
+) -> Result<LaunchRecord> {
     let placeholders: BTreeMap<String, String> = resolved
         .iter()
         .map(|r| {
@@ -458,7 +456,7 @@ pub fn prepare(
         memory_mib: l.memory_mib,
         timeout_secs: l.timeout.map(|d| d.as_secs().max(1)),
     };
-    Ok((rec, resolved))
+    Ok(rec)
 }
 
 #[cfg(test)]
