@@ -125,16 +125,12 @@ pub type Report = ax_jail::Report;
 /// exist already would keep their privileges and Landlock domain): refused otherwise.
 /// ~0.2 ms.
 pub fn apply(policy: &Policy) -> Result<Report, JailError> {
-    let filters = if policy.per_thread_filters {
-        Filters::PerThread(
-            ThreadKind::ALL
-                .iter()
-                .map(|&k| (k, thread_rules(k)))
-                .collect(),
-        )
-    } else {
-        Filters::Process(rules())
-    };
+    let filters = Filters::select(
+        policy.per_thread_filters,
+        &ThreadKind::ALL,
+        thread_rules,
+        rules,
+    );
     let mut soft_deny = Rules::new();
     allow(&mut soft_deny, &[libc::SYS_clone3, libc::SYS_unlink]);
     JAIL.apply(

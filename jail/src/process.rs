@@ -51,6 +51,24 @@ pub enum Filters<K> {
     PerThread(Vec<(K, Rules)>),
 }
 
+impl<K: Copy> Filters<K> {
+    /// With `per_thread`, one allowlist per kind of `kinds` (`thread_rules(kind)`), else the
+    /// one process-wide allowlist `process()` (the union of the kinds' tables, by the
+    /// caller's construction).
+    pub fn select(
+        per_thread: bool,
+        kinds: &[K],
+        thread_rules: impl Fn(K) -> Rules,
+        process: impl FnOnce() -> Rules,
+    ) -> Self {
+        if per_thread {
+            Filters::PerThread(kinds.iter().map(|&k| (k, thread_rules(k))).collect())
+        } else {
+            Filters::Process(process())
+        }
+    }
+}
+
 /// What [`Jail::apply`] does, besides the Landlock ruleset (its own argument).
 pub struct Setup<'a, K> {
     /// How the log line names the seccomp layer ("seccomp", "seccomp per thread").

@@ -166,16 +166,12 @@ pub fn prepare(ctx: &Context) {
 /// exist already would keep their privileges and Landlock domain): refused otherwise.
 /// Errors: a step failed (one line, ends with "run with --no-jail to debug").
 pub fn apply(policy: &Policy) -> Result<Report, JailError> {
-    let filters = if policy.per_thread_filters {
-        Filters::PerThread(
-            ThreadKind::ALL
-                .iter()
-                .map(|&k| (k, thread_rules(k)))
-                .collect(),
-        )
-    } else {
-        Filters::Process(rules())
-    };
+    let filters = Filters::select(
+        policy.per_thread_filters,
+        &ThreadKind::ALL,
+        thread_rules,
+        rules,
+    );
     JAIL.apply(
         Setup {
             label: "seccomp",

@@ -350,14 +350,13 @@ impl Supervisor<'_> {
     /// timeout ([`Self::forward_stop`]), and the stop grace period running out.
     fn run_agent(
         &mut self,
-        conn: UnixStream,
+        mut conn: UnixStream,
         env: BTreeMap<String, String>,
         resolved: &[ResolvedSecret],
         tx: Sender<Event>,
         rx: Receiver<Event>,
         vm_status: Arc<Mutex<Option<ExitStatus>>>,
     ) -> Result<()> {
-        let mut conn = conn;
         let Some(exec_sent) = self.send_exec(&mut conn, env, &vm_status, &rx)? else {
             return Ok(());
         };
