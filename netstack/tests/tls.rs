@@ -16,12 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tls_util::*;
 
-const API: &str = "api.anthropic.com";
+/// A host with a bound secret that is not an LLM provider (no route table: every path passes).
+const API: &str = "api.secrets.example";
+/// An LLM provider host (metered; the route table applies to substituted credentials).
+const LLM: &str = "api.anthropic.com";
 const OTHER: &str = "other.example.com";
 
 fn anthropic() -> TestSecret {
     let v = format!("sk-ant-api03-{}-realKEY", "Zq9".repeat(30));
-    TestSecret::new("ANTHROPIC_API_KEY", &v, &[API], false)
+    TestSecret::new("ANTHROPIC_API_KEY", &v, &[API, LLM], false)
 }
 
 fn github() -> TestSecret {
@@ -499,11 +502,11 @@ async fn echoed_values_are_scrubbed_split_and_gzip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_flows_event_by_event_and_is_metered() {
     let dir = tempfile::tempdir().unwrap();
-    let up = upstream(&[API], &["h2", "http/1.1"]).await;
+    let up = upstream(&[LLM], &["h2", "http/1.1"]).await;
     let key = anthropic();
-    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
+    let ctx = context(dir.path(), &up, &[LLM], true, &[key_clone(&key)], "");
     for (i, alpn) in [&["h2"][..], &["http/1.1"][..]].into_iter().enumerate() {
-        let mut g = guest(&ctx, &up, API, alpn).await;
+        let mut g = guest(&ctx, &up, LLM, alpn).await;
         let resp = g
             .send(
                 "POST",
@@ -562,17 +565,17 @@ async fn sse_flows_event_by_event_and_is_metered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_cap_answers_429_without_forwarding() {
     let dir = tempfile::tempdir().unwrap();
-    let up = upstream(&[API], &["http/1.1"]).await;
+    let up = upstream(&[LLM], &["http/1.1"]).await;
     let key = anthropic();
     let ctx = context(
         dir.path(),
         &up,
-        &[API],
+        &[LLM],
         true,
         &[key_clone(&key)],
         "[limits]\nmax_tokens = 100\n",
     );
-    let mut g = guest(&ctx, &up, API, &["http/1.1"]).await;
+    let mut g = guest(&ctx, &up, LLM, &["http/1.1"]).await;
     let hdr = [("x-api-key", key.placeholder.clone())];
     let (status, _, text) = g
         .text(
@@ -667,10 +670,10 @@ async fn http1_upgrade_is_spliced_after_substitution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_to_an_llm_api_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let up = upstream(&[API], &["http/1.1"]).await;
+    let up = upstream(&[LLM], &["http/1.1"]).await;
     let key = anthropic();
-    let ctx = context(dir.path(), &up, &[API], true, &[key_clone(&key)], "");
-    let mut g = guest(&ctx, &up, API, &["http/1.1"]).await;
+    let ctx = context(dir.path(), &up, &[LLM], true, &[key_clone(&key)], "");
+    let mut g = guest(&ctx, &up, LLM, &["http/1.1"]).await;
     let hdrs = [
         ("connection", "upgrade".to_string()),
         ("upgrade", "websocket".to_string()),
@@ -719,17 +722,17 @@ async fn llm_request_bodies_carry_placeholders_as_text() {
     // An agent that read its own environment sends the placeholders to the model as
     // conversation text: forwarded unchanged (not substituted, not blocked).
     let dir = tempfile::tempdir().unwrap();
-    let up = upstream(&[API], &["h2", "http/1.1"]).await;
+    let up = upstream(&[LLM], &["h2", "http/1.1"]).await;
     let (key, gh) = (anthropic(), github());
     let ctx = context(
         dir.path(),
         &up,
-        &[API],
+        &[LLM],
         true,
         &[key_clone(&key), key_clone(&gh)],
         "",
     );
-    let mut g = guest(&ctx, &up, API, &["h2"]).await;
+    let mut g = guest(&ctx, &up, LLM, &["h2"]).await;
     let body = format!("{{\"model\":\"claude-sonnet-4-5\",\"messages\":[{{\"role\":\"user\",\"content\":\"env: GITHUB_TOKEN={} ANTHROPIC_API_KEY={}\"}}]}}", gh.placeholder, key.placeholder);
     let (status, _, text) = g
         .text(
@@ -747,13 +750,13 @@ async fn llm_request_bodies_carry_placeholders_as_text() {
         "body forwarded as the guest wrote it"
     );
     assert_eq!(seen.headers["x-api-key"], key.value.as_str());
-    // Other paths of an LLM API host too (token counting is not metered).
+    // Other paths of an LLM LLM host too (token counting is not metered).
     let (status, _, _) = g
         .text("POST", "/v1/messages/count_tokens", &[], &body)
         .await;
     assert_eq!(status, 200);
     assert_eq!(up.seen.lock().unwrap()[1].body, body.as_bytes());
-    // The same body to a host that is not an LLM API is blocked.
+    // The same body to a host that is not an LLM LLM is blocked.
     let up2 = upstream(&[OTHER], &["h2"]).await;
     let ctx2 = context(
         dir.path(),

@@ -8,6 +8,7 @@ pub mod body;
 pub mod decode;
 
 use crate::context::Context;
+use crate::meter::routes::{self, Route};
 use crate::meter::{CallMeter, Outcome, Provider, RequestRecord};
 use crate::{BoxStream, Flow};
 use body::{full, BlockSlot, Pipe, ProxyBody};
@@ -214,6 +215,29 @@ fn abort(call: &mut Option<CallMeter>, why: String) {
     }
 }
 
+/// The credential headers' values (where placeholders are substituted), to tell whether
+/// substitution changed any.
+fn credential_headers(h: &HeaderMap) -> Vec<HeaderValue> {
+    ["authorization", "x-api-key", "x-goog-api-key"]
+        .iter()
+        .flat_map(|n| h.get_all(*n).iter().cloned())
+        .collect()
+}
+
+/// The host part of a `Host` header value (RFC 9110 §7.2: `uri-host [ ":" port ]`, IPv6 in
+/// brackets); an unparsable value is returned whole (and then matches no verified name).
+fn authority_host(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    match s.parse::<http::uri::Authority>() {
+        Ok(a) => a
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        Err(_) => s.into_owned(),
+    }
+}
+
 /// A copy of a request head without extensions (for the meter, before substitution).
 fn copy_head(p: &http::request::Parts) -> http::request::Parts {
     let mut r = Request::new(());
@@ -274,8 +298,13 @@ impl Proxy {
         let path = parts.uri.path().to_string();
         self.check_upstream(&method, &path)?;
         let meter_head = copy_head(&parts);
+        let before = credential_headers(&parts.headers);
         self.substitute_in_head(&method, &path, &mut parts)?;
-        let provider = self.ctx.meter.provider_for(&self.name, &path);
+        let substituted = before != credential_headers(&parts.headers);
+        if substituted {
+            self.check_host_binding(&method, &path, &parts)?;
+        }
+        let provider = self.route(&method, &path, substituted, &parts.headers)?;
         self.refuse_llm_upgrade(&method, &path, provider, &parts.headers)?;
         self.check_spend_cap(&method, &path, provider)?;
         let process = !self.ctx.secrets.is_empty() || provider.is_some();
@@ -318,6 +347,82 @@ impl Proxy {
             .secrets
             .rewrite_request_head(&self.name, &parts.uri, &mut parts.headers)
             .map_err(|b| self.refuse(method, path, StatusCode::FORBIDDEN, b.0))
+    }
+
+    /// Host binding: a request carrying a substituted credential goes out with the `Host` /
+    /// `:authority` the guest wrote, so both must name the verified upstream (`self.name`, the
+    /// SNI the upstream's certificate was checked against); another name is refused with 403
+    /// (the credential would be presented to a virtual host it is not bound to).
+    fn check_host_binding(
+        &self,
+        method: &Method,
+        path: &str,
+        parts: &http::request::Parts,
+    ) -> Result<(), Refusal> {
+        let named = parts
+            .uri
+            .authority()
+            .map(|a| a.host().to_string())
+            .into_iter()
+            .chain(
+                parts
+                    .headers
+                    .get_all(header::HOST)
+                    .iter()
+                    .map(|h| authority_host(h.as_bytes())),
+            );
+        let want = self.name.trim_end_matches('.');
+        for host in named {
+            let got = host.trim_end_matches('.');
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(self.refuse(
+                    method,
+                    path,
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "ax-netstack refused {method} {path}: the request names host {got:?} (Host / :authority) but the connection was verified for {want}; a credential is only sent with Host {want}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The metering route (`meter::routes`): on a provider host, a request carrying a
+    /// substituted credential is metered, free, or refused with 403 naming the path (also any
+    /// protocol upgrade on a path that is not metered, e.g. `/v1/realtime`, Gemini Live).
+    /// Returns the API to meter, if any (requests without a substituted credential: by path,
+    /// as before).
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        substituted: bool,
+        headers: &HeaderMap,
+    ) -> Result<Option<Provider>, Refusal> {
+        if headers.contains_key(header::UPGRADE) {
+            // An upgrade on a metered path: answered 404 by `refuse_llm_upgrade` (clients
+            // fall back to HTTPS + SSE), whatever the method.
+            if let Some(p) = self.ctx.meter.provider_for(&self.name, path) {
+                return Ok(Some(p));
+            }
+        }
+        let route = if substituted {
+            routes::route(&self.name, method.as_str(), path)
+        } else {
+            None
+        };
+        match route {
+            None => Ok(self.ctx.meter.provider_for(&self.name, path)),
+            Some(Route::Metered(p)) => Ok(Some(p)),
+            Some(Route::Free) if !headers.contains_key(header::UPGRADE) => Ok(None),
+            Some(_) => Err(self.refuse(
+                method,
+                path,
+                StatusCode::FORBIDDEN,
+                routes::refusal(&self.name, method.as_str(), path),
+            )),
+        }
     }
 
     /// Upgrade refusal: a WebSocket to an LLM API (Codex prefers the Responses WebSocket)

@@ -15,6 +15,7 @@ mod audit;
 mod calls;
 pub mod ledger;
 pub mod prices;
+pub mod routes;
 pub mod usage;
 
 pub use audit::{Audit, ConnRecord, RequestRecord};
