@@ -302,3 +302,49 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A new repository on branch `main` with `files` (path, content) in one commit "base
+/// commit"; also returns the commit id.
+pub fn repo_with(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let repo = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    for (path, body) in files {
+        let p = r.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "base commit"]);
+    let head = git(r, &["rev-parse", "HEAD"]).trim().to_string();
+    (repo, head)
+}
+
+/// Starts agent `name` in the background on `repo` with `prompt` (which must end by touching
+/// /tmp/ready and then sleeping), and waits until it runs and the file exists.
+pub fn start_until_ready(env: &Env, repo: &Path, name: &str, prompt: &str) {
+    let o = env.run(&[
+        "run",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--name",
+        name,
+        "--prompt",
+        prompt,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = env.wait_for(name, std::time::Duration::from_secs(90), |v| {
+        v["status"] != "starting"
+    });
+    assert_eq!(st["status"], "running");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env
+        .run(&["exec", name, "--", "test", "-e", "/tmp/ready"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(std::time::Instant::now() < end, "agent never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -1,59 +1,13 @@
 //! `axctl run --repo`: the repository on the guest's /workspace through ax-fsd (git-backed
 //! lower, copy-on-write upper), and the agent's work as branch ax/<name>.
 
-use ax_tests::{ensure_image, require_qemu, Env};
+use ax_tests::{ensure_image, repo_with, require_qemu, start_until_ready, Env};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use ax_tests::git;
-
-/// A new repository on branch `main` with `files` (path, content) in one commit "base
-/// commit"; also returns the commit id.
-fn repo_with(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
-    let repo = tempfile::tempdir().unwrap();
-    let r = repo.path();
-    git(r, &["init", "-q", "-b", "main"]);
-    for (path, body) in files {
-        let p = r.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, body).unwrap();
-    }
-    git(r, &["add", "-A"]);
-    git(r, &["commit", "-q", "-m", "base commit"]);
-    let head = git(r, &["rev-parse", "HEAD"]).trim().to_string();
-    (repo, head)
-}
-
-/// Starts agent `name` in the background on `repo` with `prompt` (which must end by touching
-/// /tmp/ready and then sleeping), and waits until it runs and the file exists.
-fn start_until_ready(env: &Env, repo: &Path, name: &str, prompt: &str) {
-    let o = env.run(&[
-        "run",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--name",
-        name,
-        "--prompt",
-        prompt,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st = env.wait_for(name, std::time::Duration::from_secs(90), |v| {
-        v["status"] != "starting"
-    });
-    assert_eq!(st["status"], "running");
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while env
-        .run(&["exec", name, "--", "test", "-e", "/tmp/ready"])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(std::time::Instant::now() < end, "agent never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
 
 /// Every file under `root` (relative path → mode and sha256 of its bytes or link target).
 fn files(root: &Path) -> BTreeMap<String, (u32, String)> {
