@@ -6,7 +6,6 @@
 //! lower tree + upper edits (`.gitignore` honoured, `.git` and ax's own files left out).
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +14,8 @@ use gix::objs::{Find as _, Write as _};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
-use super::upper::{scan_upper, UpperChange};
+use super::beneath::Dir;
+use super::upper::{max_file_bytes_from_env, scan_upper_with, UpperChange};
 use super::{gx, open_host, validate_branch_name, Identity, Snapshot, BRANCH_PREFIX};
 
 /// Message prefix of the commit holding the agent's uncommitted changes.
@@ -30,6 +30,11 @@ pub struct BranchOptions {
     /// Overwrite `ax/<name>` even when it points at a commit ax did not make on this agent's
     /// history (someone moved the branch).
     pub force: bool,
+    /// The largest file (apparent size, bytes) taken from the upper layer, and the largest
+    /// object imported from the guest's `.git`; a larger one fails the build with a message
+    /// naming it. `None`: `AX_BRANCH_MAX_FILE_BYTES` if set, else 1 GiB
+    /// ([`super::upper::DEFAULT_MAX_FILE_BYTES`], docs/branch.md).
+    pub max_file_bytes: Option<u64>,
 }
 
 /// What [`build_branch`] did.
@@ -101,6 +106,10 @@ pub fn build_branch_with(
     opts: &BranchOptions,
 ) -> Result<BranchResult> {
     validate_branch_name(name)?;
+    let max_file_bytes = match opts.max_file_bytes {
+        Some(m) => m,
+        None => max_file_bytes_from_env()?,
+    };
     let host = open_host(repo)?;
     let hash = host.object_hash();
     let refname = format!("{BRANCH_PREFIX}{name}");
@@ -135,7 +144,7 @@ pub fn build_branch_with(
     let mut top = start;
     let mut guest_tree = None;
     if let Some(gdir) = guest_git {
-        let guest = GuestStore::open(gdir, hash)?;
+        let guest = GuestStore::open(gdir, hash, max_file_bytes)?;
         if let Some(head) = guest.head()? {
             if Some(head) != snap.base_commit && Some(head) != snap.snapshot_commit {
                 importer.import(head, &[&guest as &dyn Source, &snap_odb as &dyn Source])?;
@@ -154,7 +163,7 @@ pub fn build_branch_with(
         .collect();
     skip.push(".git".into());
     let tracked: Vec<ObjectId> = guest_tree.into_iter().collect();
-    let changes = scan_upper(&host, upper, snap.tree, &tracked, &skip)?;
+    let changes = scan_upper_with(&host, upper, snap.tree, &tracked, &skip, max_file_bytes)?;
     let final_tree = apply(&host, snap.tree, &changes)?;
 
     // 4. Parent, commit, ref.
@@ -362,75 +371,62 @@ impl Source for gix::odb::Handle {
 }
 
 /// The guest's own objects (loose + packs), read without following its alternates and
-/// without following symlinks: the guest wrote them and is not trusted.
+/// without following symlinks: the guest wrote them and is not trusted, and may change them
+/// while they are read. Every file is opened below the `.git` directory's descriptor
+/// ([`Dir`]); packs are mapped through the descriptor opened that way (`/proc/self/fd/N`).
 struct GuestStore {
-    git_dir: PathBuf,
-    loose: gix::odb::loose::Store,
+    git: Dir,
     packs: Vec<gix::odb::pack::Bundle>,
-    objects: PathBuf,
+    /// The largest object read (bytes, inflated).
+    max_bytes: u64,
 }
 
-fn real_dir(p: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) => Ok(m.is_dir()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads a small file of the guest's `.git` (no symlink followed, at most 64 KiB).
-fn read_small(p: &Path) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(p)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-    };
-    if !f.metadata()?.is_file() {
-        return Ok(None);
-    }
-    let mut v = Vec::new();
-    f.take(64 << 10).read_to_end(&mut v)?;
-    Ok(Some(v))
+/// Opens `p` (already opened safely as `f`) through its descriptor for a gix reader.
+fn fd_path(f: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 impl GuestStore {
-    fn open(git_dir: &Path, hash: gix::hash::Kind) -> Result<Self> {
-        anyhow::ensure!(
-            real_dir(git_dir)?,
-            "the guest's .git {} is not a directory",
-            git_dir.display()
-        );
-        let objects = git_dir.join("objects");
+    fn open(git_dir: &Path, hash: gix::hash::Kind, max_bytes: u64) -> Result<Self> {
+        let git = Dir::open(git_dir).with_context(|| {
+            format!(
+                "opening the guest's .git {} (it must be a directory, not a symlink)",
+                git_dir.display()
+            )
+        })?;
         let mut packs = Vec::new();
-        let pack_dir = objects.join("pack");
-        if real_dir(&objects)? && real_dir(&pack_dir)? {
-            let mut idx: Vec<_> = std::fs::read_dir(&pack_dir)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        if let Some(pack_dir) = git.dir(Path::new("objects/pack"))? {
+            let mut idx: Vec<_> = pack_dir
+                .names()?
+                .into_iter()
+                .filter(|n| Path::new(n).extension().is_some_and(|x| x == "idx"))
                 .collect();
             idx.sort();
-            for p in idx {
-                let pack = p.with_extension("pack");
-                let regular = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
-                if regular(&p) && regular(&pack) {
-                    packs.push(
-                        gx(gix::odb::pack::Bundle::at(&p, hash))
-                            .with_context(|| format!("opening guest pack {}", p.display()))?,
-                    );
-                }
+            for name in idx {
+                let pack_name = Path::new(&name).with_extension("pack");
+                let (Some((idx_f, _)), Some((pack_f, _))) =
+                    (pack_dir.file(Path::new(&name))?, pack_dir.file(&pack_name)?)
+                else {
+                    continue;
+                };
+                let what = || {
+                    format!(
+                        "opening guest pack {}",
+                        git_dir.join("objects/pack").join(&name).display()
+                    )
+                };
+                let index = gx(gix::odb::pack::index::File::at(fd_path(&idx_f), hash))
+                    .with_context(what)?;
+                let pack = gx(gix::odb::pack::data::File::at(fd_path(&pack_f), hash))
+                    .with_context(what)?;
+                packs.push(gix::odb::pack::Bundle { pack, index });
             }
         }
         Ok(GuestStore {
-            git_dir: git_dir.to_owned(),
-            loose: gix::odb::loose::Store::at(&objects, hash),
+            git,
             packs,
-            objects,
+            max_bytes,
         })
     }
 
@@ -439,11 +435,11 @@ impl GuestStore {
         let mut name: BString = "HEAD".into();
         for _ in 0..5 {
             let value = if name == "HEAD" {
-                read_small(&self.git_dir.join("HEAD"))?
+                self.read_small(Path::new("HEAD"))?
             } else {
                 gx(gix::validate::reference::name(name.as_bstr()))
                     .with_context(|| format!("the guest's HEAD names a bad ref {name:?}"))?;
-                match read_small(&self.git_dir.join(super::bpath(name.as_bstr())))? {
+                match self.read_small(super::bpath(name.as_bstr()))? {
                     Some(v) => Some(v),
                     None => self
                         .packed_ref(name.as_bstr())?
@@ -465,9 +461,19 @@ impl GuestStore {
         bail!("the guest's HEAD is a chain of symbolic refs that is too long")
     }
 
+    /// Reads a small file of the guest's `.git` (at most 64 KiB).
+    fn read_small(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        self.git
+            .read(rel, 64 << 10)
+            .with_context(|| format!("reading the guest's .git/{}", rel.display()))
+    }
+
     fn packed_ref(&self, name: &gix::bstr::BStr) -> Result<Option<ObjectId>> {
-        let p = self.git_dir.join("packed-refs");
-        let Some(data) = read_small_big(&p)? else {
+        let Some(data) = self
+            .git
+            .read(Path::new("packed-refs"), 64 << 20)
+            .context("reading the guest's .git/packed-refs")?
+        else {
             return Ok(None);
         };
         for line in data.lines() {
@@ -482,44 +488,77 @@ impl GuestStore {
         }
         Ok(None)
     }
-}
 
-/// Like [`read_small`] with a larger cap, for packed-refs.
-fn read_small_big(p: &Path) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(p)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if !f.metadata()?.is_file() {
-        return Ok(None);
+    /// A loose object: inflated while reading, its header checked against the size limit
+    /// before its body is read.
+    fn read_loose(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<Option<gix::objs::Kind>> {
+        use std::io::Read;
+        let hex = id.to_string();
+        let rel = PathBuf::from(format!("objects/{}/{}", &hex[..2], &hex[2..]));
+        let Some((f, _)) = self.git.file(&rel)? else {
+            return Ok(None);
+        };
+        let mut z = flate2::read::ZlibDecoder::new(std::io::BufReader::new(f));
+        let mut header = Vec::with_capacity(32);
+        let mut byte = [0u8; 1];
+        loop {
+            z.read_exact(&mut byte)
+                .with_context(|| format!("the guest's loose object {id} is corrupt"))?;
+            header.push(byte[0]);
+            if byte[0] == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                header.len() < 64,
+                "the guest's loose object {id} is corrupt"
+            );
+        }
+        let (kind, size, _) = gx(gix::objs::decode::loose_header(&header))
+            .with_context(|| format!("the guest's loose object {id} is corrupt"))?;
+        self.check_size(id, size)?;
+        buf.clear();
+        z.take(size).read_to_end(buf)?;
+        anyhow::ensure!(
+            buf.len() as u64 == size,
+            "the guest's loose object {id} is truncated"
+        );
+        Ok(Some(kind))
     }
-    let mut v = Vec::new();
-    f.take(64 << 20).read_to_end(&mut v)?;
-    Ok(Some(v))
+
+    fn check_size(&self, id: &gix::oid, size: u64) -> Result<()> {
+        if size > self.max_bytes {
+            bail!(
+                "the agent's commit holds object {id} of {size} bytes, above the branch's file size \
+                 limit of {} bytes (setting {}, docs/branch.md): remove the file from the agent's \
+                 commits, or raise the limit",
+                self.max_bytes,
+                super::upper::MAX_FILE_ENV
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Source for GuestStore {
     fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<Option<gix::objs::Kind>> {
-        let hex = id.to_string();
-        let fan = self.objects.join(&hex[..2]);
-        let file = fan.join(&hex[2..]);
-        if real_dir(&fan)? && std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
-            if let Some(d) = gx(self.loose.try_find(id, buf))? {
-                return Ok(Some(d.kind));
-            }
+        if let Some(k) = self.read_loose(id, buf)? {
+            return Ok(Some(k));
         }
         let mut inflate = gix::zlib::Inflate::default();
         for p in &self.packs {
-            if let Some((d, _)) =
-                gx(p.find(id, buf, &mut inflate, &mut gix::odb::pack::cache::Never))?
-            {
-                return Ok(Some(d.kind));
+            if let Some(i) = p.index.lookup(id) {
+                // A whole object stored in the pack: its size is in the entry header. (Deltas
+                // are checked after decoding, below.)
+                let entry = gx(p.pack.entry(p.index.pack_offset_at_index(i)))?;
+                if !entry.header.is_delta() {
+                    self.check_size(id, entry.decompressed_size)?;
+                }
+            }
+            let kind = gx(p.find(id, buf, &mut inflate, &mut gix::odb::pack::cache::Never))?
+                .map(|(d, _)| d.kind);
+            if let Some(kind) = kind {
+                self.check_size(id, buf.len() as u64)?;
+                return Ok(Some(kind));
             }
         }
         Ok(None)
@@ -528,6 +567,8 @@ impl Source for GuestStore {
 
 /// Copies objects the host lacks into the host's object store, children before parents, so
 /// an object present in the host always has its closure present too.
+/// Blobs (they have no children) are written as soon as they are read, so at most one blob
+/// is held in memory; trees, commits and tags wait for their children.
 struct Importer<'r> {
     host: &'r gix::Repository,
     done: HashSet<ObjectId>,
@@ -603,7 +644,13 @@ impl<'r> Importer<'r> {
                     let t = gx(gix::objs::TagRef::from_bytes(&buf, hash))?;
                     stack.push((t.target(), false));
                 }
-                gix::objs::Kind::Blob => {}
+                gix::objs::Kind::Blob => {
+                    stack.pop();
+                    let written = gx(self.host.objects.write_buf(kind, &buf))?;
+                    anyhow::ensure!(written == id, "object {id} changed while importing");
+                    self.done.insert(id);
+                    continue;
+                }
             }
             pending.insert(id, (kind, buf));
         }

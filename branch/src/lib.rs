@@ -12,6 +12,7 @@
 //!   never touches HEAD, the index, the working tree or any other ref, runs no hooks and never
 //!   reads the user's git identity.
 
+mod beneath;
 mod branch;
 mod guest;
 mod snapshot;
@@ -26,7 +27,7 @@ pub use branch::{build_branch, build_branch_with, BranchOptions, BranchResult};
 pub use gix::ObjectId;
 pub use guest::prepare_guest_git;
 pub use snapshot::snapshot;
-pub use upper::{scan_upper, UpperChange};
+pub use upper::{scan_upper, scan_upper_with, UpperChange, DEFAULT_MAX_FILE_BYTES, MAX_FILE_ENV};
 
 /// Message of the commit that records the host's uncommitted changes at `axctl run`.
 pub const SNAPSHOT_MESSAGE: &str = "ax: working tree at run start\n";
@@ -271,7 +272,10 @@ pub fn build_for_agent(
         repo,
         &snap,
         &upper,
-        guest_git.is_dir().then_some(guest_git.as_path()),
+        // The guest may have replaced `.git` by a symlink: not followed (GuestStore refuses it).
+        std::fs::symlink_metadata(&guest_git)
+            .is_ok_and(|m| m.is_dir() || m.is_symlink())
+            .then_some(guest_git.as_path()),
         name,
         identity,
     )

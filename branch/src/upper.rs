@@ -11,26 +11,25 @@
 //! | directory over a lower non-directory | the lower file is gone |
 //! | other devices, FIFOs, sockets | skipped (git cannot store them) |
 //!
-//! Symlinks are never followed, files are opened with `O_NOFOLLOW`: the upper layer is written
-//! by the guest and is untrusted.
+//! The upper layer is written by the guest, also while it is read (`axctl commit` of a live
+//! agent): every name is opened once below the upper's directory descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and judged by `fstat` of what was opened
+//! ([`super::beneath`]); a symlink is never followed.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use gix::bstr::{BStr, BString, ByteSlice, ByteVec};
 use gix::objs::tree::EntryKind;
 use gix::ObjectId;
 
+use super::beneath::{Dir, Node};
 use super::gx;
 // One reading of overlayfs's whiteout and opaque marks, shared with ax-fsd (their writer).
-use ax_fsd::overlay::{is_whiteout, opaque_value, OPAQUE, XWHITEOUTS};
-
-/// Files at or above this size are hashed while streaming instead of read into memory.
-const STREAM_THRESHOLD: u64 = 32 << 20;
+use ax_fsd::overlay::{is_whiteout_with, OPAQUE, OPAQUE_XATTRS, XWHITEOUTS};
 
 /// One edit of the tree, in the order they must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,43 +61,50 @@ impl UpperChange {
 /// Hashes the file at `path` into `repo`'s object store without following symlinks: a regular
 /// file → blob (mode 100755 when the owner may execute it and `exec_bit` is on; otherwise the
 /// `keep` kind if it was executable before), a symlink → blob of its target. `None` for
-/// anything else (missing, directory, device, FIFO, socket).
+/// anything else (missing, directory, device, FIFO, socket). For the host's own working tree
+/// (the snapshot); the upper layer is read through [`Dir`] instead.
 pub(crate) fn blob_from_disk(
     repo: &gix::Repository,
     path: &Path,
     exec_bit: bool,
     keep: Option<EntryKind>,
 ) -> Result<Option<(EntryKind, ObjectId)>> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let dir = match Dir::open(parent) {
+        Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(path)?;
-        let id = gx(repo.write_blob(target.as_os_str().as_bytes()))?.detach();
+    blob_from_node(repo, &dir, Path::new(name), exec_bit, keep, u64::MAX, path)
+}
+
+/// [`blob_from_disk`] for the name `rel` below `dir`, refusing a regular file larger than
+/// `max_bytes` (its apparent size) with an error naming `what` and the setting.
+pub(crate) fn blob_from_node(
+    repo: &gix::Repository,
+    dir: &Dir,
+    rel: &Path,
+    exec_bit: bool,
+    keep: Option<EntryKind>,
+    max_bytes: u64,
+    what: &Path,
+) -> Result<Option<(EntryKind, ObjectId)>> {
+    let Some(node) = dir.node(rel)? else {
+        return Ok(None);
+    };
+    if node.is_symlink() {
+        let target = node.read_link()?;
+        let id = gx(repo.write_blob(&target))?.detach();
         return Ok(Some((EntryKind::Link, id)));
     }
-    if !ft.is_file() {
+    if !node.is_file() {
         return Ok(None);
     }
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    // Decide on what was opened (the path may have changed since the lstat).
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Ok(None);
-    }
+    let (file, st) = node.open_read()?;
     let kind = if exec_bit {
-        if meta.mode() & 0o100 != 0 {
+        if st.st_mode & 0o100 != 0 {
             EntryKind::BlobExecutable
         } else {
             EntryKind::Blob
@@ -109,24 +115,73 @@ pub(crate) fn blob_from_disk(
             _ => EntryKind::Blob,
         }
     };
-    let id = write_blob_from_file(repo, &mut file, meta.len())?;
+    let size = st.st_size as u64;
+    if size > max_bytes {
+        bail!(
+            "{} is {} bytes, above the branch's file size limit of {} bytes \
+             (setting {MAX_FILE_ENV}, docs/branch.md): remove the file in the agent, or raise the limit",
+            what.display(),
+            size,
+            max_bytes
+        );
+    }
+    let id = write_blob_streaming(repo, file, size)?;
     Ok(Some((kind, id)))
 }
 
-fn write_blob_from_file(repo: &gix::Repository, file: &mut File, size: u64) -> Result<ObjectId> {
-    if size < STREAM_THRESHOLD {
-        let mut buf = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut buf)?;
-        return Ok(gx(repo.write_blob(&buf))?.detach());
+/// The environment variable that sets the largest file the branch builder takes (bytes).
+pub const MAX_FILE_ENV: &str = "AX_BRANCH_MAX_FILE_BYTES";
+
+/// Default of [`MAX_FILE_ENV`]: 1 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The file size limit: [`MAX_FILE_ENV`] when set to a number of bytes, else
+/// [`DEFAULT_MAX_FILE_BYTES`]. A value that is not a number is an error naming the variable.
+pub fn max_file_bytes_from_env() -> Result<u64> {
+    match std::env::var(MAX_FILE_ENV) {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            anyhow::anyhow!("{MAX_FILE_ENV}={v:?} is not a number of bytes (e.g. 1073741824)")
+        }),
+        Err(_) => Ok(DEFAULT_MAX_FILE_BYTES),
     }
-    // Large file: hash while streaming into a loose object; the size is fixed up front, so a
-    // file that changes length while being read is an error (retry later), never a bad object.
+}
+
+/// Writes `size` bytes of `file` as a blob: hashed and zlib-compressed while reading into a
+/// temporary loose object (bounded memory, gix's `write_stream`). A file that is shorter than
+/// `size` when read (it shrank) is an error, never an object whose header lies.
+fn write_blob_streaming(repo: &gix::Repository, file: File, size: u64) -> Result<ObjectId> {
     use gix::objs::Write as _;
-    let mut reader = file.take(size);
+    let mut reader = Exact {
+        inner: file.take(size),
+        left: size,
+    };
     let id = gx(repo
         .objects
         .write_stream(gix::objs::Kind::Blob, size, &mut reader))?;
     Ok(id)
+}
+
+/// A reader of exactly `left` bytes: an early end of file is an error.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while being read (try again)",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// What the scan needs to know about the lower side: trees of tracked content, ignore rules.
@@ -196,6 +251,7 @@ struct Scan<'a, 'r> {
     ignore: gix::ignore::Search,
     exec_bit: bool,
     skip: &'a [BString],
+    max_file_bytes: u64,
     out: Vec<UpperChange>,
 }
 
@@ -206,14 +262,36 @@ const IGNORE_ROOT: &str = "/ax-upper-root";
 /// edits, writing new blobs into `repo`. `tracked_trees`: trees whose paths are tracked (ignore
 /// rules do not hide changes to them). `skip`: share-relative paths never committed (ax's own
 /// files); any entry named `.git` is always skipped. Ignore rules: the host's `core.excludesFile`
-/// and `info/exclude`, the agent's own `.git/info/exclude` in `upper`, then each directory's `.gitignore` as the merged view shows it (upper's if
-/// present, else lower's unless whited-out or hidden by an opaque/new directory).
+/// and `info/exclude`, the agent's own `.git/info/exclude` in `upper`, then each directory's
+/// `.gitignore` as the merged view shows it (upper's if present, else lower's unless
+/// whited-out or hidden by an opaque/new directory). Files above [`DEFAULT_MAX_FILE_BYTES`]
+/// are refused (see [`scan_upper_with`]).
 pub fn scan_upper(
     repo: &gix::Repository,
     upper: &Path,
     lower_tree: ObjectId,
     tracked_trees: &[ObjectId],
     skip: &[BString],
+) -> Result<Vec<UpperChange>> {
+    scan_upper_with(
+        repo,
+        upper,
+        lower_tree,
+        tracked_trees,
+        skip,
+        DEFAULT_MAX_FILE_BYTES,
+    )
+}
+
+/// [`scan_upper`] with a file size limit: a regular file whose size is above `max_file_bytes`
+/// is an error naming it and the setting, before anything of it is read or written.
+pub fn scan_upper_with(
+    repo: &gix::Repository,
+    upper: &Path,
+    lower_tree: ObjectId,
+    tracked_trees: &[ObjectId],
+    skip: &[BString],
+    max_file_bytes: u64,
 ) -> Result<Vec<UpperChange>> {
     let lower = Lower::new(repo, lower_tree, tracked_trees)?;
     let excludes_file = match repo.config_snapshot().trusted_path("core.excludesFile") {
@@ -232,13 +310,19 @@ pub fn scan_upper(
         Default::default(),
     )
     .context("reading info/exclude and core.excludesFile")?;
+    let root = Dir::open(upper).with_context(|| {
+        format!(
+            "opening upper layer {} (it must be a directory, not a symlink)",
+            upper.display()
+        )
+    })?;
     // The agent's own `.git/info/exclude` (in the upper layer): what git in the guest leaves
     // out stays out of the branch too (e.g. the synthesized `.env`, agentd/src/dotenv.rs).
     let mut ignore = ignore;
-    let agent_exclude = upper.join(".git").join("info").join("exclude");
-    if std::fs::symlink_metadata(&agent_exclude).is_ok_and(|m| m.is_file()) {
-        let bytes = std::fs::read(&agent_exclude)
-            .with_context(|| format!("reading {}", agent_exclude.display()))?;
+    if let Some(bytes) = root
+        .read(Path::new(".git/info/exclude"), 16 << 20)
+        .with_context(|| format!("reading {}/.git/info/exclude", upper.display()))?
+    {
         ignore.add_patterns_buffer(
             &bytes,
             // A source at the root: its patterns are relative to the share's root (a source
@@ -249,43 +333,62 @@ pub fn scan_upper(
         )?;
     }
     let exec_bit = gx(repo.filesystem_options())?.executable_bit;
-    let meta = std::fs::symlink_metadata(upper)
-        .with_context(|| format!("reading upper layer {}", upper.display()))?;
-    anyhow::ensure!(
-        meta.is_dir(),
-        "upper layer {} is not a directory",
-        upper.display()
-    );
     let mut scan = Scan {
         repo,
         lower: &lower,
         ignore,
         exec_bit,
         skip,
+        max_file_bytes,
         out: Vec::new(),
     };
-    scan.dir(upper, BString::default(), true, false)?;
+    scan.dir(&root, upper, BString::default(), true, false)?;
     Ok(scan.out)
 }
 
+/// The value of `trusted.overlay.opaque`, else `user.overlay.opaque`, of an open directory.
+fn opaque_of(dir: &Dir) -> Option<Vec<u8>> {
+    OPAQUE_XATTRS.iter().find_map(|x| dir.xattr(x))
+}
+
+/// ax_fsd's whiteout rule applied to an opened node (its `fstat`, its xattrs by descriptor).
+fn node_is_whiteout(node: &Node, xwhiteouts: bool) -> bool {
+    is_whiteout_with(
+        node.stat.st_mode,
+        node.stat.st_rdev,
+        node.stat.st_size as u64,
+        xwhiteouts,
+        |x| node.has_xattr(x),
+    )
+}
+
 impl Scan<'_, '_> {
-    /// Visits upper directory `abs` at share path `rela`. `lower_visible`: the lower layer's
-    /// directory at `rela` shows through (not opaque, not replaced). `ignored`: `rela` itself
-    /// is ignored (only tracked paths below it count).
-    fn dir(&mut self, abs: &Path, rela: BString, lower_visible: bool, ignored: bool) -> Result<()> {
-        let opaque = opaque_value(abs);
+    /// Visits the upper directory `dir` (at `abs`, for messages) at share path `rela`.
+    /// `lower_visible`: the lower layer's directory at `rela` shows through (not opaque, not
+    /// replaced). `ignored`: `rela` itself is ignored (only tracked paths below it count).
+    fn dir(
+        &mut self,
+        dir: &Dir,
+        abs: &Path,
+        rela: BString,
+        lower_visible: bool,
+        ignored: bool,
+    ) -> Result<()> {
+        let opaque = opaque_of(dir);
         let xwhiteouts = opaque.as_deref() == Some(XWHITEOUTS);
 
         // This directory's .gitignore in the merged view.
         let gi_rela = join(&rela, b".gitignore".as_bstr());
-        let gi_abs = abs.join(".gitignore");
-        let gitignore = match std::fs::symlink_metadata(&gi_abs) {
-            Ok(m) if m.is_file() && !is_whiteout(&gi_abs, &m, xwhiteouts) => {
-                Some(std::fs::read(&gi_abs)?)
+        let gitignore = match dir.node(Path::new(".gitignore"))? {
+            Some(n) if n.is_file() && !node_is_whiteout(&n, xwhiteouts) => {
+                let (f, _) = n.open_read()?;
+                let mut v = Vec::new();
+                f.take(16 << 20).read_to_end(&mut v)?;
+                Some(v)
             }
-            Ok(_) => None,
-            Err(_) if lower_visible => self.lower.lower_blob(gi_rela.as_bstr())?,
-            Err(_) => None,
+            Some(_) => None,
+            None if lower_visible => self.lower.lower_blob(gi_rela.as_bstr())?,
+            None => None,
         };
         let pushed = if let Some(bytes) = gitignore {
             let source = Path::new(IGNORE_ROOT).join(super::bpath(gi_rela.as_bstr()));
@@ -300,11 +403,9 @@ impl Scan<'_, '_> {
             false
         };
 
-        let mut names: Vec<_> = std::fs::read_dir(abs)
-            .with_context(|| format!("reading {}", abs.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()?;
-        names.sort();
+        let names = dir
+            .names()
+            .with_context(|| format!("reading {}", abs.display()))?;
         for name in names {
             let name_b = name.as_bytes();
             if name_b == b".git" {
@@ -315,12 +416,10 @@ impl Scan<'_, '_> {
                 continue;
             }
             let child_abs = abs.join(&name);
-            let meta = match std::fs::symlink_metadata(&child_abs) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
+            let Some(node) = dir.node(Path::new(&name))? else {
+                continue;
             };
-            if is_whiteout(&child_abs, &meta, xwhiteouts) {
+            if node_is_whiteout(&node, xwhiteouts) {
                 if lower_visible && self.lower.lower_kind(child_rela.as_bstr())?.is_some() {
                     self.out.push(UpperChange::Delete { path: child_rela });
                 }
@@ -331,9 +430,11 @@ impl Scan<'_, '_> {
             } else {
                 None
             };
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                let child_opaque = opaque_value(&child_abs).as_deref() == Some(OPAQUE);
+            if node.is_dir() {
+                let Some(child) = dir.dir(Path::new(&name))? else {
+                    continue; // replaced since: gone for this scan
+                };
+                let child_opaque = opaque_of(&child).as_deref() == Some(OPAQUE);
                 let child_ignored = ignored || self.is_ignored(child_rela.as_bstr(), true);
                 match lower_kind {
                     Some(EntryKind::Tree) if child_opaque => {
@@ -354,15 +455,29 @@ impl Scan<'_, '_> {
                     // An ignored directory nothing tracked lives in: skip it whole.
                     continue;
                 }
-                self.dir(&child_abs, child_rela, child_lower_visible, child_ignored)?;
-            } else if ft.is_file() || ft.is_symlink() {
+                self.dir(
+                    &child,
+                    &child_abs,
+                    child_rela,
+                    child_lower_visible,
+                    child_ignored,
+                )?;
+            } else if node.is_file() || node.is_symlink() {
                 let is_ignored = ignored || self.is_ignored(child_rela.as_bstr(), false);
                 if is_ignored && self.lower.tracked(child_rela.as_bstr())?.is_none() {
                     continue;
                 }
                 let keep = lower_kind;
-                if let Some((kind, id)) = blob_from_disk(self.repo, &child_abs, self.exec_bit, keep)
-                    .with_context(|| format!("hashing {}", child_abs.display()))?
+                if let Some((kind, id)) = blob_from_node(
+                    self.repo,
+                    dir,
+                    Path::new(&name),
+                    self.exec_bit,
+                    keep,
+                    self.max_file_bytes,
+                    &child_abs,
+                )
+                .with_context(|| format!("hashing {}", child_abs.display()))?
                 {
                     if lower_kind == Some(EntryKind::Tree) {
                         self.out.push(UpperChange::Delete {
