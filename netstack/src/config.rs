@@ -38,6 +38,8 @@
 //! [meter]
 //! ledger = "/home/u/.local/state/ax/ledger.sqlite"   # ledger + audit database; optional
 //! prices = "/home/u/.config/ax/prices.toml"          # overrides the shipped price table
+//! unknown_model = "highest"              # or "refuse", "zero" (docs/metering.md)
+//! max_audit_rows = 100000                # request/connection audit rows kept per agent
 //! ```
 
 use serde::Deserialize;
@@ -222,6 +224,34 @@ pub struct MeterConfig {
     pub ledger: Option<PathBuf>,
     /// Price table overriding the shipped one (TOML, `meter::prices`).
     pub prices: Option<PathBuf>,
+    /// How a model the price table does not know is charged (docs/metering.md, "Unknown
+    /// models"); default [`UnknownModel::Highest`].
+    #[serde(default)]
+    pub unknown_model: UnknownModel,
+    /// Most request audit rows kept per agent in the ledger (older ones are deleted as new
+    /// ones come); default [`MeterConfig::DEFAULT_AUDIT_ROWS`].
+    pub max_audit_rows: Option<u64>,
+}
+
+impl MeterConfig {
+    /// The default of `max_audit_rows`: 100,000 request rows (and as many connection rows)
+    /// per agent, about 20 MB of ledger.
+    pub const DEFAULT_AUDIT_ROWS: u64 = 100_000;
+}
+
+/// `[meter] unknown_model`: the price of a call whose model the price table does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModel {
+    /// Each kind of token at the highest price of any model of the same vendor in the table
+    /// (fail-closed: a capped agent is never under-charged).
+    #[default]
+    Highest,
+    /// Refused with 403 before it is forwarded when the request names an unknown model (a
+    /// response naming one is then charged as `highest`).
+    Refuse,
+    /// Cost 0, recorded with `priced = false` and a warning (only when set explicitly).
+    Zero,
 }
 
 impl Config {

@@ -325,13 +325,15 @@ fn unknown_model_is_recorded_unpriced_and_request_model_is_the_fallback() {
         .unwrap()
         .calls(&Filter::default())
         .unwrap();
+    // Unknown model, `[meter] unknown_model` default "highest": OpenAI's highest prices
+    // (o1-pro's $150 / $600 per 1e6): 10×150 + 5×600.
     assert_eq!(
         (
             rows[0].model.as_str(),
             rows[0].priced,
             rows[0].cost_micro_usd
         ),
-        ("mystery-9", false, 0)
+        ("mystery-9", false, 4500)
     );
     assert_eq!((rows[0].input_tokens, rows[0].output_tokens), (10, 5));
     // 1000×1.25 + 100×10
@@ -343,6 +345,63 @@ fn unknown_model_is_recorded_unpriced_and_request_model_is_the_fallback() {
         ),
         ("gemini-2.5-pro", true, 2250)
     );
+}
+
+#[test]
+fn unknown_model_zero_only_when_set_and_refuse_refuses_before_forwarding() {
+    let zero = Meter::open(&config("z", None, "[meter]\nunknown_model = \"zero\"\n")).unwrap();
+    let p = Provider::OpenAiChat;
+    let mut m = zero.begin(p, &parts("api.openai.com", "/v1/chat/completions"));
+    m.response_head(http::StatusCode::OK, &head("application/json"));
+    m.body_chunk(br#"{"model":"mystery-9","usage":{"prompt_tokens":10,"completion_tokens":5}}"#);
+    m.finish(Outcome::Complete);
+    assert_eq!(zero.totals(), (0, 15));
+    let refuse = Meter::open(&config("r", None, "[meter]\nunknown_model = \"refuse\"\n")).unwrap();
+    let e = refuse.reserve(p, Some("mystery-9"), 100, 100).unwrap_err();
+    assert!(
+        matches!(&e, ax_netstack::meter::Refused::UnknownModel(t) if t.contains("mystery-9")),
+        "{e:?}"
+    );
+    assert!(refuse.reserve(p, Some("gpt-4.1"), 100, 100).is_ok());
+    assert!(Config::parse("agent = \"x\"\n[meter]\nunknown_model = \"free\"\n", "t").is_err());
+}
+
+#[test]
+fn reservations_hold_the_cap_for_calls_in_flight_and_are_released() {
+    // claude-sonnet-4-5: input-side max 6.0 (1-hour cache writes), output 15.0:
+    // 1000 bytes × 6 + 1000 × 15 = 21000 µ$ per reservation.
+    let meter = Meter::open(&config("res", None, "[limits]\nmax_usd = 0.04\n")).unwrap();
+    let p = Provider::AnthropicMessages;
+    let r1 = meter
+        .reserve(p, Some("claude-sonnet-4-5"), 1000, 1000)
+        .unwrap();
+    assert_eq!(r1.micro_usd, 21000);
+    let r2 = meter
+        .reserve(p, Some("claude-sonnet-4-5"), 1000, 1000)
+        .unwrap();
+    // 42000 reserved ≥ the $0.04 cap: a third call waits for the others to settle.
+    let e = match meter.reserve(p, Some("claude-sonnet-4-5"), 1000, 1000) {
+        Err(ax_netstack::meter::Refused::Cap(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        e.to_string().contains("$0.04 reserved by calls in flight"),
+        "{e}"
+    );
+    // Settling a call releases its reservation (the real cost is what counts).
+    let body = fixture(CASES[1].file); // haiku-4-5, 4660 µ$
+    for r in [r1, r2] {
+        let mut m = meter.begin(p, &parts("api.anthropic.com", "/v1/messages"));
+        m.hold(r);
+        m.response_head(http::StatusCode::OK, &head("application/json"));
+        m.body_chunk(&body);
+        m.finish(Outcome::Complete);
+    }
+    assert_eq!(meter.totals().0, 2 * 4660);
+    assert!(meter.check_cap().is_ok());
+    assert!(meter
+        .reserve(p, Some("claude-sonnet-4-5"), 1000, 1000)
+        .is_ok());
 }
 
 #[test]

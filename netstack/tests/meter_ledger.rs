@@ -345,3 +345,50 @@ fn two_processes_write_one_ledger() {
         assert_eq!(l.requests(agent).unwrap().len(), 30);
     }
 }
+
+/// Audit rows are bounded per agent (`[meter] max_audit_rows`): a guest making requests in a
+/// loop cannot grow the ledger without end; the newest rows are kept, other agents' untouched.
+#[test]
+fn audit_rows_are_bounded_per_agent_newest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite");
+    let text = format!(
+        "agent = \"loop\"\n[meter]\nledger = {:?}\nmax_audit_rows = 50\n",
+        db.display().to_string()
+    );
+    let audit = Audit::open(&Config::parse(&text, "test").unwrap()).unwrap();
+    let other = Audit::open(&config("other", &db)).unwrap();
+    let req = |flow_id| RequestRecord {
+        flow_id,
+        host: "example.com".into(),
+        method: "GET".into(),
+        path: "/".into(),
+        status: 200,
+        bytes_up: 0,
+        bytes_down: 0,
+        blocked: None,
+    };
+    for i in 0..60 {
+        other.request(req(i));
+    }
+    for i in 0..1000 {
+        audit.request(req(i));
+        audit.connection(ConnRecord {
+            flow_id: i,
+            host: None,
+            ip: "10.0.0.1".parse().unwrap(),
+            port: 443,
+            decision: "allow",
+            reason: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        });
+    }
+    let l = Ledger::open_read(&db).unwrap().unwrap();
+    let r = l.requests("loop").unwrap();
+    // At most keep + keep/10 rows between two trims.
+    assert!(r.len() <= 55 && r.len() >= 50, "{} rows", r.len());
+    assert_eq!(r.last().unwrap().flow_id, 999, "the newest row is kept");
+    assert!(l.connections("loop").unwrap().len() <= 55);
+    assert_eq!(l.requests("other").unwrap().len(), 60);
+}

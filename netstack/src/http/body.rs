@@ -5,6 +5,7 @@
 //! on; audit record when it ends or is dropped).
 
 use super::decode::Decoder;
+use crate::meter::usage::strip::UsageChunkFilter;
 use crate::meter::{CallMeter, Outcome};
 use crate::secrets::rewrite::{Blocked, Stream};
 use bytes::Bytes;
@@ -41,6 +42,7 @@ pub struct Pipe<B> {
     trailers: Option<TrailerFn>,
     inner: B,
     decoder: Option<Decoder>,
+    filter: Option<UsageChunkFilter>,
     rewrite: Option<Stream>,
     meter: Option<CallMeter>,
     on_end: Option<OnEnd>,
@@ -64,6 +66,7 @@ where
             trailers: None,
             inner,
             decoder: None,
+            filter: None,
             rewrite: None,
             meter: None,
             on_end: None,
@@ -80,6 +83,14 @@ where
     pub fn with_decoder(mut self, d: Option<Decoder>) -> Self {
         self.exact &= d.is_none();
         self.decoder = d;
+        self
+    }
+
+    /// Remove the usage-only chunk from an OpenAI Chat event stream (after decoding; the meter
+    /// sees the bytes before this filter).
+    pub fn with_filter(mut self, f: Option<UsageChunkFilter>) -> Self {
+        self.exact &= f.is_none();
+        self.filter = f;
         self
     }
 
@@ -129,7 +140,24 @@ where
             ),
             None => data,
         };
+        let data = self.filtered(data, false);
         self.rewrite_decoded(data, false)
+    }
+
+    /// The decoded bytes through the usage-chunk filter, if any (metered before it).
+    fn filtered(&mut self, data: Bytes, last: bool) -> Bytes {
+        let Some(f) = &mut self.filter else {
+            return data;
+        };
+        if let Some(m) = &mut self.meter {
+            m.body_chunk(&data);
+        }
+        let out = f.push(data);
+        if last {
+            [out, f.finish()].concat().into()
+        } else {
+            out
+        }
     }
 
     /// Decoder tail + rewriter tail at the end of the message.
@@ -141,6 +169,7 @@ where
             ),
             None => Bytes::new(),
         };
+        let last = self.filtered(last, true);
         self.rewrite_decoded(last, true)
     }
 
@@ -167,7 +196,7 @@ where
         if let Some(c) = &self.counter {
             c.fetch_add(out.len() as u64, Ordering::Relaxed);
         }
-        if let Some(m) = &mut self.meter {
+        if let (Some(m), None) = (&mut self.meter, &self.filter) {
             m.body_chunk(out);
         }
     }

@@ -8,14 +8,17 @@ pub mod body;
 pub mod decode;
 
 use crate::context::Context;
+use crate::meter::request::{self, RequestInfo};
 use crate::meter::routes::{self, Route};
-use crate::meter::{CallMeter, Outcome, Provider, RequestRecord};
+use crate::meter::usage::strip::UsageChunkFilter;
+use crate::meter::{CallMeter, Outcome, Provider, Refused, RequestRecord, Reservation};
 use crate::{BoxStream, Flow};
 use body::{full, BlockSlot, Pipe, ProxyBody};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1 as c1, http2 as c2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +85,26 @@ async fn h1_handshake<S: crate::IoStream>(
 /// A request's answer from the proxy itself instead of the upstream (already logged and
 /// audited): what a step of [`Proxy::handle`] returns when it refuses the request.
 type Refusal = Box<Response<ProxyBody>>;
+
+/// An LLM call's request, read and checked ([`Proxy::prepare_llm_call`]).
+struct LlmRequest {
+    /// The body to forward (maybe with `include_usage` added).
+    body: http_body_util::Full<Bytes>,
+    /// `include_usage` was added: remove the usage-only chunk from the response stream.
+    strip_usage_chunk: bool,
+    /// What the call holds against the caps.
+    reservation: Reservation,
+}
+
+/// How [`Proxy::scrub_and_meter`] treats a response.
+struct ResponseSide {
+    /// Decode and inspect the body (secrets to scrub, or a metered call).
+    process: bool,
+    /// Remove the usage-only chunk of an OpenAI Chat stream (`include_usage` was added).
+    strip: bool,
+    /// Request body bytes sent (for the audit record).
+    up_bytes: Arc<AtomicU64>,
+}
 
 /// The request body on its way upstream ([`Proxy::substitute_in_body`]).
 struct RequestBody {
@@ -306,12 +329,25 @@ impl Proxy {
         }
         let provider = self.route(&method, &path, substituted, &parts.headers)?;
         self.refuse_llm_upgrade(&method, &path, provider, &parts.headers)?;
-        self.check_spend_cap(&method, &path, provider)?;
         let process = !self.ctx.secrets.is_empty() || provider.is_some();
         let offer = upgrade.as_ref().map(|(u, _)| u);
         self.upstream_head(&method, &path, &mut parts, offer, process)?;
-        let body = self.substitute_in_body(&mut parts, body, provider.is_some());
-        let mut call = provider.map(|p| self.ctx.meter.begin(p, &meter_head));
+        let (body, mut call, strip) = match provider {
+            None => (
+                self.substitute_in_body(&mut parts, body, false),
+                None,
+                false,
+            ),
+            Some(p) => {
+                let llm = self
+                    .prepare_llm_call(&method, &path, p, &mut parts, body)
+                    .await?;
+                let mut call = self.ctx.meter.begin(p, &meter_head);
+                call.hold(llm.reservation);
+                let body = self.substitute_in_body(&mut parts, llm.body, true);
+                (body, Some(call), llm.strip_usage_chunk)
+            }
+        };
         let sent = self
             .send_with_retry(&method, parts, body.pipe, body.empty)
             .await;
@@ -320,7 +356,92 @@ impl Proxy {
             abort(&mut call, "upgraded to another protocol".into());
             return Ok(self.splice(guest, resp, &method, &path));
         }
-        self.scrub_and_meter(method, path, resp, call, process, body.up_bytes)
+        let side = ResponseSide {
+            process,
+            strip,
+            up_bytes: body.up_bytes,
+        };
+        self.scrub_and_meter(method, path, resp, call, side)
+    }
+
+    /// An LLM call's request body, read whole (up to `request::MAX_REQUEST_BODY`, else 413)
+    /// before it is forwarded: an OpenAI Responses `background` request is refused (403: its
+    /// output is produced after the answer, unmetered); an OpenAI Chat stream without
+    /// `stream_options.include_usage` gets it (`Content-Length` set to the new length); then
+    /// the call reserves its worst case against the caps (`meter::Meter::reserve`; 429 when
+    /// a cap is reached, 403 for an unknown model under `unknown_model = "refuse"`).
+    async fn prepare_llm_call(
+        &self,
+        method: &Method,
+        path: &str,
+        provider: Provider,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+    ) -> Result<LlmRequest, Refusal> {
+        let limit = request::MAX_REQUEST_BODY;
+        let mut bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let (status, why) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("ax-netstack: LLM request bodies are metered up to {} MiB; this one is larger", limit >> 20),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("ax-netstack: the request body could not be read: {e}"),
+                    )
+                };
+                return Err(self.refuse(method, path, status, why));
+            }
+        };
+        let info = RequestInfo::parse(provider, &bytes);
+        if info.background {
+            return Err(self.refuse(
+                method,
+                path,
+                StatusCode::FORBIDDEN,
+                format!("ax-netstack refused {method} {path} with \"background\": true: a background response is generated after this request returns and cannot be metered; send it without background"),
+            ));
+        }
+        let mut strip = false;
+        if info.chat_stream_without_usage {
+            if let Some(b) = request::add_include_usage(&bytes) {
+                bytes = Bytes::from(b);
+                strip = true;
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+        }
+        let model = info
+            .model
+            .clone()
+            .or_else(|| crate::meter::usage::model_from_path(provider, path));
+        let reservation = self
+            .ctx
+            .meter
+            .reserve(
+                provider,
+                model.as_deref(),
+                info.reserve_output(),
+                bytes.len() as u64,
+            )
+            .map_err(|e| match e {
+                Refused::Cap(c) => {
+                    self.refuse(method, path, StatusCode::TOO_MANY_REQUESTS, c.to_string())
+                }
+                Refused::UnknownModel(why) => self.refuse(method, path, StatusCode::FORBIDDEN, why),
+            })?;
+        Ok(LlmRequest {
+            body: http_body_util::Full::new(bytes),
+            strip_usage_chunk: strip,
+            reservation,
+        })
     }
 
     /// Upstream check: every request on a connection whose upstream could not be reached or
@@ -446,27 +567,6 @@ impl Proxy {
         Ok(())
     }
 
-    /// Spend-cap check: an LLM call once the agent's spend or token cap is reached is refused
-    /// with 429 (`meter::Meter::check_cap`).
-    fn check_spend_cap(
-        &self,
-        method: &Method,
-        path: &str,
-        provider: Option<Provider>,
-    ) -> Result<(), Refusal> {
-        if provider.is_some() {
-            if let Err(e) = self.ctx.meter.check_cap() {
-                return Err(self.refuse(
-                    method,
-                    path,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    e.to_string(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The request head as the upstream protocol wants it: hop-by-hop headers stripped (the
     /// guest's Upgrade `offer` put back), `Accept-Encoding` narrowed to what the proxy can
     /// decode when it inspects the response (`process`), and the target as HTTP/2
@@ -557,12 +657,16 @@ impl Proxy {
     /// slot), except in requests to LLM APIs (`llm`, or a known LLM host), which pass
     /// unchanged; trailers holding a placeholder are refused. Bytes are counted;
     /// `Content-Length` goes when substitution may change the length.
-    fn substitute_in_body(
+    fn substitute_in_body<B>(
         &self,
         parts: &mut http::request::Parts,
-        body: Incoming,
+        body: B,
         llm: bool,
-    ) -> RequestBody {
+    ) -> RequestBody
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<body::BoxError>,
+    {
         let blocked = BlockSlot::default();
         let up_bytes = Arc::new(AtomicU64::new(0));
         let llm = llm
@@ -655,9 +759,13 @@ impl Proxy {
         path: String,
         resp: Response<Incoming>,
         mut call: Option<CallMeter>,
-        process: bool,
-        up_bytes: Arc<AtomicU64>,
+        side: ResponseSide,
     ) -> Result<Response<ProxyBody>, Refusal> {
+        let ResponseSide {
+            process,
+            strip,
+            up_bytes,
+        } = side;
         let ctx = &self.ctx;
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -721,6 +829,12 @@ impl Proxy {
                 None,
             );
         });
+        let sse = rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        let filter = (strip && sse && !bodyless).then(UsageChunkFilter::new);
         let c2 = ctx.clone();
         let body = Pipe::new(rbody)
             .with_trailers(Box::new(move |t| {
@@ -728,6 +842,7 @@ impl Proxy {
                 Ok(())
             }))
             .with_decoder(decoder)
+            .with_filter(filter)
             .with_rewrite(scrubber, false)
             .with_meter(if bodyless { None } else { call.take() })
             .on_end(on_end)

@@ -7,6 +7,7 @@ use super::ledger::{ConnRow, Ledger, RequestRow};
 use super::now_ms;
 use crate::config::Config;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// A guest TCP connection, recorded at close (or when denied).
@@ -55,6 +56,35 @@ pub struct RequestRecord {
 pub struct Audit {
     agent: String,
     ledger: Option<Mutex<Ledger>>,
+    /// Rows kept per agent and table (`[meter] max_audit_rows`).
+    keep: u64,
+    /// Rows written since the last trim, per table (requests, connections).
+    since_trim: [AtomicU64; 2],
+}
+
+impl Audit {
+    /// How many rows may be written between two trims: a tenth of `keep`, at most 1,000 (so a
+    /// table holds at most `keep` + that many rows of an agent).
+    fn trim_every(&self) -> u64 {
+        (self.keep / 10).clamp(1, 1000)
+    }
+
+    /// Trims `table` (index `i` of `since_trim`) when due. Failures are logged.
+    fn maybe_trim(&self, l: &Ledger, i: usize, table: &str) {
+        if self.since_trim[i].fetch_add(1, Ordering::Relaxed) + 1 < self.trim_every() {
+            return;
+        }
+        self.since_trim[i].store(0, Ordering::Relaxed);
+        match l.trim_audit(table, &self.agent, self.keep) {
+            Ok(0) => {}
+            Ok(n) => log::debug!(
+                "audit: {n} oldest {table} rows of {} deleted (max_audit_rows = {})",
+                self.agent,
+                self.keep
+            ),
+            Err(e) => log::error!("audit: {e:#}"),
+        }
+    }
 }
 
 impl Audit {
@@ -69,6 +99,11 @@ impl Audit {
         Ok(Audit {
             agent: config.agent.clone(),
             ledger,
+            keep: config
+                .meter
+                .max_audit_rows
+                .unwrap_or(crate::config::MeterConfig::DEFAULT_AUDIT_ROWS),
+            since_trim: Default::default(),
         })
     }
 
@@ -98,13 +133,11 @@ impl Audit {
             row.bytes_down
         );
         if let Some(l) = &self.ledger {
-            if let Err(e) = l
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert_connection(&row)
-            {
+            let l = l.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = l.insert_connection(&row) {
                 log::error!("audit: ledger write failed: {e:#}");
             }
+            self.maybe_trim(&l, 1, "connections");
         }
     }
 
@@ -138,13 +171,11 @@ impl Audit {
                 .unwrap_or_default()
         );
         if let Some(l) = &self.ledger {
-            if let Err(e) = l
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert_request(&row)
-            {
+            let l = l.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = l.insert_request(&row) {
                 log::error!("audit: ledger write failed: {e:#}");
             }
+            self.maybe_trim(&l, 0, "requests");
         }
     }
 }

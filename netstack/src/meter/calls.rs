@@ -2,10 +2,11 @@
 //! [`CallMeter`] the TLS proxy feeds with the response as it streams by.
 
 use super::ledger::{CallRow, Ledger};
+use super::prices::Price;
 use super::prices::PriceTable;
 use super::usage::{Parser, Usage};
 use super::{now_ms, Provider};
-use crate::config::Config;
+use crate::config::{Config, UnknownModel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -31,6 +32,8 @@ pub struct CapExceeded {
     pub cap: f64,
     /// What has been spent so far (USD or tokens).
     pub spent: f64,
+    /// What calls in flight have reserved on top (USD or tokens; `docs/metering.md`).
+    pub reserved: f64,
 }
 
 impl std::fmt::Display for CapExceeded {
@@ -38,14 +41,28 @@ impl std::fmt::Display for CapExceeded {
         if self.limit == "max_usd" {
             write!(
                 f,
-                "ax: spend cap of ${:.2} for agent {} reached (${:.2} spent); raise [limits] max_usd in the agent's config to continue",
+                "ax: spend cap of ${:.2} for agent {} reached (${:.2} spent",
                 self.cap, self.agent, self.spent
+            )?;
+            if self.reserved > 0.0 {
+                write!(f, ", ${:.2} reserved by calls in flight", self.reserved)?;
+            }
+            write!(
+                f,
+                "); raise [limits] max_usd in the agent's config to continue"
             )
         } else {
             write!(
                 f,
-                "ax: token cap of {} tokens for agent {} reached ({} tokens used); raise [limits] max_tokens in the agent's config to continue",
+                "ax: token cap of {} tokens for agent {} reached ({} tokens used",
                 self.cap as u64, self.agent, self.spent as u64
+            )?;
+            if self.reserved > 0.0 {
+                write!(f, ", {} reserved by calls in flight", self.reserved as u64)?;
+            }
+            write!(
+                f,
+                "); raise [limits] max_tokens in the agent's config to continue"
             )
         }
     }
@@ -58,11 +75,35 @@ impl std::error::Error for CapExceeded {}
 struct Totals {
     micro_usd: i64,
     tokens: u64,
+    /// Reserved by calls in flight (released when each is recorded).
+    reserved_micro_usd: i64,
+    reserved_tokens: u64,
+}
+
+/// The worst-case amount one call in flight holds against the caps ([`Meter::reserve`]),
+/// released when its [`CallMeter`] records the real usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Micro-dollars reserved.
+    pub micro_usd: i64,
+    /// Tokens reserved.
+    pub tokens: u64,
+}
+
+/// Why a call was not let through: a cap is reached, or (`[meter] unknown_model =
+/// "refuse"`) its model has no price.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// Answer 429.
+    Cap(CapExceeded),
+    /// Answer 403 with this text.
+    UnknownModel(String),
 }
 
 struct Shared {
     agent: String,
     prices: PriceTable,
+    unknown: UnknownModel,
     max_usd: Option<f64>,
     max_tokens: Option<u64>,
     totals: Mutex<Totals>,
@@ -87,7 +128,14 @@ impl Meter {
             Some(path) => {
                 let ledger = Ledger::open(path, true)?;
                 let (micro_usd, tokens) = ledger.agent_totals(&config.agent)?;
-                (Some(Mutex::new(ledger)), Totals { micro_usd, tokens })
+                (
+                    Some(Mutex::new(ledger)),
+                    Totals {
+                        micro_usd,
+                        tokens,
+                        ..Totals::default()
+                    },
+                )
             }
             None => {
                 log::info!("meter: no [meter] ledger configured; LLM calls are only logged");
@@ -98,6 +146,7 @@ impl Meter {
             shared: Arc::new(Shared {
                 agent: config.agent.clone(),
                 prices,
+                unknown: config.meter.unknown_model,
                 max_usd: config.limits.max_usd,
                 max_tokens: config.limits.max_tokens,
                 totals: Mutex::new(totals),
@@ -112,39 +161,58 @@ impl Meter {
         Provider::detect(host, path)
     }
 
-    /// `Err` once the agent's spend (`[limits] max_usd`) or token (`max_tokens`) cap is reached:
-    /// checked before each LLM request is forwarded (the boundary: a call already under way
-    /// completes and is counted).
+    /// `Err` once the agent's spend (`[limits] max_usd`) or token (`max_tokens`) cap is reached,
+    /// counting what calls in flight reserved ([`Meter::reserve`]) as spent.
     pub fn check_cap(&self) -> Result<(), CapExceeded> {
+        let t = *self
+            .shared
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.cap_check(&t)
+    }
+
+    /// Admits one LLM call and reserves its worst case against the caps, so that N calls in
+    /// parallel overshoot a cap by at most one call (`docs/metering.md`, "Reservations"): the
+    /// call is refused when spent + reserved already reach a cap; else it reserves
+    /// `request_bytes` input tokens at the model's highest input-side price plus
+    /// `max_output` output tokens at its highest output price (one token is at least one
+    /// byte in the providers' tokenizers). `model`: the request's model (`None`: the
+    /// vendor's highest prices). Hand the reservation to [`CallMeter::hold`].
+    pub fn reserve(
+        &self,
+        provider: Provider,
+        model: Option<&str>,
+        max_output: u64,
+        request_bytes: u64,
+    ) -> Result<Reservation, Refused> {
         let s = &self.shared;
-        let t = *s.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cap) = s.max_usd {
-            let spent = t.micro_usd as f64 / 1e6;
-            // Compared in micro-dollars so that $5.00 spent of a $5.00 cap counts as reached.
-            if t.micro_usd >= (cap * 1e6).round() as i64 {
-                let e = CapExceeded {
-                    agent: s.agent.clone(),
-                    limit: "max_usd",
-                    cap,
-                    spent,
-                };
-                log::warn!("meter: {e}");
-                return Err(e);
+        let price = match model.and_then(|m| s.prices.lookup(m)) {
+            Some(p) => Some(*p),
+            None => {
+                if let (UnknownModel::Refuse, Some(m)) = (s.unknown, model) {
+                    return Err(Refused::UnknownModel(format!(
+                        "ax-netstack refused this call: model {m:?} has no price in the table, and [meter] unknown_model = \"refuse\"; add it to the [meter] prices file or choose a priced model"
+                    )));
+                }
+                s.prices.highest(provider.vendor())
             }
-        }
-        if let Some(cap) = s.max_tokens {
-            if t.tokens >= cap {
-                let e = CapExceeded {
-                    agent: s.agent.clone(),
-                    limit: "max_tokens",
-                    cap: cap as f64,
-                    spent: t.tokens as f64,
-                };
-                log::warn!("meter: {e}");
-                return Err(e);
-            }
-        }
-        Ok(())
+        };
+        let r = match price {
+            Some(p) => Reservation {
+                micro_usd: worst_case(&p, request_bytes, max_output),
+                tokens: request_bytes.saturating_add(max_output),
+            },
+            None => Reservation {
+                micro_usd: 0,
+                tokens: request_bytes.saturating_add(max_output),
+            },
+        };
+        let mut t = s.totals.lock().unwrap_or_else(PoisonError::into_inner);
+        s.cap_check(&t).map_err(Refused::Cap)?;
+        t.reserved_micro_usd += r.micro_usd;
+        t.reserved_tokens += r.tokens;
+        Ok(r)
     }
 
     /// Starts metering one call: `req` gives the method, path (the model for Gemini) and the
@@ -161,6 +229,7 @@ impl Meter {
             first_byte_ms: None,
             status: None,
             parser: None,
+            reservation: Reservation::default(),
             done: false,
         }
     }
@@ -176,6 +245,71 @@ impl Meter {
     }
 }
 
+impl Shared {
+    fn cap_check(&self, t: &Totals) -> Result<(), CapExceeded> {
+        if let Some(cap) = self.max_usd {
+            // Compared in micro-dollars so that $5.00 spent of a $5.00 cap counts as reached.
+            if t.micro_usd + t.reserved_micro_usd >= (cap * 1e6).round() as i64 {
+                let e = CapExceeded {
+                    agent: self.agent.clone(),
+                    limit: "max_usd",
+                    cap,
+                    spent: t.micro_usd as f64 / 1e6,
+                    reserved: t.reserved_micro_usd as f64 / 1e6,
+                };
+                log::warn!("meter: {e}");
+                return Err(e);
+            }
+        }
+        if let Some(cap) = self.max_tokens {
+            if t.tokens + t.reserved_tokens >= cap {
+                let e = CapExceeded {
+                    agent: self.agent.clone(),
+                    limit: "max_tokens",
+                    cap: cap as f64,
+                    spent: t.tokens as f64,
+                    reserved: t.reserved_tokens as f64,
+                };
+                log::warn!("meter: {e}");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The price a call of `vendor` with `model` is charged: the table's, else by
+    /// `[meter] unknown_model` (`None`: zero, unpriced).
+    fn price_of(&self, vendor: &str, model: &str) -> (Option<Price>, bool) {
+        match self.prices.lookup(model) {
+            Some(p) => (Some(*p), true),
+            None => match self.unknown {
+                UnknownModel::Zero => (None, false),
+                UnknownModel::Highest | UnknownModel::Refuse => {
+                    (self.prices.highest(vendor), false)
+                }
+            },
+        }
+    }
+}
+
+/// Micro-dollars of `input_bytes` input tokens at the highest input-side price (uncached,
+/// cache writes, long context) plus `output` tokens at the highest output price.
+fn worst_case(p: &Price, input_bytes: u64, output: u64) -> i64 {
+    let mut inp = p
+        .input
+        .max(p.cache_write)
+        .max(p.cache_write_1h.unwrap_or(0.0));
+    let mut out = p.output;
+    if let Some(l) = &p.long_context {
+        inp = inp
+            .max(l.input)
+            .max(l.cache_write)
+            .max(l.cache_write_1h.unwrap_or(0.0));
+        out = out.max(l.output);
+    }
+    (input_bytes as f64 * inp + output as f64 * out).ceil() as i64
+}
+
 /// Metering of one LLM call, fed by the proxy as the response passes through.
 pub struct CallMeter {
     shared: Arc<Shared>,
@@ -188,11 +322,18 @@ pub struct CallMeter {
     first_byte_ms: Option<i64>,
     status: Option<u16>,
     parser: Option<Parser>,
+    /// What this call holds against the caps until it is recorded.
+    reservation: Reservation,
     /// The row was written (by `finish`, or by `drop`).
     done: bool,
 }
 
 impl CallMeter {
+    /// This call holds `r` (from [`Meter::reserve`]) until it is recorded.
+    pub fn hold(&mut self, r: Reservation) {
+        self.reservation = r;
+    }
+
     /// The response status and headers arrived (time to first byte is measured here); the
     /// `content-type` decides between the SSE and the JSON parser.
     pub fn response_head(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
@@ -244,15 +385,14 @@ impl CallMeter {
             .clone()
             .or_else(|| self.request_model.clone())
             .unwrap_or_default();
-        let price = self.shared.prices.lookup(&model);
-        let (cost, priced) = match price {
-            Some(p) => (p.cost_micro_usd(&usage), true),
-            None => (0, false),
-        };
+        let (price, priced) = self.shared.price_of(self.provider.vendor(), &model);
+        let cost = price.map(|p| p.cost_micro_usd(&usage)).unwrap_or(0);
         if !priced && usage.total() > 0 {
             log::warn!(
-                "meter: no price for model {model:?} ({} call); cost recorded as 0 with priced = false — add it to [meter] prices",
-                self.provider.vendor()
+                "meter: no price for model {model:?} ({} call); charged {} (cost ${:.6}, priced = false) by [meter] unknown_model — add it to [meter] prices",
+                self.provider.vendor(),
+                if price.is_some() { "at the vendor's highest prices" } else { "0" },
+                cost as f64 / 1e6
             );
         }
         if let Some(n) = &note {
@@ -270,6 +410,9 @@ impl CallMeter {
                 .unwrap_or_else(PoisonError::into_inner);
             t.micro_usd += cost;
             t.tokens += usage.total();
+            t.reserved_micro_usd -= self.reservation.micro_usd;
+            t.reserved_tokens -= self.reservation.tokens;
+            self.reservation = Reservation::default();
         }
         let outcome_text = match &outcome {
             Outcome::Complete => match &note {

@@ -298,6 +298,24 @@ impl Ledger {
         Ok(())
     }
 
+    /// Deletes the oldest audit rows of `agent` in `table` (`"requests"` or `"connections"`)
+    /// so that at most `keep` remain; returns how many were deleted. Calls rows are never
+    /// deleted (they are the spend).
+    pub fn trim_audit(&self, table: &str, agent: &str, keep: u64) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            table == "requests" || table == "connections",
+            "not an audit table: {table}"
+        );
+        let sql = format!(
+            "DELETE FROM {table} WHERE agent = ?1 AND id <= (SELECT id FROM {table} WHERE agent = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+        );
+        let n = self
+            .conn
+            .execute(&sql, rusqlite::params![agent, keep as i64])
+            .with_context(|| format!("trimming audit table {table}"))?;
+        Ok(n as u64)
+    }
+
     /// Appends a request row.
     pub fn insert_request(&self, r: &RequestRow) -> anyhow::Result<()> {
         self.conn.execute(

@@ -15,11 +15,12 @@ mod audit;
 mod calls;
 pub mod ledger;
 pub mod prices;
+pub mod request;
 pub mod routes;
 pub mod usage;
 
 pub use audit::{Audit, ConnRecord, RequestRecord};
-pub use calls::{CallMeter, CapExceeded, Meter, Outcome};
+pub use calls::{CallMeter, CapExceeded, Meter, Outcome, Refused, Reservation};
 
 /// The API format of an LLM call, decided from the host and path of the request
 /// ([`Meter::provider_for`]). It selects the usage parser; [`Provider::vendor`] is the

@@ -44,6 +44,33 @@ pub struct Price {
     /// is longer than `threshold` tokens (Claude Sonnet 1M context, Gemini 2.5 Pro > 200k).
     #[serde(default)]
     pub long_context: Option<LongContext>,
+    /// The vendor whose API serves it (`anthropic`, `openai`, `gemini`; the ledger's
+    /// `provider`), for the unknown-model price; absent: guessed from the name.
+    #[serde(default)]
+    pub provider: Option<Vendor>,
+}
+
+/// The vendor of a priced model (`provider = "anthropic" | "openai" | "gemini"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vendor {
+    /// Anthropic.
+    Anthropic,
+    /// OpenAI.
+    Openai,
+    /// Google Gemini.
+    Gemini,
+}
+
+impl Vendor {
+    /// The ledger's `provider` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vendor::Anthropic => "anthropic",
+            Vendor::Openai => "openai",
+            Vendor::Gemini => "gemini",
+        }
+    }
 }
 
 /// Long-prompt prices, `[models."M".long_context]`; USD per million tokens like [`Price`].
@@ -163,8 +190,10 @@ impl PriceTable {
         Ok(t)
     }
 
-    /// The price of `model`: exact name, else longest prefix (case-insensitive; a leading
-    /// `models/` as Gemini may report is ignored). `None`: unknown model.
+    /// The price of `model`: the exact name (case-insensitive; a leading `models/` as Gemini
+    /// may report is ignored), else the name without a date or version suffix
+    /// (`-2025-09-29`, `-20250929`, `@20250929`, `-001`), looked up exactly. No other prefix
+    /// matching: `o1-pro` is not `o1`, `gpt-5-pro` is not `gpt-5`. `None`: unknown model.
     pub fn lookup(&self, model: &str) -> Option<&Price> {
         let m = model.trim().to_ascii_lowercase();
         let m = m.strip_prefix("models/").unwrap_or(&m);
@@ -174,11 +203,56 @@ impl PriceTable {
         if let Some(p) = self.models.get(m) {
             return Some(p);
         }
-        self.models
-            .iter()
-            .filter(|(k, _)| m.starts_with(k.as_str()))
-            .max_by_key(|(k, _)| k.len())
-            .map(|(_, p)| p)
+        self.models.get(strip_date_suffix(m)?)
+    }
+
+    /// The price of a model `vendor` serves that the table does not know: each kind at the
+    /// highest price of any of the vendor's models (incl. long-context prices), so a capped
+    /// agent is never under-charged. `None`: the table has no model of `vendor`.
+    pub fn highest(&self, vendor: &str) -> Option<Price> {
+        let mut out: Option<Price> = None;
+        for (name, p) in &self.models {
+            if p.provider
+                .map(Vendor::name)
+                .unwrap_or_else(|| guess_vendor(name))
+                != vendor
+            {
+                continue;
+            }
+            let mut all = vec![(
+                p.input,
+                p.output,
+                p.cache_read,
+                p.cache_write,
+                p.cache_write_1h.unwrap_or(p.cache_write),
+            )];
+            if let Some(l) = &p.long_context {
+                all.push((
+                    l.input,
+                    l.output,
+                    l.cache_read,
+                    l.cache_write,
+                    l.cache_write_1h.unwrap_or(l.cache_write),
+                ));
+            }
+            for (i, o, r, w, w1) in all {
+                let h = out.get_or_insert(Price {
+                    input: 0.0,
+                    output: 0.0,
+                    cache_read: 0.0,
+                    cache_write: 0.0,
+                    cache_write_1h: Some(0.0),
+                    long_context: None,
+                    provider: p.provider,
+                });
+                h.input = h.input.max(i);
+                h.output = h.output.max(o);
+                h.cache_read = h.cache_read.max(r);
+                h.cache_write = h.cache_write.max(w);
+                h.cache_write_1h = Some(h.cache_write_1h.unwrap_or(0.0).max(w1));
+            }
+        }
+        out
     }
 
     /// Number of models in the table.
@@ -190,6 +264,39 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
+}
+
+/// The vendor of a model by its name (table entries without `provider`).
+fn guess_vendor(name: &str) -> &'static str {
+    if name.starts_with("claude") {
+        "anthropic"
+    } else if name.starts_with("gemini") || name.starts_with("gemma") {
+        "gemini"
+    } else {
+        "openai"
+    }
+}
+
+/// `name` without a trailing date or version suffix (`-YYYY-MM-DD`, `-YYYYMMDD`,
+/// `@YYYYMMDD`, `-NNN`), if it has one.
+fn strip_date_suffix(name: &str) -> Option<&str> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let b = name.as_bytes();
+    // -YYYY-MM-DD
+    if b.len() > 11 && b[b.len() - 11] == b'-' {
+        let tail = &name[name.len() - 10..];
+        let parts: Vec<&str> = tail.split('-').collect();
+        if parts.len() == 3
+            && parts[0].len() == 4
+            && parts[1].len() == 2
+            && parts[2].len() == 2
+            && parts.iter().all(|p| digits(p))
+        {
+            return Some(&name[..name.len() - 11]);
+        }
+    }
+    let (head, tail) = name.rsplit_once(['-', '@'])?;
+    ((tail.len() == 8 || tail.len() == 3) && digits(tail) && !head.is_empty()).then_some(head)
 }
 
 #[cfg(test)]
@@ -214,6 +321,65 @@ mod tests {
         assert!(t.lookup("").is_none());
     }
 
+    /// The default model of every agent CLI the image pins (image/agents.lock.toml: Claude
+    /// Code 2.1.330, Codex 0.169.0, Gemini CLI 0.61.0; found in their packages, see
+    /// docs/metering.md "Prices") is priced, and by its own entry.
+    #[test]
+    fn default_models_of_the_pinned_agent_clis_are_priced() {
+        let t = PriceTable::load(None).unwrap();
+        for (model, input, output) in [
+            ("claude-opus-5-5", 4.0, 20.0),
+            ("gpt-6.1-sol", 2.0, 10.0),
+            ("gemini-2.5-pro", 1.25, 10.0),
+            ("gemini-3-pro-preview", 2.0, 12.0),
+        ] {
+            let p = t
+                .lookup(model)
+                .unwrap_or_else(|| panic!("{model} has no price"));
+            assert_eq!((p.input, p.output), (input, output), "{model}");
+        }
+    }
+
+    #[test]
+    fn only_date_suffixes_are_stripped() {
+        let t = PriceTable::load(None).unwrap();
+        let (o1, o1_pro) = (t.lookup("o1").unwrap(), t.lookup("o1-pro").unwrap());
+        assert_ne!(o1, o1_pro);
+        assert_eq!(t.lookup("o1-2024-12-17").map(|p| p.input), Some(o1.input));
+        assert_eq!(
+            t.lookup("o1-pro-2025-03-19").map(|p| p.input),
+            Some(o1_pro.input)
+        );
+        assert_eq!(
+            t.lookup("claude-opus-5-5-20260101"),
+            t.lookup("claude-opus-5-5")
+        );
+        // A made-up variant is not priced as its prefix.
+        assert!(t.lookup("o1-ultra").is_none());
+        assert!(t.lookup("gpt-5-superpro").is_none());
+        assert_eq!(
+            strip_date_suffix("gemini-1.5-pro-002"),
+            Some("gemini-1.5-pro")
+        );
+        assert_eq!(
+            strip_date_suffix("claude-3-5-haiku@20241022"),
+            Some("claude-3-5-haiku")
+        );
+        assert_eq!(strip_date_suffix("gpt-4o"), None);
+    }
+
+    #[test]
+    fn highest_is_per_vendor_and_covers_every_kind() {
+        let t = PriceTable::load(None).unwrap();
+        let h = t.highest("anthropic").unwrap();
+        let opus = t.lookup("claude-opus-4-1").unwrap();
+        assert!(h.input >= opus.input && h.output >= opus.output);
+        assert!(h.cache_write_1h.unwrap() >= opus.cache_write_1h.unwrap());
+        let o = t.highest("openai").unwrap();
+        assert!(o.output >= t.lookup("o1-pro").unwrap().output);
+        assert!(t.highest("nobody").is_none());
+    }
+
     #[test]
     fn cost_is_micro_dollars() {
         let p = Price {
@@ -230,6 +396,7 @@ mod tests {
                 cache_write: 7.5,
                 cache_write_1h: Some(12.0),
             }),
+            provider: None,
         };
         let mut u = Usage {
             input: 1000,
@@ -272,7 +439,7 @@ mod tests {
         )
         .unwrap();
         let t = PriceTable::load(Some(&f)).unwrap();
-        assert_eq!(t.lookup("claude-sonnet-4-5-20250929").unwrap().input, 1.0);
+        assert_eq!(t.lookup("claude-sonnet-4-5").unwrap().input, 1.0);
         assert_eq!(t.lookup("my-local-model").unwrap().output, 0.5);
         std::fs::write(
             &f,

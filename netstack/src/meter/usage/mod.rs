@@ -10,6 +10,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
+pub mod strip;
 
 use super::Provider;
 use serde_json::Value;
