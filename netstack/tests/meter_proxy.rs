@@ -186,3 +186,81 @@ async fn the_key_only_goes_out_with_the_verified_host() {
     }
     assert_eq!(up.seen.lock().unwrap().len(), 2);
 }
+
+/// N calls in parallel against a $0.004 cap: each reserves its worst case, so only those
+/// that fit are let through while the others are in flight (429), and the spend ends within
+/// the cap plus one call. The loopback provider holds every stream open after its first
+/// event until released, so all admitted calls are truly in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_calls_stay_within_the_cap_plus_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(&[ANT], &["h2", "http/1.1"]).await;
+    let keys = [anthropic_key()];
+    let ctx = context(
+        dir.path(),
+        &up,
+        &[ANT],
+        true,
+        &keys,
+        "[limits]\nmax_usd = 0.004\n",
+    );
+    let key = keys[0].placeholder.clone();
+    // The provider answers 120 input + 30 output tokens of claude-sonnet-4-5 ($3 / $15 per
+    // 1e6): 810 µ$ per call. The request (200 bytes, max_tokens 40) reserves at most
+    // 200 × 6 + 40 × 15 = 1800 µ$ (6 = the 1-hour cache-write price, the highest input side).
+    let body = format!(
+        r#"{{"model":"claude-sonnet-4-5","stream":true,"max_tokens":40,"pad":"{}"}}"#,
+        "x".repeat(200 - 68)
+    );
+    assert_eq!(body.len(), 200);
+    const N: usize = 10;
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        let (ctx, key, body) = (ctx.clone(), key.clone(), body.clone());
+        let mut g = guest(&ctx, &up, ANT, &["h2"]).await;
+        tasks.push(tokio::spawn(async move {
+            let resp = g
+                .send("POST", "/v1/messages", &[("x-api-key", key)], &body)
+                .await;
+            (resp, g)
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (resp, g) = t.await.unwrap();
+        match resp.status().as_u16() {
+            200 => admitted.push((resp, g)),
+            429 => refused += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    // 0, 1800, 3600 < 4000 are admitted; the 4th would see 5400 ≥ 4000.
+    assert_eq!(
+        admitted.len(),
+        3,
+        "{} admitted, {refused} refused",
+        admitted.len()
+    );
+    up.release.add_permits(admitted.len());
+    for (resp, _g) in admitted {
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.unwrap();
+    }
+    // Then one at a time until the cap answers 429.
+    let mut g = guest(&ctx, &up, ANT, &["h2"]).await;
+    for _ in 0..N {
+        up.release.add_permits(1);
+        let (status, _, _) = g
+            .text("POST", "/v1/messages", &[("x-api-key", key.clone())], &body)
+            .await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let (spent, _) = ctx.meter.totals();
+    let calls = up.seen.lock().unwrap().len() as i64;
+    assert_eq!(spent, calls * 810, "every forwarded call was metered");
+    assert!(spent <= 4000 + 810, "spent {spent} µ$ > cap + one call");
+}
