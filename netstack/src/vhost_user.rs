@@ -149,11 +149,14 @@ pub struct Stats {
     pub rx_dropped: u64,
 }
 
-/// What happened to one frame for the guest.
-enum Rx {
+/// What happened to one frame for the guest ([`deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rx {
+    /// Written into the guest's receive buffers.
     Delivered,
     /// No (or not enough) receive buffers: the frame waits.
     NoBuffers,
+    /// Not deliverable (too large for the buffers, or a malformed chain): dropped.
     Dropped,
 }
 
@@ -273,8 +276,8 @@ impl<P: FramePort> NetBackend<P> {
 }
 
 /// Reads one transmitted chain: header + frame. Errors: malformed chain, non-zero GSO type,
-/// short or oversized frame.
-fn read_tx<M>(
+/// short or oversized frame. Public for the fuzz targets (fuzz/, docs/fuzzing.md).
+pub fn read_tx<M>(
     mem: &GuestMemoryMmap,
     chain: virtio_queue::DescriptorChain<M>,
 ) -> Result<Vec<u8>, String>
@@ -313,8 +316,9 @@ where
 }
 
 /// Writes `frame` (with its header) into one receive chain, or with mergeable buffers into as
-/// many as it needs (§5.1.6.4: `num_buffers` in the first header).
-fn deliver(mem: &GuestMemoryMmap, q: &mut virtio_queue::Queue, frame: &[u8], mrg: bool) -> Rx {
+/// many as it needs (§5.1.6.4: `num_buffers` in the first header). Public for the fuzz
+/// targets (fuzz/, docs/fuzzing.md).
+pub fn deliver(mem: &GuestMemoryMmap, q: &mut virtio_queue::Queue, frame: &[u8], mrg: bool) -> Rx {
     let need = HDR_LEN + frame.len();
     let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
     let mut cap = 0usize;
