@@ -133,6 +133,16 @@ impl Block {
     pub fn capacity(&self) -> u64 {
         u64::from_le_bytes(self.config[0..8].try_into().unwrap_or_default())
     }
+
+    /// The data path of a device not yet activated, to drive it without a device thread
+    /// ([`Worker::queue_notified`] on queue 0); `None` once activated. For the fuzz targets
+    /// (fuzz/, docs/fuzzing.md).
+    pub fn into_worker(self) -> Option<BlockWorker> {
+        match self.worker {
+            WorkerSlot::Idle(w) => Some(w),
+            _ => None,
+        }
+    }
 }
 
 impl VirtioDevice for Block {
