@@ -170,12 +170,42 @@ pub fn slug(prompt: &str) -> String {
 }
 
 /// Creates the directory of a new agent atomically. A taken name is a usage error.
+/// Mode 0700 (whatever the umask), and the agents directory above it too: everything in it
+/// (the guest's files in `upper/`, which may be setuid or a device node it made; the snapshot's
+/// objects; the logs) is the agent's owner's alone (docs/state.md).
 pub fn create_dir(name: &str) -> Result<PathBuf> {
-    let dir = agent_dir(name);
-    std::fs::create_dir_all(paths::agents_dir())
-        .with_context(|| format!("creating {}", paths::agents_dir().display()))?;
-    match std::fs::create_dir(&dir) {
-        Ok(()) => Ok(dir),
+    create_dir_in(&paths::agents_dir(), name)
+}
+
+/// Creates `mode` directory `dir` if missing and sets it to exactly `mode` when it was made.
+fn private_dir(dir: &Path, mode: u32) -> std::io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            // The umask may have taken bits away, never added: set exactly `mode`.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`create_dir`] below `agents` (the agents directory).
+fn create_dir_in(agents: &Path, name: &str) -> Result<PathBuf> {
+    let dir = agents.join(name);
+    if !agents.is_dir() {
+        if let Some(parent) = agents.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        match private_dir(agents, 0o700) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", agents.display())),
+        }
+    }
+    match private_dir(&dir, 0o700) {
+        Ok(_) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(usage(
             format!("an agent named '{name}' already exists"),
             format!("choose another --name, or remove it first: axctl rm {name}"),
@@ -329,6 +359,21 @@ pub fn no_repo(name: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let agents = t.path().join("ax/agents");
+        // With the usual umask (022) a plain create_dir gives 0755.
+        let dir = create_dir_in(&agents, "a1").unwrap();
+        for d in [&agents, &dir] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        let e = create_dir_in(&agents, "a1").unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+    }
 
     #[test]
     fn slugs() {
