@@ -44,31 +44,24 @@ use landlock::{
 /// The newest Landlock ABI asked for; older kernels get what they support (best effort).
 const TARGET_ABI: ABI = ABI::V9;
 
-/// Capabilities kept (when ax-fsd has them, i.e. runs as root), each for the union's
-/// faithful copy of what the guest does (docs/jail.md):
+/// Capabilities kept (when ax-fsd has them, i.e. runs as root), each for the union's copy of
+/// what the guest does (docs/jail.md):
 ///
-/// - CAP_CHOWN: new nodes get the guest caller's uid/gid, copy-up keeps the lower owner,
-///   SETATTR uid/gid;
-/// - CAP_DAC_OVERRIDE: open, list and write nodes the guest owns (modes are checked by the
-///   guest kernel, `default_permissions`; ax-fsd's uid is not the guest's);
-/// - CAP_FOWNER: chmod, utimes and xattrs on nodes owned by guest users;
-/// - CAP_FSETID: keep set-user/group-ID bits through chmod and writes;
-/// - CAP_MKNOD: whiteouts (character device 0:0) and the guest's own device nodes;
+/// - CAP_DAC_OVERRIDE: open, list and write nodes whatever mode the guest gave them (modes are
+///   checked by the guest kernel, `default_permissions`; ax-fsd's uid is not the guest's);
+/// - CAP_FOWNER: chmod, utimes and xattrs on upper nodes of older layers that still belong
+///   to another uid;
 /// - CAP_SYS_ADMIN: `trusted.overlay.opaque` (trusted.* xattrs are root-only, and invisible
 ///   without it). Its other powers are syscalls the allowlist never lets through (mount,
 ///   unshare, setns, pivot_root, bpf, ...).
 ///
-/// Dropped among others: CAP_SETFCAP (a guest cannot put `security.capability` on an upper
-/// file), CAP_DAC_READ_SEARCH (open_by_handle_at), CAP_SETUID/SETGID, CAP_SYS_PTRACE,
-/// CAP_NET_*.
-pub const KEPT_CAPS: [u32; 6] = [
-    cap::CHOWN,
-    cap::DAC_OVERRIDE,
-    cap::FOWNER,
-    cap::FSETID,
-    cap::MKNOD,
-    cap::SYS_ADMIN,
-];
+/// Dropped among others: CAP_CHOWN (every upper node belongs to the host user; the guest's
+/// owner is an xattr, docs/fsd.md "Host ownership"), CAP_FSETID (no set-ID bit is ever set on
+/// the host), CAP_MKNOD (no device node is ever made; a 0:0 whiteout needs no capability
+/// since Linux 5.8, and older kernels fall back to xattr whiteouts), CAP_SETFCAP (a guest
+/// cannot put `security.capability` on an upper file), CAP_DAC_READ_SEARCH
+/// (open_by_handle_at), CAP_SETUID/SETGID, CAP_SYS_PTRACE, CAP_NET_*.
+pub const KEPT_CAPS: [u32; 3] = [cap::DAC_OVERRIDE, cap::FOWNER, cap::SYS_ADMIN];
 
 /// What to enforce.
 #[derive(Clone, Debug, Default)]

@@ -15,10 +15,16 @@
 //! of kind `dir` covers its subtree (a renamed or deleted directory is one line). Paths are
 //! relative to the share root; a path that is not UTF-8 is written as `"path_hex"` instead.
 //! Lines are written with one `write(2)` each, so a crash loses at most the line in flight.
+//!
+//! **Bounded:** when the file grows past [`COMPACT_MIN`] bytes and twice the size its current
+//! set needs, it is rewritten in place as the header plus one line per path of the current set
+//! (truncate, then one `write(2)`), so it stays within about twice its live size (plus 4 MiB)
+//! however often the guest churns the same paths. The live set itself is bounded by the upper
+//! layer (one entry per changed path).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -60,7 +66,16 @@ pub struct Journal {
 struct Inner {
     file: Option<File>,
     map: HashMap<Vec<u8>, (Change, Kind)>,
+    /// Bytes in the file now.
+    bytes: u64,
+    /// Rewrite the file once it is larger than this.
+    compact_at: u64,
 }
+
+/// The journal file is never compacted below this size (bytes).
+pub const COMPACT_MIN: u64 = 4 << 20;
+
+const HEADER: &[u8] = b"{\"ax_fsd_journal\":1}\n";
 
 impl Journal {
     /// An in-memory journal (no file).
@@ -69,6 +84,8 @@ impl Journal {
             inner: Mutex::new(Inner {
                 file: None,
                 map: HashMap::new(),
+                bytes: 0,
+                compact_at: COMPACT_MIN,
             }),
         }
     }
@@ -80,13 +97,22 @@ impl Journal {
             .write(true)
             .truncate(true)
             .open(path)?;
-        f.write_all(b"{\"ax_fsd_journal\":1}\n")?;
+        f.write_all(HEADER)?;
         Ok(Self {
             inner: Mutex::new(Inner {
                 file: Some(f),
                 map: HashMap::new(),
+                bytes: HEADER.len() as u64,
+                compact_at: COMPACT_MIN,
             }),
         })
+    }
+
+    /// Like [`Self::create`] with another compaction threshold (tests).
+    pub fn create_with_compaction(path: &Path, compact_min: u64) -> io::Result<Self> {
+        let j = Self::create(path)?;
+        j.inner.lock().unwrap_or_else(|p| p.into_inner()).compact_at = compact_min;
+        Ok(j)
     }
 
     /// Records that `path` was created (or re-created after a delete).
@@ -140,13 +166,38 @@ impl Journal {
                 g.map.remove(path);
             }
         }
+        let g = &mut *g;
         if let Some(file) = g.file.as_mut() {
             let line = line(path, new, kind);
-            if let Err(e) = file.write_all(line.as_bytes()) {
-                log::warn!("journal: cannot append: {e}");
+            match file.write_all(line.as_bytes()) {
+                Ok(()) => g.bytes += line.len() as u64,
+                Err(e) => log::warn!("journal: cannot append: {e}"),
+            }
+            if g.bytes > g.compact_at {
+                match compact(file, &g.map) {
+                    Ok(n) => {
+                        g.bytes = n;
+                        g.compact_at = g.compact_at.max(2 * n);
+                    }
+                    Err(e) => log::warn!("journal: cannot compact: {e}"),
+                }
             }
         }
     }
+}
+
+/// Rewrites the journal file as the header plus the current set; returns its new size.
+fn compact(file: &mut File, map: &HashMap<Vec<u8>, (Change, Kind)>) -> io::Result<u64> {
+    let mut buf = HEADER.to_vec();
+    let mut paths: Vec<_> = map.iter().collect();
+    paths.sort();
+    for (p, (c, k)) in paths {
+        buf.extend_from_slice(line(p, Some(*c), *k).as_bytes());
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(&buf)?;
+    Ok(buf.len() as u64)
 }
 
 fn line(path: &[u8], change: Option<Change>, kind: Kind) -> String {
@@ -239,5 +290,24 @@ mod tests {
         // Only state changes are appended: header + a, b, c(del), c(mod), tmp, tmp(unch), ff.
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 8, "{text}");
+    }
+
+    #[test]
+    fn churn_is_compacted_to_the_live_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let j = Journal::create_with_compaction(&p, 4096).unwrap();
+        j.modified(b"keep", Kind::File);
+        for i in 0..10_000 {
+            let name = format!("tmp{}", i % 50);
+            j.created(name.as_bytes(), Kind::File);
+            j.deleted(name.as_bytes(), Kind::File);
+        }
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!(len <= 4096 + 200, "journal is {len} bytes");
+        assert_eq!(
+            read(&p).unwrap(),
+            vec![(b"keep".to_vec(), Change::Modified, Kind::File)]
+        );
     }
 }

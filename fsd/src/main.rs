@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ax-fsd --socket PATH (--lower DIR | --lower-git GIT_DIR --tree OID [--objects DIR]
-//!        [--mtime SECS]) --upper DIR [--tag workspace] [--journal FILE]
+//!        [--mtime SECS]) [--lower-freeze FILE] --upper DIR [--quota BYTES] [--tag workspace]
+//!        [--journal FILE]
 //!        [--no-jail] [--seccomp kill|log]
 //! ```
 //! Serves one vhost-user frontend (QEMU `-device vhost-user-fs-device,chardev=…,tag=workspace`
@@ -17,6 +18,7 @@ use std::time::Duration;
 use ax_fsd::fuse::server::Server;
 use ax_fsd::jail;
 use ax_fsd::journal::Journal;
+use ax_fsd::union::freeze::Frozen;
 use ax_fsd::union::git::{GitLower, GitOptions};
 use ax_fsd::union::lower::Lower;
 use ax_fsd::union::{sys, UnionFs, UnionOptions};
@@ -60,9 +62,17 @@ struct Args {
     /// (immutable) git lower layer, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 86400.0)]
     lower_cache_timeout: f64,
+    /// With --lower: show only the lower nodes that existed, unchanged, when FILE was written
+    /// (it is taken and written now when absent, read when present; docs/fsd.md).
+    #[arg(long, value_name = "FILE", requires = "lower")]
+    lower_freeze: Option<PathBuf>,
     /// Upper layer (per agent, overlayfs format). Must exist.
     #[arg(long)]
     upper: PathBuf,
+    /// Disk quota of the upper layer in bytes (apparent sizes of its regular files); a write,
+    /// truncate or fallocate past it fails with ENOSPC. 0 = unlimited (the default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    quota: u64,
     /// virtio-fs mount tag (at most 36 bytes).
     #[arg(long, default_value = "workspace")]
     tag: String,
@@ -221,9 +231,30 @@ fn run(args: Args, (lower, lower_desc): (Lower, String)) -> anyhow::Result<()> {
             cache_timeout: Duration::from_secs_f64(args.cache_timeout),
             immutable_lower_timeout: Duration::from_secs_f64(args.lower_cache_timeout),
             xattr_whiteouts: args.xattr_whiteouts,
+            quota: (args.quota > 0).then_some(args.quota),
         },
     )
     .context("cannot open the layers")?;
+    let fs = match &args.lower_freeze {
+        Some(file) => {
+            let root = sys::open_root(args.lower.as_deref().unwrap_or(&args.upper))?;
+            let t = std::time::Instant::now();
+            let (frozen, taken) = Frozen::load_or_take(file, &root)
+                .with_context(|| format!("--lower-freeze {}", file.display()))?;
+            log::info!(
+                "lower frozen: {} nodes ({} {}, {:?})",
+                frozen.len(),
+                if taken { "taken now into" } else { "read from" },
+                file.display(),
+                t.elapsed()
+            );
+            fs.with_frozen_lower(frozen)
+        }
+        None => fs,
+    };
+    if args.quota > 0 {
+        log::info!("upper quota {} bytes, {} used", args.quota, fs.quota_used());
+    }
     let listener = listen(&args.socket)?;
     if args.no_jail {
         log::warn!("running WITHOUT the jail (--no-jail): a guest exploit reaches the host");

@@ -69,6 +69,10 @@ pub struct AgentState {
     pub accel: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Disk quota of the agent's upper layers in MiB (`axctl run --disk-quota`; ax-fsd
+    /// `--quota`, docs/fsd.md "Quota"); `None`: the default, 0: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_quota_mib: Option<u64>,
     /// Seconds; `None` = no limit.
     pub timeout_secs: Option<u64>,
     /// The agent runs on a PTY (background runs) or on pipes (`--wait`).
@@ -419,6 +423,7 @@ mod tests {
             accel: "tcg".into(),
             cpus: 1,
             memory_mib: 512,
+            disk_quota_mib: None,
             timeout_secs: None,
             tty: false,
             repo: None,

@@ -624,6 +624,8 @@ impl Supervisor<'_> {
     /// share of the host's object directory (the alternate of the agent's `.git`). Returns
     /// their (vhost-user socket, tag) once they listen.
     fn start_fsd(&self, repo: &Path, tx: &Sender<Event>) -> Result<Vec<(PathBuf, String)>> {
+        /// Default disk quota per upper layer, MiB (`axctl run --disk-quota`).
+        const DEFAULT_DISK_QUOTA_MIB: u64 = 10 << 10;
         let snap: ax_branch::Snapshot = serde_json::from_slice(
             &std::fs::read(self.dir.join("snapshot.json")).context("reading snapshot.json")?,
         )?;
@@ -631,11 +633,25 @@ impl Supervisor<'_> {
             .with_context(|| format!("opening {}", repo.display()))?
             .common_dir()
             .to_path_buf();
+        // The upper layers are the agent's: nobody else on the host reads them (0700).
+        let private_dir = |d: &Path| -> Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(d)?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+            Ok(())
+        };
         let upper = self.dir.join("upper");
-        std::fs::create_dir_all(&upper)?;
+        private_dir(&upper)?;
         let objects_upper = self.dir.join("objects-upper");
-        std::fs::create_dir_all(&objects_upper)?;
+        private_dir(&objects_upper)?;
         let host_objects = git_dir.join("objects");
+        // Each upper layer gets the agent's disk quota (docs/fsd.md "Quota").
+        let quota = self
+            .st
+            .disk_quota_mib
+            .unwrap_or(DEFAULT_DISK_QUOTA_MIB)
+            .saturating_mul(1 << 20)
+            .to_string();
         let workspace: Vec<OsString> = vec![
             "--lower-git".into(),
             git_dir.into(),
@@ -645,14 +661,22 @@ impl Supervisor<'_> {
             snap.objects_dir.into(),
             "--upper".into(),
             upper.into(),
+            "--quota".into(),
+            quota.clone().into(),
             "--journal".into(),
             self.dir.join("journal.jsonl").into(),
         ];
+        // The host object store as it was at the agent's first start: objects other agents'
+        // branch builds write later stay invisible (docs/fsd.md "The objects share").
         let objects: Vec<OsString> = vec![
             "--lower".into(),
             host_objects.into(),
+            "--lower-freeze".into(),
+            self.dir.join("objects.freeze").into(),
             "--upper".into(),
             objects_upper.into(),
+            "--quota".into(),
+            quota.into(),
         ];
         Ok(vec![
             (

@@ -668,6 +668,7 @@ fn crafted_agent(env: &ax_tests::Env, f: &Fixture, name: &str, identity: Option<
         accel: "tcg".into(),
         cpus: 1,
         memory_mib: 512,
+        disk_quota_mib: None,
         timeout_secs: None,
         tty: false,
         repo: Some(f.repo.clone()),

@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Guest memory in MiB [default: the agent definition's `memory`, else 1024].
     #[arg(long, value_parser = clap::value_parser!(u32).range(128..=65536))]
     pub memory: Option<u32>,
+    /// Disk quota of the agent's /workspace changes (and of its objects share), in MiB: a
+    /// write past it fails with ENOSPC in the guest; 0 = unlimited [default: 10240].
+    #[arg(long, value_name = "MIB")]
+    pub disk_quota: Option<u64>,
     /// Stop the agent after it has run this long (e.g. 30s, 10m, 2h; boot not counted); it is
     /// then marked failed [default: the agent definition's `timeout`, else none].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -223,6 +227,7 @@ fn prepare_state(
             accel: driver::accel_for(vmm).as_str().to_string(),
             cpus: args.cpus.or(rec.cpus).unwrap_or(1),
             memory_mib: args.memory.or(rec.memory_mib).unwrap_or(1024),
+            disk_quota_mib: args.disk_quota,
             timeout_secs: args
                 .timeout
                 .map(|d| d.as_secs().max(1))

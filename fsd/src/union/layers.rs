@@ -14,8 +14,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 
 use super::cache::ResolveCache;
+use super::freeze::Frozen;
 use super::lower::{Lower, LowerFile, LowerNode};
+use super::owner::{self, Guest};
 use super::path::{components, join, split};
+use super::quota::Quota;
 use super::sys::{self, err};
 use super::whiteout::Marks;
 use crate::overlay;
@@ -62,8 +65,10 @@ pub struct Layers {
     pub upper: OwnedFd,
     /// The overlay xattrs (`trusted.*` as root, else `user.*`) and the whiteout form.
     pub marks: Marks,
-    /// We may chown (CAP_CHOWN): copy-up keeps owners, new nodes get the caller's uid/gid.
-    pub can_chown: bool,
+    /// The upper layer's disk quota (apparent sizes).
+    pub quota: Quota,
+    /// With a frozen directory lower: only nodes present at freeze time are visible.
+    pub frozen: Option<Frozen>,
     /// Resolved nodes by path (the resolution cache, `union::cache`).
     pub cache: ResolveCache<Layered>,
 }
@@ -80,7 +85,19 @@ fn open_opt(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
 impl Layers {
     /// Is `name` one of the xattrs the union itself uses (hidden from the guest)?
     pub fn is_private_xattr(name: &[u8]) -> bool {
-        overlay::is_overlay_xattr(name)
+        overlay::is_overlay_xattr(name) || name.starts_with(b"user.ax.")
+    }
+
+    /// The lower layer's entry `name` in `dir`, unless a freeze hides it.
+    pub fn lower_lookup(
+        &self,
+        dir: &LowerNode,
+        name: &[u8],
+    ) -> io::Result<Option<(LowerNode, libc::stat64)>> {
+        Ok(self
+            .lower
+            .lookup(dir, name)?
+            .filter(|(_, st)| self.frozen.as_ref().is_none_or(|f| f.admits(st))))
     }
 
     /// Resolves a share-relative path through both layers (ENOENT when absent or whited out,
@@ -156,7 +173,7 @@ impl Layers {
             None => None,
         };
         let (l, lst) = match &parent.lower {
-            Some(d) => match self.lower.lookup(d, name)? {
+            Some(d) => match self.lower_lookup(d, name)? {
                 Some((n, s)) => (Some(n), Some(s)),
                 None => (None, None),
             },
@@ -194,9 +211,17 @@ impl Layers {
     /// the lower attributes (the lower layer never changes).
     pub fn attr(&self, r: &Layered) -> io::Result<libc::stat64> {
         match &r.upper {
-            Some(u) => sys::fstat(u),
+            Some(u) => Self::upper_attr(u),
             None => Ok(r.st),
         }
+    }
+
+    /// Attributes of an upper node as the guest sees them: the host's with the stored
+    /// guest owner and mode ([`owner`]).
+    pub fn upper_attr(fd: &OwnedFd) -> io::Result<libc::stat64> {
+        let mut st = sys::fstat(fd)?;
+        owner::apply(fd, &mut st);
+        Ok(st)
     }
 
     /// Caches `state` as the state of `path`, made by the caller after its last change to the
@@ -243,7 +268,11 @@ impl Layers {
             let list = match dir.lower_list.get() {
                 Some(v) => v.clone(),
                 None => {
-                    let v = Arc::new(self.lower.list(l)?);
+                    let mut v = self.lower.list(l)?;
+                    if let (Some(f), LowerNode::Fd(d)) = (&self.frozen, l) {
+                        v.retain(|(name, _)| sys::statat(d, name).is_ok_and(|st| f.admits(&st)));
+                    }
+                    let v = Arc::new(v);
                     let _ = dir.lower_list.set(v.clone());
                     v
                 }
@@ -271,7 +300,7 @@ impl Layers {
         let (parent, name) = split(path).ok_or_else(|| err(libc::EIO))?;
         let pdir = self.upper_dir(parent)?;
         let lower = r.lower.as_ref().ok_or_else(|| err(libc::EIO))?;
-        sys::mkdirat(&pdir, name, r.st.st_mode & 0o7777)?;
+        sys::mkdirat(&pdir, name, r.st.st_mode & 0o7777 & !owner::HOST_STRIP)?;
         let fd = sys::openat(&pdir, name, libc::O_PATH, 0);
         // The node changed (it has an upper copy now), even if copying the metadata fails;
         // its children did not (the new upper directory is empty and not opaque).
@@ -334,11 +363,13 @@ impl Layers {
                 let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
                 self.copy_meta(src, &fd, st, true)
             }
-            _ => {
-                sys::mknodat(pdir, name, st.st_mode, st.st_rdev)?;
+            // Never a device node on the host (docs/fsd.md "Host ownership").
+            libc::S_IFIFO | libc::S_IFSOCK => {
+                sys::mknodat(pdir, name, st.st_mode & !0o7000, 0)?;
                 let fd = sys::openat(pdir, name, libc::O_PATH, 0)?;
                 self.copy_meta(src, &fd, st, false)
             }
+            _ => Err(err(libc::EPERM)),
         }
     }
 
@@ -364,8 +395,10 @@ impl Layers {
             ),
         };
         let res = self
-            .lower
-            .copy_data(src, st, &out)
+            .quota
+            .resize(&out, st.st_size as u64, || {
+                self.lower.copy_data(src, st, &out)
+            })
             .and_then(|()| self.copy_meta(src, &out, st, false))
             .and_then(|()| {
                 if tmp {
@@ -388,11 +421,10 @@ impl Layers {
         st: &libc::stat64,
         symlink: bool,
     ) -> io::Result<()> {
-        if self.can_chown {
-            sys::chown_fd(dst, st.st_uid, st.st_gid)?;
-        }
         if !symlink {
-            sys::chmod_fd(dst, st.st_mode & 0o7777)?;
+            // The host node stays the host user's, without set-ID bits; the lower owner and
+            // mode are what the guest sees (docs/fsd.md "Host ownership").
+            owner::set(dst, Guest::of_host(st))?;
             for n in self.lower.listxattr(src).unwrap_or_default() {
                 if Self::is_private_xattr(&n) {
                     continue;

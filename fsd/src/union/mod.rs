@@ -29,11 +29,14 @@
 
 mod cache;
 mod exchange;
+pub mod freeze;
 pub mod git;
 mod inodes;
 pub mod layers;
 pub mod lower;
+pub mod owner;
 pub mod path;
+pub mod quota;
 pub mod sys;
 mod whiteout;
 
@@ -69,6 +72,9 @@ pub struct UnionOptions {
     /// `*.overlay.opaque=x`) even when `mknod` of a 0:0 device is allowed (docs/fsd.md; tests).
     /// Without it they are used only once `mknod` is refused.
     pub xattr_whiteouts: bool,
+    /// Disk quota of the upper layer in bytes (apparent sizes of its regular files,
+    /// [`quota`]); `None`: unlimited.
+    pub quota: Option<u64>,
 }
 
 impl Default for UnionOptions {
@@ -77,6 +83,7 @@ impl Default for UnionOptions {
             cache_timeout: Duration::from_secs(1),
             immutable_lower_timeout: Duration::from_secs(86400),
             xattr_whiteouts: false,
+            quota: None,
         }
     }
 }
@@ -129,8 +136,6 @@ pub struct UnionFs {
     meta: Mutex<()>,
     journal: Arc<Journal>,
     opts: UnionOptions,
-    /// Our effective uid/gid: new nodes already belong to a caller with these.
-    own_ids: (u32, u32),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,11 +219,13 @@ impl UnionFs {
     ) -> io::Result<Self> {
         // SAFETY: plain syscall.
         let root = unsafe { libc::geteuid() } == 0;
+        let upper = sys::open_root(upper)?;
         let layers = Layers {
             lower,
-            upper: sys::open_root(upper)?,
+            quota: quota::Quota::new(opts.quota, &upper)?,
+            upper,
             marks: whiteout::Marks::new(root, opts.xattr_whiteouts),
-            can_chown: root,
+            frozen: None,
             cache: cache::ResolveCache::new(cache_capacity()),
         };
         Ok(Self {
@@ -230,9 +237,20 @@ impl UnionFs {
             meta: Mutex::new(()),
             journal,
             opts,
-            // SAFETY: plain syscalls.
-            own_ids: unsafe { (libc::geteuid(), libc::getegid()) },
         })
+    }
+
+    /// Shows only the lower nodes `frozen` admits (a directory lower frozen at the agent's
+    /// start, [`freeze`]). Call before serving.
+    pub fn with_frozen_lower(mut self, frozen: freeze::Frozen) -> Self {
+        self.layers.frozen = Some(frozen);
+        self.layers.invalidate_tree(b"");
+        self
+    }
+
+    /// Bytes the upper layer's quota counts now.
+    pub fn quota_used(&self) -> u64 {
+        self.layers.quota.used()
     }
 
     /// The change journal.
@@ -297,12 +315,16 @@ impl UnionFs {
         let fh = self.new_fh();
         // SAFETY: we own the fd.
         let file = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
+        self.layers.quota.opened(&file);
         lock(&self.files).insert(fh, Arc::new(Handle::File(file)));
         fh
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.new_fh();
+        if let Handle::File(f) = &h {
+            self.layers.quota.opened(f);
+        }
         lock(&self.files).insert(fh, Arc::new(h));
         fh
     }
@@ -334,7 +356,7 @@ impl UnionFs {
             None => false,
         };
         let lower_exists = match &pr.lower {
-            Some(l) => self.layers.lower.lookup(l, name)?.is_some(),
+            Some(l) => self.layers.lower_lookup(l, name)?.is_some(),
             None => false,
         };
         if lower_exists && !whiteout {
@@ -352,27 +374,47 @@ impl UnionFs {
         })
     }
 
-    /// Gives a new node the caller's ownership (the parent's group when it is set-gid). Nothing
-    /// to do when the caller is us: the kernel already did exactly that.
-    fn own(&self, ctx: Context, pdir: &OwnedFd, fd: &OwnedFd) -> io::Result<()> {
-        if !self.layers.can_chown || (ctx.uid, ctx.gid) == self.own_ids {
-            return Ok(());
-        }
-        let pst = sys::fstat(pdir)?;
+    /// Gives a new node (created with its mode minus the set-ID bits) the caller's ownership
+    /// and the requested `mode` as the guest sees them (the parent's group when it is set-gid
+    /// in the guest's view): recorded in `user.ax.owner`, never on the host inode
+    /// ([`owner`], docs/fsd.md "Host ownership").
+    fn own(&self, ctx: Context, pdir: &OwnedFd, fd: &OwnedFd, mode: u32) -> io::Result<()> {
+        let pst = Layers::upper_attr(pdir)?;
+        let st = sys::fstat(fd)?;
+        let mut mode = mode & 0o7777;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            if sys::is_dir(&st) {
+                mode |= libc::S_ISGID;
+            }
             pst.st_gid
         } else {
             ctx.gid
         };
-        sys::chown_fd(fd, ctx.uid, gid)
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(());
+        }
+        owner::set(
+            fd,
+            owner::Guest {
+                uid: ctx.uid,
+                gid,
+                mode,
+            },
+        )
     }
 
     /// The end of every create-like op: ownership, the journal, and the new node's state
     /// straight into the resolution cache (no walk: we know both layers' answers).
-    fn finish_create(&self, ctx: Context, p: &Prepared, name: &[u8]) -> io::Result<Entry> {
+    fn finish_create(
+        &self,
+        ctx: Context,
+        p: &Prepared,
+        name: &[u8],
+        mode: u32,
+    ) -> io::Result<Entry> {
         let fd = sys::openat(&p.pdir, name, libc::O_PATH, 0)?;
-        self.own(ctx, &p.pdir, &fd)?;
-        let st = sys::fstat(&fd)?;
+        self.own(ctx, &p.pdir, &fd, mode)?;
+        let st = Layers::upper_attr(&fd)?;
         let r = self.layers.remember(
             &p.path,
             Layered {
@@ -422,6 +464,8 @@ impl UnionFs {
         if let Some(u) = &r.upper {
             if dir {
                 self.layers.marks.clear_whiteouts(u)?;
+            } else {
+                self.layers.quota.release_node(&sys::fstat(u)?);
             }
             sys::unlinkat(&pdir, name, dir)?;
         }
@@ -499,6 +543,9 @@ impl UnionFs {
             }
             _ => {}
         }
+        if let Some(u) = dst.as_ref().and_then(|d| d.upper.as_ref()) {
+            self.layers.quota.release_node(&sys::fstat(u)?);
+        }
         sys::renameat2(&oup, oldname, &nup, newname, 0)?;
         if src.is_dir() {
             // The moved directory is complete: nothing below the new name may merge in.
@@ -545,7 +592,9 @@ impl FileSystem for UnionFs {
             // An unlinked file still open in the guest: answer from its handle.
             Err(e) => {
                 let h = fh.and_then(|fh| self.file(fh).ok()).ok_or(e)?;
-                let mut st = sys::fstat(h.file()?)?;
+                let f = h.file()?;
+                let mut st = sys::fstat(f)?;
+                owner::apply(f, &mut st);
                 st.st_ino = ino;
                 Ok((st, self.opts.cache_timeout))
             }
@@ -559,27 +608,25 @@ impl FileSystem for UnionFs {
             let r = self.layers.resolve(&path)?;
             let symlink = r.st.st_mode & libc::S_IFMT == libc::S_IFLNK;
             let up = self.layers.copy_up(&path)?;
-            if set.uid.is_some() || set.gid.is_some() {
-                sys::chown_fd(
-                    &up,
-                    set.uid.unwrap_or(u32::MAX),
-                    set.gid.unwrap_or(u32::MAX),
-                )?;
+            if set.size.is_some() && r.st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(err(libc::EINVAL));
             }
-            if let Some(mode) = set.mode {
-                if !symlink {
-                    sys::chmod_fd(&up, mode & 0o7777)?;
-                }
+            if (set.uid.is_some() || set.gid.is_some() || set.mode.is_some()) && !symlink {
+                // Owner and set-ID bits live in the guest's view only (docs/fsd.md "Host
+                // ownership"); the host inode keeps the host owner.
+                let host = sys::fstat(&*up)?;
+                let mut g = owner::guest_view(&*up, &host);
+                g.uid = set.uid.unwrap_or(g.uid);
+                g.gid = set.gid.unwrap_or(g.gid);
+                g.mode = set.mode.map_or(g.mode, |m| m & 0o7777);
+                owner::set(&*up, g)?;
             }
             if let Some(size) = set.size {
-                if r.st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(err(libc::EINVAL));
-                }
                 let f = sys::reopen(&up, libc::O_WRONLY)?;
-                // SAFETY: plain syscall on an owned fd.
-                if unsafe { libc::ftruncate64(f.as_raw_fd(), size as i64) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                self.layers.quota.truncate(&f, size, || {
+                    // SAFETY: plain syscall on an owned fd.
+                    sys::cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size as i64) }).map(drop)
+                })?;
             }
             if (set.atime.is_some() || set.mtime.is_some()) && !symlink {
                 sys::utimes_fd(&up, set.atime.map(timespec), set.mtime.map(timespec))?;
@@ -605,7 +652,7 @@ impl FileSystem for UnionFs {
         let _g = lock(&self.meta);
         let p = self.prepare_create(parent, name)?;
         sys::symlinkat(target, &p.pdir, name)?;
-        self.finish_create(ctx, &p, name)
+        self.finish_create(ctx, &p, name, 0o777)
     }
 
     fn mknod(
@@ -617,10 +664,18 @@ impl FileSystem for UnionFs {
         rdev: u32,
         _umask: u32,
     ) -> io::Result<Entry> {
+        // Never a device node on the host (the upper layer's own whiteouts are made by
+        // `whiteout`, not here): character and block devices are refused. FIFOs, sockets and
+        // regular files carry no data the host would act on (docs/fsd.md "Host ownership").
+        let _ = rdev;
+        let kind = mode & libc::S_IFMT;
+        if !matches!(kind, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFREG) {
+            return Err(err(libc::EPERM));
+        }
         let _g = lock(&self.meta);
         let p = self.prepare_create(parent, name)?;
-        sys::mknodat(&p.pdir, name, mode, u64::from(rdev))?;
-        self.finish_create(ctx, &p, name)
+        sys::mknodat(&p.pdir, name, kind | (mode & 0o1777), 0)?;
+        self.finish_create(ctx, &p, name, mode)
     }
 
     fn mkdir(
@@ -633,13 +688,13 @@ impl FileSystem for UnionFs {
     ) -> io::Result<Entry> {
         let _g = lock(&self.meta);
         let p = self.prepare_create(parent, name)?;
-        sys::mkdirat(&p.pdir, name, mode & 0o7777)?;
+        sys::mkdirat(&p.pdir, name, mode & 0o1777)?;
         if p.had_whiteout {
             // overlayfs.rst: a directory created where a lower one was deleted is opaque.
             let fd = sys::openat(&p.pdir, name, libc::O_PATH, 0)?;
             self.layers.marks.set_opaque(&fd)?;
         }
-        self.finish_create(ctx, &p, name)
+        self.finish_create(ctx, &p, name, mode)
     }
 
     fn unlink(&self, _ctx: Context, parent: u64, name: &[u8]) -> io::Result<()> {
@@ -773,8 +828,8 @@ impl FileSystem for UnionFs {
             Err(e) => return Err(e),
         };
         let f = sanitize_open_flags(flags) | libc::O_CREAT | libc::O_EXCL;
-        let fd = sys::openat(&p.pdir, name, f, (mode & 0o7777) | libc::S_IFREG)?;
-        let entry = self.finish_create(ctx, &p, name)?;
+        let fd = sys::openat(&p.pdir, name, f, (mode & 0o1777) | libc::S_IFREG)?;
+        let entry = self.finish_create(ctx, &p, name, mode)?;
         Ok((entry, self.add_file(fd), 0))
     }
 
@@ -827,7 +882,22 @@ impl FileSystem for UnionFs {
         _flags: u32,
     ) -> io::Result<usize> {
         let h = self.file(fh)?;
-        data.write_to(h.file()?.as_raw_fd(), offset)
+        let file = h.file()?;
+        let len = data.len() as u64;
+        // An O_APPEND handle writes at the end whatever the offset.
+        // SAFETY: plain syscall on an owned fd.
+        let append = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } & libc::O_APPEND != 0;
+        self.layers.quota.resize_with(
+            file,
+            |size| {
+                if append {
+                    size.saturating_add(len)
+                } else {
+                    offset.saturating_add(len)
+                }
+            },
+            || data.write_to(file.as_raw_fd(), offset),
+        )
     }
 
     fn statfs(&self, _ctx: Context, _ino: u64) -> io::Result<libc::statvfs64> {
@@ -835,7 +905,12 @@ impl FileSystem for UnionFs {
     }
 
     fn release(&self, _ctx: Context, _ino: u64, fh: u64) -> io::Result<()> {
-        lock(&self.files).remove(&fh);
+        let h = lock(&self.files).remove(&fh);
+        if let Some(Handle::File(f)) = h.as_deref() {
+            if let Ok(st) = sys::fstat(f) {
+                self.layers.quota.closed(&st);
+            }
+        }
         Ok(())
     }
 
@@ -1042,19 +1117,33 @@ impl FileSystem for UnionFs {
         length: u64,
     ) -> io::Result<()> {
         let h = self.file(fh)?;
-        // SAFETY: plain syscall on an owned fd.
-        let r = unsafe {
-            libc::fallocate64(
-                h.file()?.as_raw_fd(),
-                mode as i32,
-                offset as i64,
-                length as i64,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        let file = h.file()?;
+        let mode = mode as i32;
+        let end = offset.saturating_add(length);
+        if offset > i64::MAX as u64 || end > i64::MAX as u64 {
+            return Err(err(libc::EFBIG));
         }
-        Ok(())
+        // Under the quota: plain allocation and zeroing may grow the file to `end`; punching
+        // a hole never grows it. KEEP_SIZE past the end (blocks the size does not show) and
+        // the range-shifting modes are refused (docs/fsd.md "Quota").
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let new_size = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 | libc::FALLOC_FL_ZERO_RANGE => {
+                if keep && end > sys::fstat(file)?.st_size as u64 {
+                    return Err(err(libc::EOPNOTSUPP));
+                }
+                end
+            }
+            libc::FALLOC_FL_PUNCH_HOLE if keep => 0,
+            _ => return Err(err(libc::EOPNOTSUPP)),
+        };
+        self.layers.quota.resize(file, new_size, || {
+            // SAFETY: plain syscall on an owned fd.
+            sys::cvt(unsafe {
+                libc::fallocate64(file.as_raw_fd(), mode, offset as i64, length as i64)
+            })
+            .map(drop)
+        })
     }
 }
 

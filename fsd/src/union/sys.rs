@@ -14,7 +14,7 @@ pub(crate) fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
