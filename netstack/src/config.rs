@@ -11,6 +11,7 @@
 //! prefix_len = 30
 //! mtu = 1500
 //! upstream_proxy = "http://proxy.corp:3128"   # optional HTTP CONNECT proxy for every upstream
+//! max_connections = 2048                 # guest TCP connections at once (DNS/TCP included)
 //!
 //! [[route]]                              # host routing override (operator choice)
 //! host = "api.anthropic.com"
@@ -20,7 +21,7 @@
 //! [policy]
 //! default = "allow"                      # allow | deny | intercept
 //! [[policy.rule]]
-//! host = "*.example.com"                 # exact name, "*.suffix", or "*"
+//! host = "*.example.com"                 # exact name, "*.suffix", "*", IP or CIDR
 //! ports = [443]                          # empty or absent: any port
 //! action = "deny"
 //!
@@ -98,6 +99,9 @@ pub struct Network {
     /// Optional HTTP proxy (`http://host:port`) through which every upstream connection is
     /// made with `CONNECT` (RFC 9110 §9.3.6), for hosts without direct egress.
     pub upstream_proxy: Option<String>,
+    /// Guest TCP connections held at once (each holds 512 KiB of buffers), DNS over TCP to
+    /// the gateway included; more are refused (RST). 1..=65535, default 2048.
+    pub max_connections: usize,
 }
 
 impl Default for Network {
@@ -108,6 +112,7 @@ impl Default for Network {
             prefix_len: 30,
             mtu: 1500,
             upstream_proxy: None,
+            max_connections: 2048,
         }
     }
 }
@@ -166,7 +171,9 @@ impl Default for Policy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Exact name, `*.suffix` (any subdomain, not the suffix itself), or `*`.
+    /// Exact name, `*.suffix` (any subdomain, not the suffix itself), `*`, an IP address or
+    /// a CIDR (`10.0.0.0/8`, `2001:db8::/32`). Names must be host names
+    /// (`hostname::normalize`); CIDR rules also apply to the addresses names resolve to.
     pub host: String,
     /// Ports this rule applies to; empty: all.
     #[serde(default)]
@@ -305,6 +312,12 @@ impl Config {
                 n.mtu
             ));
         }
+        if !(1..=65535).contains(&n.max_connections) {
+            return Err(format!(
+                "network.max_connections = {} is out of range; use 1..=65535",
+                n.max_connections
+            ));
+        }
         if let Some(p) = &n.upstream_proxy {
             if !p.starts_with("http://") {
                 return Err(format!(
@@ -323,6 +336,25 @@ impl Config {
                     "route for {}: address {:?} is not an IP or IP:port",
                     r.host, r.address
                 ));
+            }
+        }
+        for r in &self.routes {
+            crate::hostname::normalize(&r.host).map_err(|e| {
+                format!("route host {e}; give an exact name such as \"api.example.com\"")
+            })?;
+        }
+        for (i, r) in self.policy.rules.iter().enumerate() {
+            crate::hostname::check_rule_host(&r.host).map_err(|e| {
+                format!(
+                    "policy rule {}: host {e}; use an exact name, \"*.suffix\", \"*\", an IP or a CIDR",
+                    i + 1
+                )
+            })?;
+        }
+        for s in &self.secrets {
+            for h in &s.hosts {
+                crate::hostname::normalize(h)
+                    .map_err(|e| format!("secret {}: host {e}; give exact host names", s.name))?;
             }
         }
         for s in &self.secrets {
@@ -428,6 +460,18 @@ max_usd = 1.5
             (
                 "agent=\"a\"\n[[secret]]\nname=\"K\"\nvalue=\"v\"\nplaceholder=\"p\"\nhosts=[]\n",
                 "at least one host",
+            ),
+            (
+                "agent=\"a\"\n[[policy.rule]]\nhost=\"exampl\\\\101.com\"\naction=\"deny\"\n",
+                "policy rule 1: host \"exampl\\\\101.com\" is not a host name",
+            ),
+            (
+                "agent=\"a\"\n[[policy.rule]]\nhost=\"10.0.0.0/33\"\naction=\"deny\"\n",
+                "policy rule 1",
+            ),
+            (
+                "agent=\"a\"\n[[route]]\nhost=\"a b\"\naddress=\"127.0.0.1\"\n",
+                "route host \"a b\" is not a host name",
             ),
         ] {
             let e = Config::parse(text, "t").unwrap_err().to_string();

@@ -28,8 +28,17 @@ impl Context {
     ///
     /// Errors: unreadable CA files, an unusable price table or ledger database.
     pub fn new(config: Config) -> anyhow::Result<Arc<Context>> {
+        Context::with_resolver(config, Arc::new(upstream::host_lookup))
+    }
+
+    /// [`Context::new`] with names looked up by `resolver` instead of the host's getaddrinfo
+    /// (the DNS responder and the upstream connect both use it; tests record the lookups).
+    pub fn with_resolver(
+        config: Config,
+        resolver: upstream::Resolver,
+    ) -> anyhow::Result<Arc<Context>> {
         let policy = policy::Policy::new(&config);
-        let upstream = upstream::Connector::new(&config)?;
+        let upstream = upstream::Connector::new(&config)?.with_resolver(resolver);
         let ca = ca::Ca::generate(&config.agent)?;
         let secrets = secrets::Secrets::new(&config.secrets);
         let meter = meter::Meter::open(&config)?;

@@ -3,7 +3,7 @@
 //!
 //! 1. A synthetic DNS address maps back to the name the guest resolved (`Flow::host`); one
 //!    the responder never handed out is refused, and so is a connection beyond
-//!    [`MAX_FLOWS`].
+//!    `network.max_connections` ([`crate::stack::MAX_FLOWS`] by default; DNS over TCP counts).
 //! 2. The policy decides (`policy::Policy::decide`); `Deny` answers RST.
 //! 3. The upstream connect (`upstream::Connector::connect_tcp`: route, blocked ranges,
 //!    CONNECT proxy, timeout); failure answers RST.
@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::meter::ConnRecord;
 use crate::policy::Decision;
 use crate::stack::dns::in_pool;
-use crate::stack::{FlowHandler, GuestPort, GuestStream, Netstack, PendingFlow, MAX_FLOWS};
+use crate::stack::{FlowHandler, GuestPort, GuestStream, Netstack, PendingFlow};
 use crate::{tls, Flow};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -80,8 +80,12 @@ pub async fn serve(ctx: Arc<Context>, syn: PendingFlow) {
             format!("{ip} was not handed out by the DNS responder"),
         );
     }
-    if syn.open_flows() >= MAX_FLOWS {
-        return refuse("deny", format!("too many open connections ({MAX_FLOWS})"));
+    let limit = ctx.config.network.max_connections;
+    if syn.open_flows() >= limit {
+        return refuse(
+            "deny",
+            format!("too many open connections ({limit}, network.max_connections)"),
+        );
     }
     let decision = ctx
         .policy

@@ -8,12 +8,15 @@
 //!
 //! Module map, bottom up: each module uses only the ones listed before it (no cycles).
 //! - crate root: [`Flow`], [`IoStream`], [`BoxStream`], the types the layers pass; uses nothing.
-//! - [`config`]: the per-agent TOML config the supervisor pipes in; uses nothing.
-//! - [`policy`]: allow / deny / intercept per host name, port and address; uses config.
+//! - [`hostname`]: the one normal form of host names, refusing non-hostname bytes; uses nothing.
+//! - [`config`]: the per-agent TOML config the supervisor pipes in; uses hostname.
+//! - [`policy`]: allow / deny / intercept per host name, port and address; uses config,
+//!   hostname.
 //! - [`meter`]: usage per provider, prices, spend cap, ledger, audit log; uses config.
 //! - [`secrets`]: placeholders, substitution, scrubbing, [`secrets::rewrite`]; uses config.
 //! - [`ca`]: the per-agent CA, leaves per SNI, guest-side TLS configs; uses secrets (serials).
-//! - [`upstream`]: resolver, routes, blocked ranges, CONNECT proxy, TLS client; uses config, ca.
+//! - [`upstream`]: resolver, routes, blocked ranges (address rules of the policy too), CONNECT
+//!   proxy, TLS client; uses config, hostname, policy, ca.
 //! - [`context`]: one agent's shared state; uses config, policy, upstream, ca, secrets, meter.
 //! - [`http`]: the HTTP proxy inside intercepted TLS; uses context, policy, meter, secrets.
 //! - [`tls`]: TLS interception (guest TLS, upstream TLS, then http); uses context, upstream, http.
@@ -35,6 +38,7 @@ pub mod ca;
 pub mod config;
 pub mod context;
 pub mod flow;
+pub mod hostname;
 pub mod http;
 pub mod jail;
 pub mod meter;

@@ -9,6 +9,14 @@
 //! or (with an upstream proxy, which resolves names itself) always. Existing names: `A` gets
 //! the synthetic address, every other type NOERROR with no data (AAAA: the guest uses IPv4).
 //! Names the host cannot resolve: NXDOMAIN; resolver failures: SERVFAIL.
+//!
+//! Before anything else a question's name is put in its normal form
+//! ([`crate::hostname::from_wire`]); a name without one (a label holding `\`, `.`, a space,
+//! a control or non-ASCII byte, a numeric last label, …) is answered REFUSED and logged, so it
+//! never reaches the policy, the pool or the host's resolver. The policy is asked next: a name
+//! it denies on every port ([`crate::policy::Policy::name_denied`]) gets its synthetic address
+//! without a host lookup, so no query for a denied name leaves the host (DNS tunnelling under
+//! `default = "deny"`); the connection to it is refused like any denied one.
 
 use super::{GuestStream, Shared};
 // Re-exported under their old path for `jail::prepare` and tests/jail_policy.rs (not moved
@@ -49,6 +57,8 @@ pub const SERVFAIL: u8 = 2;
 pub const NXDOMAIN: u8 = 3;
 /// Response code: not implemented.
 pub const NOTIMP: u8 = 4;
+/// Response code: refused (RFC 1035 §4.1.1): names that are not host names.
+pub const REFUSED: u8 = 5;
 
 /// Is `ip` in the synthetic pool?
 pub fn in_pool(ip: Ipv4Addr) -> bool {
@@ -123,29 +133,27 @@ impl Names {
         if shared.ctx.upstream.has_route(name) {
             return Resolved::Exists(self.assign(name));
         }
+        if let Some(why) = shared.ctx.policy.name_denied(name) {
+            log::debug!("dns {name}: {why}; answered without asking the host's resolver");
+            return Resolved::Exists(self.assign(name));
+        }
         if let Some(t) = self.inner.lock().unwrap().missing.get(name) {
             if t.elapsed() < NEGATIVE_TTL {
                 return Resolved::NoName;
             }
         }
         let via_proxy = shared.ctx.config.network.upstream_proxy.is_some();
-        let n = name.to_string();
-        let looked = tokio::time::timeout(
-            LOOKUP_TIMEOUT,
-            tokio::task::spawn_blocking(move || host_lookup(&n)),
-        )
-        .await;
+        let looked = tokio::time::timeout(LOOKUP_TIMEOUT, shared.ctx.upstream.lookup(name)).await;
         match looked {
-            Ok(Ok(Ok(_))) => Resolved::Exists(self.assign(name)),
+            Ok(Ok(_)) => Resolved::Exists(self.assign(name)),
             _ if via_proxy => Resolved::Exists(self.assign(name)),
-            Ok(Ok(Err(Lookup::NoName))) => {
+            Ok(Err(Lookup::NoName)) => {
                 let mut t = self.inner.lock().unwrap();
                 t.missing.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
                 t.missing.insert(name.to_string(), Instant::now());
                 Resolved::NoName
             }
-            Ok(Ok(Err(Lookup::Failed(why)))) => Resolved::Failed(why),
-            Ok(Err(e)) => Resolved::Failed(e.to_string()),
+            Ok(Err(Lookup::Failed(why))) => Resolved::Failed(why),
             Err(_) => Resolved::Failed("host resolver timed out".into()),
         }
     }
@@ -164,8 +172,11 @@ pub struct Query {
     pub id: u16,
     /// The RD bit (copied into the response).
     pub rd: bool,
-    /// Lower case, no trailing dot; empty for the root.
+    /// Lower case, no trailing dot; empty for the root. For a name without a normal form
+    /// ([`Query::invalid`]): the labels joined by dots, escaped for printing.
     pub name: String,
+    /// Why the name is not a host name ([`crate::hostname::from_wire`]); answered REFUSED.
+    pub invalid: Option<crate::hostname::InvalidName>,
     /// QTYPE.
     pub qtype: u16,
     /// QCLASS (not checked: everything is treated as IN).
@@ -203,18 +214,26 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, (Option<u16>, u8)> {
             return Err((Some(id), FORMERR)); // compression in a question: not from a stub
         }
         let label = msg.get(i..i + len).ok_or((Some(id), FORMERR))?;
-        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        labels.push(label);
         i += len;
     }
     let tail = msg.get(i..i + 4).ok_or((Some(id), FORMERR))?;
-    let name = labels.join(".");
-    if name.len() > 253 {
-        return Err((Some(id), FORMERR));
+    if labels.iter().map(|l| l.len() + 1).sum::<usize>() > 254 {
+        return Err((Some(id), FORMERR)); // over 255 bytes on the wire (RFC 1035 §2.3.4)
     }
+    let (name, invalid) = if labels.is_empty() {
+        (String::new(), None)
+    } else {
+        match crate::hostname::from_wire(labels.iter().copied()) {
+            Ok(n) => (n, None),
+            Err(e) => (e.name.clone(), Some(e)),
+        }
+    };
     Ok(Query {
         id,
         rd: flags & 0x0100 != 0,
         name,
+        invalid,
         qtype: u16::from_be_bytes([tail[0], tail[1]]),
         qclass: u16::from_be_bytes([tail[2], tail[3]]),
         question: msg[12..i + 4].to_vec(),
@@ -283,6 +302,10 @@ pub(crate) async fn answer(shared: &Shared, msg: &[u8]) -> Option<Vec<u8>> {
         Err((Some(id), rcode)) => return Some(header(id, false, rcode, 0, 0)),
         Err((None, _)) => return None,
     };
+    if let Some(e) = &q.invalid {
+        log::info!("dns: refused a query (type {}): {e}", q.qtype);
+        return Some(response(&q, REFUSED, &[], None));
+    }
     if q.name.is_empty() {
         return Some(response(&q, NOERROR, &[], None));
     }
@@ -377,6 +400,22 @@ mod tests {
         let mut m = query("a.b", TYPE_A);
         m[2] |= 0x10; // opcode 2 (STATUS)
         assert_eq!(parse_query(&m).unwrap_err(), (Some(0x1234), NOTIMP));
+    }
+
+    #[test]
+    fn names_without_a_normal_form_are_marked() {
+        let mut m = query("x.com", TYPE_A);
+        m[12..14].copy_from_slice(b"\x01\\"); // label "\\" instead of "x"
+        let q = parse_query(&m).unwrap();
+        assert!(q.invalid.is_some(), "{q:?}");
+        assert_eq!(q.name, "\\\\.com");
+        let q = parse_query(&query("exampl\\101.com", TYPE_A)).unwrap();
+        assert!(
+            q.invalid.unwrap().to_string().contains("not a host name"),
+            "escape refused"
+        );
+        let q = parse_query(&query("Example.COM", TYPE_A)).unwrap();
+        assert_eq!((q.name.as_str(), q.invalid), ("example.com", None));
     }
 
     #[test]

@@ -55,7 +55,9 @@ const INBOX_CAP: usize = 4096;
 /// Held SYNs at once (connects in flight); more are dropped (the guest retransmits).
 const PENDING_CAP: usize = 1024;
 
-/// Guest TCP connections at once (each holds 2 × [`TCP_BUFFER`]); more are refused (RST).
+/// Guest TCP connections at once by default (each holds 2 × [`TCP_BUFFER`]); more are
+/// refused (RST). The config's `network.max_connections` sets it per agent; connections to
+/// the gateway (DNS over TCP) count too.
 pub const MAX_FLOWS: usize = 2048;
 
 /// How long a connection whose stream was dropped may linger in FIN-WAIT/LAST-ACK before the
@@ -342,7 +344,14 @@ async fn run(shared: Arc<Shared>) {
 /// Serves a guest TCP connection to the gateway itself: port 53 is DNS over TCP, any other
 /// port is refused.
 async fn serve_gateway(shared: Arc<Shared>, syn: HeldSyn) {
-    if syn.key.dst.port() == 53 {
+    let limit = shared.ctx.config.network.max_connections;
+    if syn.key.dst.port() == 53 && shared.flow_count() >= limit {
+        log::info!(
+            "dns over tcp from {}: refused: too many open connections ({limit}, network.max_connections)",
+            syn.key.guest
+        );
+        shared.refuse(&syn);
+    } else if syn.key.dst.port() == 53 {
         let guest = shared.accept(syn);
         dns::serve_tcp(shared, guest).await;
     } else {
@@ -372,7 +381,8 @@ impl PendingFlow {
         }
     }
 
-    /// Guest TCP connections that hold a socket now (at most [`MAX_FLOWS`] are served).
+    /// Guest TCP connections that hold a socket now, DNS over TCP included (at most
+    /// `network.max_connections` are served).
     pub fn open_flows(&self) -> usize {
         self.shared.flow_count()
     }

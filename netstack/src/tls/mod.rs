@@ -36,7 +36,12 @@ pub async fn intercept(
             anyhow::anyhow!("flow {}: reading the guest's TLS ClientHello: {e}", flow.id)
         })?;
     let hello = start.client_hello();
-    let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+    // The SNI in its normal form (crate::hostname); one without it is refused outright.
+    let sni = hello
+        .server_name()
+        .map(crate::hostname::normalize)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("flow {}: refused: SNI {e}", flow.id))?;
     let offered: Vec<Vec<u8>> = hello
         .alpn()
         .map(|it| {

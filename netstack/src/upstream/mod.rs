@@ -8,12 +8,19 @@ pub(crate) mod tls;
 
 pub use lookup::{host_lookup, Lookup};
 
+/// The resolver a netstack asks whether a name exists and where it is: [`host_lookup`]
+/// (getaddrinfo(3)) unless the embedder gives another ([`Connector::with_resolver`], tests).
+/// Called on a blocking thread; the name is already in its normal form.
+pub type Resolver = Arc<dyn Fn(&str) -> Result<Vec<IpAddr>, Lookup> + Send + Sync>;
+
 use crate::config::Config;
-use crate::BoxStream;
+use crate::policy::{in_net, Policy};
+use crate::{hostname, BoxStream};
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,6 +38,12 @@ pub struct Connector {
     /// The host's own interface addresses (read at startup): a service bound to 0.0.0.0 on
     /// the host must not be reachable from the guest through them.
     own: Vec<IpAddr>,
+    /// The prefixes of those interfaces (the host's LANs, v4 and v6), see [`own_prefixes`].
+    own_nets: Vec<(IpAddr, u8)>,
+    /// The policy's address rules, applied to every address a name resolves to.
+    rules: Policy,
+    /// Where names are looked up.
+    resolver: Resolver,
     /// Upstream TLS client configs by host and ALPN list ([`Connector::tls_config`]).
     tls: tls::ClientConfigs,
 }
@@ -45,7 +58,11 @@ struct RouteTarget {
 /// IPv4: 0/8, loopback 127/8, RFC 1918 (10/8, 172.16/12, 192.168/16), shared 100.64/10
 /// (RFC 6598), link-local 169.254/16 (cloud metadata 169.254.169.254), the synthetic DNS pool
 /// 198.18/15, multicast 224/4, reserved 240/4 and broadcast. IPv6: unspecified, loopback,
-/// ULA fc00::/7, link-local fe80::/10, multicast ff00::/8, and v4-mapped forms of the above.
+/// ULA fc00::/7, link-local fe80::/10, multicast ff00::/8, v4-mapped `::ffff:a.b.c.d` and
+/// NAT64 `64:ff9b::a.b.c.d` (RFC 6052 well-known prefix, /96) and 6to4 `2002:AABB:CCDD::/48`
+/// (RFC 3056) of a blocked IPv4 address, the local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215:
+/// an operator's own translator; where it puts the IPv4 address is not fixed) and the
+/// deprecated IPv4-compatible ::/96 (RFC 4291 §2.5.5.1) whole.
 pub fn blocked(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => blocked_v4(v4),
@@ -53,7 +70,23 @@ pub fn blocked(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return blocked_v4(v4);
             }
-            let s = v6.segments()[0];
+            let seg = v6.segments();
+            let s = seg[0];
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from((hi as u32) << 16 | lo as u32);
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return blocked_v4(embedded(seg[6], seg[7]))
+                    .map(|_| "NAT64 (64:ff9b::/96) of a blocked IPv4 address");
+            }
+            if seg[..3] == [0x64, 0xff9b, 1] {
+                return Some("local-use NAT64 (64:ff9b:1::/48)");
+            }
+            if s == 0x2002 {
+                return blocked_v4(embedded(seg[1], seg[2]))
+                    .map(|_| "6to4 (2002::/16) of a blocked IPv4 address");
+            }
+            if seg[..6] == [0; 6] && v6 != Ipv6Addr::UNSPECIFIED && v6 != Ipv6Addr::LOCALHOST {
+                return Some("IPv4-compatible IPv6 address (::/96, deprecated)");
+            }
             if v6 == Ipv6Addr::UNSPECIFIED {
                 Some("unspecified address")
             } else if v6 == Ipv6Addr::LOCALHOST {
@@ -71,9 +104,56 @@ pub fn blocked(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// The addresses of every interface of this host (getifaddrs(3)), IPv4 and IPv6.
-/// Errors: getifaddrs failing (out of memory, no netlink).
-fn host_addresses() -> io::Result<Vec<IpAddr>> {
+/// Shortest interface prefix blocked as a whole, IPv4 and IPv6: a shorter one (a /0 or /4 on
+/// a tunnel interface) would block most of the Internet, so only its address is blocked.
+const MIN_OWN_PREFIX: (u8, u8) = (8, 16);
+
+/// The networks of the host's interfaces (its LANs) from `(address, prefix length)` pairs:
+/// each address masked to its prefix; prefixes shorter than [`MIN_OWN_PREFIX`] are skipped
+/// (their addresses stay blocked as addresses of this host).
+pub fn own_prefixes(ifaces: &[(IpAddr, u8)]) -> Vec<(IpAddr, u8)> {
+    let mut out: Vec<(IpAddr, u8)> = ifaces
+        .iter()
+        .filter_map(|&(ip, len)| match ip {
+            IpAddr::V4(a) if (MIN_OWN_PREFIX.0..=32).contains(&len) => {
+                let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+                Some((IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), len))
+            }
+            IpAddr::V6(a) if (MIN_OWN_PREFIX.1..=128).contains(&len) => {
+                let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+                Some((IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), len))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn prefix_len(sa: *const libc::sockaddr) -> u8 {
+    if sa.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-null netmask of getifaddrs has the family of its address.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => {
+                let m = &*(sa as *const libc::sockaddr_in);
+                u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+            }
+            libc::AF_INET6 => {
+                let m = &*(sa as *const libc::sockaddr_in6);
+                u128::from_be_bytes(m.sin6_addr.s6_addr).count_ones() as u8
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The addresses of every interface of this host (getifaddrs(3)), IPv4 and IPv6, each with
+/// the prefix length of its netmask. Errors: getifaddrs failing (out of memory, no netlink).
+fn host_addresses() -> io::Result<Vec<(IpAddr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -89,13 +169,17 @@ fn host_addresses() -> io::Result<Vec<IpAddr>> {
             match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
                 libc::AF_INET => {
                     let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))));
+                    out.push((
+                        IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                        prefix_len(ifa.ifa_netmask),
+                    ));
                 }
                 libc::AF_INET6 => {
                     let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                    out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    out.push((
+                        IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                        prefix_len(ifa.ifa_netmask),
+                    ));
                 }
                 _ => {}
             }
@@ -164,23 +248,79 @@ impl Connector {
                 .trim_end_matches('/')
                 .to_string()
         });
+        let ifaces = host_addresses()?;
+        let own_nets = own_prefixes(&ifaces);
+        let mut own: Vec<IpAddr> = ifaces.into_iter().map(|(ip, _)| ip).collect();
+        own.sort();
+        own.dedup();
         Ok(Connector {
             routes,
             proxy,
             timeout: CONNECT_TIMEOUT,
-            own: host_addresses()?,
+            own,
+            own_nets,
+            rules: Policy::new(config),
+            resolver: Arc::new(host_lookup),
             tls: Default::default(),
         })
     }
 
-    /// Why `ip` may not be reached without a route: [`blocked`] ranges, or one of this host's
-    /// own interface addresses (any range: a public address of the host is still the host).
+    /// The same connector looking names up with `resolver` instead of [`host_lookup`].
+    pub fn with_resolver(mut self, resolver: Resolver) -> Connector {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Looks `name` (normal form) up with this connector's resolver, on a blocking thread.
+    /// Errors: the resolver's, or `Failed` when the blocking task could not run.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, Lookup> {
+        let (r, n) = (self.resolver.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || r(&n))
+            .await
+            .unwrap_or_else(|e| Err(Lookup::Failed(e.to_string())))
+    }
+
+    /// Why `ip` may not be reached without a route: [`blocked`] ranges, one of this host's
+    /// own interface addresses (any range: a public address of the host is still the host),
+    /// or an address in the prefix of one of its interfaces (its LANs; NAT64 and 6to4 forms
+    /// of IPv4 ones too).
     pub fn why_blocked(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        blocked(ip).or_else(|| self.own.contains(&ip).then_some("an address of this host"))
+        if let Some(why) = blocked(ip) {
+            return Some(why);
+        }
+        if self.own.contains(&ip) {
+            return Some("an address of this host");
+        }
+        let lan = |a: IpAddr| self.own_nets.iter().any(|&(n, len)| in_net(a, n, len));
+        if lan(ip) {
+            return Some("on a network of this host's interfaces");
+        }
+        if let IpAddr::V6(v6) = ip {
+            let seg = v6.segments();
+            let v4 = if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(Ipv4Addr::from((seg[6] as u32) << 16 | seg[7] as u32))
+            } else if seg[0] == 0x2002 {
+                Some(Ipv4Addr::from((seg[1] as u32) << 16 | seg[2] as u32))
+            } else {
+                None
+            };
+            if v4.is_some_and(|a| lan(IpAddr::V4(a)) || self.own.contains(&IpAddr::V4(a))) {
+                return Some("NAT64/6to4 form of an address on a network of this host");
+            }
+        }
+        None
+    }
+
+    /// Why the connection to `ip:port` may not be made: [`Connector::why_blocked`], or an
+    /// address rule of the policy denying it ([`Policy::address_denied`]).
+    pub fn why_refused(&self, ip: IpAddr, port: u16) -> Option<String> {
+        self.why_blocked(ip)
+            .map(str::to_string)
+            .or_else(|| self.rules.address_denied(ip, port))
     }
 
     /// Does a `[[route]]` name `host`?
@@ -221,16 +361,19 @@ impl Connector {
             let to = SocketAddr::new(r.ip, r.port.unwrap_or(dst.port()));
             return tcp(to).await;
         }
+        let host = match host.map(hostname::normalize).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("refused: {e}"),
+                ))
+            }
+        };
+        let host = host.as_deref();
         let addrs: Vec<IpAddr> = match host {
             Some(h) => {
-                let h = normalize(h);
-                let looked = tokio::task::spawn_blocking({
-                    let h = h.clone();
-                    move || host_lookup(&h)
-                })
-                .await
-                .map_err(io::Error::other)?;
-                match looked {
+                match self.lookup(h).await {
                     Ok(a) => a,
                     Err(_) if self.proxy.is_some() => Vec::new(), // the proxy resolves it
                     Err(e) => {
@@ -246,23 +389,27 @@ impl Connector {
         let allowed: Vec<IpAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| self.why_blocked(*a).is_none())
+            .filter(|a| self.why_refused(*a, dst.port()).is_none())
             .collect();
         if allowed.is_empty() && !addrs.is_empty() {
-            let why = self.why_blocked(addrs[0]).unwrap_or("blocked");
+            let why = self
+                .why_refused(addrs[0], dst.port())
+                .unwrap_or_else(|| "blocked".into());
+            let fix = if why.starts_with("denied by") {
+                "change the rule to reach it"
+            } else {
+                "add a [[route]] for the host to reach it"
+            };
+            let via = host
+                .map(|h| format!(" ({h} resolves there)"))
+                .unwrap_or_default();
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} is {why}; add a [[route]] for the host to reach it",
-                    addrs[0]
-                ),
+                format!("{} is {why}{via}; {fix}", addrs[0]),
             ));
         }
         if let Some(proxy) = &self.proxy {
-            let authority = match host {
-                Some(h) => format!("{}:{}", normalize(h), dst.port()),
-                None => dst.to_string(),
-            };
+            let authority = proxy_authority(host, dst)?;
             return via_proxy(proxy, &authority).await;
         }
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
@@ -285,7 +432,27 @@ impl Connector {
 }
 
 fn normalize(host: &str) -> String {
-    host.trim_end_matches('.').to_ascii_lowercase()
+    hostname::normalize(host).unwrap_or_else(|_| host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The `host:port` of a CONNECT request (RFC 9110 §9.3.6, authority-form of RFC 9112 §3.2.3)
+/// for a flow to `dst` reached by `host`: the name in its normal form
+/// ([`hostname::normalize`]: never CR, LF, space, `[`, `:` or an escape), or the literal
+/// address (`[v6]:port`) without a name. Errors (`PermissionDenied`): a name without a normal
+/// form.
+pub fn proxy_authority(host: Option<&str>, dst: SocketAddr) -> io::Result<String> {
+    match host {
+        Some(h) => {
+            let h = hostname::normalize(h).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("refused CONNECT: {e}"),
+                )
+            })?;
+            Ok(format!("{h}:{}", dst.port()))
+        }
+        None => Ok(dst.to_string()),
+    }
 }
 
 async fn tcp(to: SocketAddr) -> io::Result<TcpStream> {
