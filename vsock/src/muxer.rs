@@ -576,6 +576,11 @@ impl VsockMuxer {
                 queue.add_used(mem, head, 0).map_err(io::Error::other)?;
                 used = true;
             }
+            // No chain popped but the ring may still claim work: an avail.idx more than the
+            // queue size ahead (§2.7.13.3) makes enable_notification report work forever.
+            if let Err(e) = queue.iter(mem) {
+                return Err(io::Error::other(format!("vsock TX queue: {e}")));
+            }
             if !queue.enable_notification(mem).map_err(io::Error::other)? {
                 break;
             }
