@@ -208,10 +208,8 @@ pub fn usage(dir: &OwnedFd) -> io::Result<u64> {
         for (name, _) in sys::list_dir(&d)? {
             let st = sys::statat(&d, &name)?;
             match st.st_mode & libc::S_IFMT {
-                libc::S_IFREG => {
-                    if st.st_nlink <= 1 || seen.insert(key(&st)) {
-                        total = total.saturating_add(st.st_size as u64);
-                    }
+                libc::S_IFREG if st.st_nlink <= 1 || seen.insert(key(&st)) => {
+                    total = total.saturating_add(st.st_size as u64);
                 }
                 libc::S_IFDIR => {
                     stack.push(sys::openat(
