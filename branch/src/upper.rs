@@ -149,8 +149,29 @@ pub fn max_file_bytes_from_env() -> Result<u64> {
 /// Writes `size` bytes of `file` as a blob: hashed and zlib-compressed while reading into a
 /// temporary loose object (bounded memory, gix's `write_stream`). A file that is shorter than
 /// `size` when read (it shrank) is an error, never an object whose header lies.
-fn write_blob_streaming(repo: &gix::Repository, file: File, size: u64) -> Result<ObjectId> {
+///
+/// The file is hashed first: an object the store already has is not written again (git keeps
+/// existing loose objects as they are; rewriting one would change the host's object store
+/// where nothing changed).
+fn write_blob_streaming(repo: &gix::Repository, mut file: File, size: u64) -> Result<ObjectId> {
     use gix::objs::Write as _;
+    use std::io::{Seek, SeekFrom};
+    let mut hashing = Exact {
+        inner: (&mut file).take(size),
+        left: size,
+    };
+    let id = gx(gix::objs::compute_stream_hash(
+        repo.object_hash(),
+        gix::objs::Kind::Blob,
+        &mut hashing,
+        size,
+        &mut gix::utils::progress::Discard,
+        &std::sync::atomic::AtomicBool::new(false),
+    ))?;
+    if repo.has_object(id) {
+        return Ok(id);
+    }
+    file.seek(SeekFrom::Start(0))?;
     let mut reader = Exact {
         inner: file.take(size),
         left: size,
