@@ -5,9 +5,11 @@
 //! - [`paths`]: where ax keeps things (XDG cache/state/config dirs, the ledger, helper
 //!   binaries shipped beside `axctl`).
 //! - [`host`]: host facts measured once (the TSC rate handed to TCG guests).
+//! - [`quote`]: git's C-style quoting of file names the guest chose, for printing.
 //! - [`testing`]: skip-or-fail for tests whose prerequisite is missing (`AX_TEST_REQUIRE_VM`).
 
 pub mod error;
 pub mod host;
 pub mod paths;
+pub mod quote;
 pub mod testing;

@@ -320,3 +320,50 @@ fn an_ax_fsd_crash_fails_the_agent_and_loses_no_finished_write() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(git(r, &["show", "ax/fsdcrash:saved.txt"]), "saved\n");
 }
+
+#[test]
+fn diff_prints_guest_chosen_names_quoted_as_git_does() {
+    if !require_qemu() {
+        return;
+    }
+    ensure_image();
+    let env = Env::new();
+    let (repo, _) = repo_with(&[("keep.txt", "keep\n")]);
+    let r = repo.path();
+    // Names with an escape sequence (clear screen), a newline that fakes a second diff line,
+    // a tab, a quote, a backslash and UTF-8.
+    start_until_ready(
+        &env,
+        r,
+        "names",
+        r#"for n in "$(printf 'e\033[2Jx')" "$(printf 'a\nD\tkeep.txt')" 'q"b\s' 'é.txt' plain.txt; do echo x > "$n"; done && sync && touch /tmp/ready && sleep 600"#,
+    );
+    let o = env.run(&["diff", "names"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = String::from_utf8(o.stdout).expect("axctl diff prints ASCII only");
+    assert!(
+        ours.bytes()
+            .all(|b| b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b)),
+        "{ours:?}"
+    );
+    assert_eq!(ours.lines().count(), 5, "{ours}");
+    // The same names as git itself prints them from the branch.
+    assert!(env.run(&["commit", "names"]).status.success());
+    let theirs = git(
+        r,
+        &[
+            "-c",
+            "core.quotePath=true",
+            "diff",
+            "--name-status",
+            "main",
+            "ax/names",
+        ],
+    );
+    let mut a: Vec<&str> = ours.lines().collect();
+    let mut b: Vec<&str> = theirs.lines().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert!(ours.contains("A\t\"e\\033[2Jx\"\n"), "{ours}");
+}

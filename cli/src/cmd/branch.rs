@@ -41,7 +41,7 @@ pub fn diff(name: &str, json: bool) -> Result<i32> {
     // The agent's own .git is ax's plumbing, not part of its work.
     changes.retain(|(p, _, _)| p.as_slice() != b".git" && !p.starts_with(b".git/"));
     changes.sort_by(|a, b| a.0.cmp(&b.0));
-    let rows: Vec<(char, String)> = changes
+    let rows: Vec<(char, Vec<u8>)> = changes
         .iter()
         .map(|(path, change, kind)| {
             let c = match change {
@@ -49,22 +49,27 @@ pub fn diff(name: &str, json: bool) -> Result<i32> {
                 ax_fsd::journal::Change::Modified => 'M',
                 ax_fsd::journal::Change::Deleted => 'D',
             };
-            let mut p = String::from_utf8_lossy(path).into_owned();
+            let mut p = path.to_vec();
             if matches!(kind, ax_fsd::journal::Kind::Dir) {
-                p.push('/');
+                p.push(b'/');
             }
             (c, p)
         })
         .collect();
     if json {
+        // JSON escapes control characters itself; bytes that are not UTF-8 become U+FFFD.
         let v: Vec<_> = rows
             .iter()
-            .map(|(c, p)| serde_json::json!({"change": c.to_string(), "path": p}))
+            .map(|(c, p)| {
+                serde_json::json!({"change": c.to_string(), "path": String::from_utf8_lossy(p)})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        // Guest-chosen names, C-quoted as git does (core.quotePath): no escape sequence or
+        // newline of a file name reaches the terminal raw.
         for (c, p) in rows {
-            println!("{c}\t{p}");
+            println!("{c}\t{}", ax_common::quote::quote_path(&p));
         }
     }
     Ok(0)

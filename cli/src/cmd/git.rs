@@ -51,7 +51,9 @@ pub fn run(cmd: GitCmd) -> Result<i32> {
             .with_context(|| format!("parsing {}", snap_file.display()))?;
             let guest_git = guest_git.or_else(|| {
                 let g = upper.join(".git");
-                std::fs::symlink_metadata(&g).is_ok_and(|m| !m.is_file()).then_some(g)
+                std::fs::symlink_metadata(&g)
+                    .is_ok_and(|m| !m.is_file())
+                    .then_some(g)
             });
             let id = Identity::agent_with_domain(&name, &email_domain);
             let t = std::time::Instant::now();
