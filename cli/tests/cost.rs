@@ -139,11 +139,11 @@ fn cost_tables_and_json_from_a_meter_written_ledger() {
     // a2 has an unpriced call: marked with *.
     assert_eq!(
         cols(lines[2]),
-        ["a2", "*", "2", "2010", "4010", "0", "0", "$0.0220"]
+        ["a2", "*", "2", "2010", "4010", "0", "0", "$0.0229"]
     );
     assert_eq!(
         cols(lines[3]),
-        ["TOTAL", "*", "4", "4010", "7010", "0", "0", "$0.0610"]
+        ["TOTAL", "*", "4", "4010", "7010", "0", "0", "$0.0619"]
     );
 
     let v: Value =
@@ -168,11 +168,11 @@ fn cost_tables_and_json_from_a_meter_written_ledger() {
             ("claude-haiku-4-5".to_string(), 6000, 1),
             ("claude-haiku-4-5-20251001".to_string(), 22000, 1),
             ("claude-sonnet-4-5-20250929".to_string(), 33000, 1),
-            ("my-own-model".to_string(), 0, 1),
+            ("my-own-model".to_string(), 900, 1),
         ]
     );
-    assert_eq!(v["total"]["cost_micro_usd"], 61000);
-    assert_eq!(v["total"]["cost_usd"], 0.061);
+    assert_eq!(v["total"]["cost_micro_usd"], 61900);
+    assert_eq!(v["total"]["cost_usd"], 0.0619);
     assert_eq!(v["total"]["unpriced_calls"], 1);
     assert_eq!(v["total"]["output_tokens"], 7010);
 
@@ -193,7 +193,7 @@ fn cost_tables_and_json_from_a_meter_written_ledger() {
         );
     }
     assert_eq!(v["total"]["calls"], 2);
-    assert_eq!(v["total"]["cost_micro_usd"], 22000);
+    assert_eq!(v["total"]["cost_micro_usd"], 22900);
 
     let bad = axctl(state, &["cost", "--since", "soon"]);
     assert_eq!(bad.status.code(), Some(2));

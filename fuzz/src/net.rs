@@ -19,13 +19,17 @@ pub fn dns(data: &[u8]) {
     let Ok(q) = dns::parse_query(data) else {
         return;
     };
+    // At most 253 octets on the wire (RFC 1035 §2.3.4); the presentation form escapes a
+    // non-hostname byte as `\DDD`, up to four characters per octet.
     assert!(
-        q.name.len() <= 253,
-        "name longer than 253: {}",
+        q.name.len() <= 253 * 4,
+        "name longer than 253 escaped octets: {}",
         q.name.len()
     );
+    // Names with escaped (non-hostname) octets are kept as the guest sent them, to be
+    // refused by policy; only plain names are lower-cased.
     assert!(
-        !q.name.bytes().any(|b| b.is_ascii_uppercase()),
+        q.name.contains('\\') || !q.name.bytes().any(|b| b.is_ascii_uppercase()),
         "name not lower case: {:?}",
         q.name
     );
