@@ -337,14 +337,20 @@ pub fn start_until_ready(env: &Env, repo: &Path, name: &str, prompt: &str) {
         v["status"] != "starting"
     });
     assert_eq!(st["status"], "running");
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    wait_ready(env, name, Duration::from_secs(60));
+}
+
+/// Waits until agent `name`'s guest has `/tmp/ready` (polled with `axctl exec`); panics after
+/// `timeout`.
+pub fn wait_ready(env: &Env, name: &str, timeout: Duration) {
+    let end = Instant::now() + timeout;
     while env
         .run(&["exec", name, "--", "test", "-e", "/tmp/ready"])
         .status
         .code()
         != Some(0)
     {
-        assert!(std::time::Instant::now() < end, "agent never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(Instant::now() < end, "agent {name} never got ready");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

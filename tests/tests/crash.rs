@@ -3,7 +3,7 @@
 //! itself, and the `axctl run --wait` in front of it. Every finished write of the guest must
 //! still reach the branch (SPECIFICATION.md, "kill -9 of any process loses no finished write").
 
-use ax_tests::{ensure_image, git, repo_with, require_qemu, start_until_ready, Env};
+use ax_tests::{ensure_image, git, repo_with, require_qemu, start_until_ready, wait_ready, Env};
 use std::time::Duration;
 
 /// Whether process `pid` still exists (signal 0).
@@ -84,16 +84,7 @@ fn killing_axctl_run_wait_leaves_the_agent_running_and_its_work_safe() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(120);
-    while env
-        .run(&["exec", "frontkill", "--", "test", "-e", "/tmp/ready"])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(std::time::Instant::now() < end, "agent never got ready");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_ready(&env, "frontkill", Duration::from_secs(120));
     unsafe { libc::kill(front.id() as i32, libc::SIGKILL) };
     front.wait().unwrap();
     // The supervisor runs in its own session: the agent keeps running, like `docker run`
